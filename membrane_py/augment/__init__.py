@@ -1,0 +1,1 @@
+"""Ground-truth conversions, saturated-region patch sampling and augmentations."""

@@ -1,0 +1,1 @@
+"""VAST remote-control API: wire codec, client, run-length coding and .vsvi descriptors."""

@@ -1,0 +1,1 @@
+"""A VAST-protocol server over local data, for tests, demos and users without VAST."""
