@@ -75,7 +75,8 @@ class Box:
         return Box(self.z0 - z, self.z1 + z, self.y0 - y, self.y1 + y, self.x0 - x, self.x1 + x)
 
     def shift(self, dz: int = 0, dy: int = 0, dx: int = 0) -> Box:
-        return Box(self.z0 + dz, self.z1 + dz, self.y0 + dy, self.y1 + dy, self.x0 + dx, self.x1 + dx)
+        return Box(self.z0 + dz, self.z1 + dz, self.y0 + dy, self.y1 + dy,
+                   self.x0 + dx, self.x1 + dx)
 
     def relative_to(self, outer: Box) -> Box:
         """This box in the coordinates of an enclosing box's corner."""

@@ -418,7 +418,7 @@ def split_reply(body: bytes | memoryview) -> tuple[bool, memoryview]:
 
 
 def error_code_of(payload: bytes | memoryview) -> int:
-    """Error code of a failure payload: its single uint32, else 1 (unknown), as VAST's client does."""
+    """Error code of a failure payload: its single uint32, else 1 (unknown), like VAST's client."""
     try:
         g = Grouped.of(decode_values(payload))
     except ProtocolError:

@@ -84,7 +84,8 @@ class VolumeSource(ABC):
         """Voxels of ``box`` (coordinates at ``mip``), shaped (z, y, x[, c])."""
         full = Box.full(self.shape_at(mip))
         if not full.contains(box):
-            raise IndexError(f"{self.name}: box {box} lies outside the volume {full.shape} at mip {mip}")
+            raise IndexError(
+                f"{self.name}: box {box} lies outside the volume {full.shape} at mip {mip}")
         if mip == 0:
             return self._read(box)
         return downsample_xy(self._read(box.to_mip0(mip)), 1 << mip, self.is_label)
@@ -113,7 +114,8 @@ class ArrayVolume(VolumeSource):
         is_label: bool = False,
     ) -> None:
         if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
-            raise ValueError(f"expected an array shaped (z, y, x) or (z, y, x, 3), got {array.shape}")
+            raise ValueError(
+                f"expected an array shaped (z, y, x) or (z, y, x, 3), got {array.shape}")
         self.array = np.ascontiguousarray(array)
         self._voxel_size = tuple(float(v) for v in voxel_size)
         self.name = name

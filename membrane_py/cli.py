@@ -1,0 +1,52 @@
+"""The `membrane` command: one sub-command per workflow step, built on the same job specs
+and functions as the GUI and the Python API. Heavy imports happen inside each command so
+`membrane --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="membrane-py: membrane, organelle and neuron segmentation of EM volumes with VAST.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the membrane-py version."""
+    from membrane_py import __version__
+
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    volume: str = typer.Option(
+        "synthetic", help="'synthetic[:ZxYxX[:SEED]]', an image folder, .tif, .h5[:dataset], "
+        ".zarr or .vsvi"),
+    labels: str = typer.Option(None, help="ground-truth labels served as a segmentation layer"),
+    skeletons: Path = typer.Option(None, help="skeleton nodes (JSON or CSV) for annotations"),
+    state: Path = typer.Option(None, help="folder where painted layers persist"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind; keep 127.0.0.1 unless needed"),
+    port: int = typer.Option(22081, help="TCP port (VAST's default is 22081)"),
+    voxel_size: tuple[float, float, float] = typer.Option(
+        None, help="voxel size in nm as Z Y X (default: from the data, else 1 1 1)"),
+) -> None:
+    """Serve a volume over the VAST remote-control protocol (for users without VAST)."""
+    from mock_vast_server.server import main as server_main
+
+    argv = ["--volume", volume, "--host", host, "--port", str(port)]
+    for flag, value in (("--labels", labels), ("--skeletons", skeletons), ("--state", state)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if voxel_size is not None:
+        argv += ["--voxel-size", *map(str, voxel_size)]
+    server_main(argv)
+
+
+if __name__ == "__main__":
+    app()
