@@ -1,0 +1,78 @@
+"""Open any supported volume from one text spec (CLI arguments, job specs, GUI fields)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from membrane_py.volumes.base import VolumeSource
+
+ACCEPTED_FORMS = (
+    "synthetic | synthetic:ZxYxX | synthetic:ZxYxX:SEED, "
+    "a folder of PNG/TIFF sections, a multi-page .tif/.tiff, "
+    ".h5/.hdf5/.h5.gz[:dataset], a .zarr directory[:array], a .vsvi descriptor"
+)
+_H5 = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
+
+
+def _parse_synthetic(spec: str) -> tuple[tuple[int, int, int], int]:
+    parts = spec.split(":")
+    shape, seed = (32, 1024, 1024), 0
+    try:
+        if len(parts) > 1:
+            dims = tuple(int(d) for d in parts[1].lower().split("x"))
+            if len(dims) != 3:
+                raise ValueError
+            shape = dims
+        if len(parts) > 2:
+            seed = int(parts[2])
+        if len(parts) > 3:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"bad synthetic spec {spec!r}; accepted forms: {ACCEPTED_FORMS}") from None
+    return shape, seed
+
+
+def _split_inner(spec: str) -> tuple[Path, str | None]:
+    """'file.h5:dataset' -> (file.h5, 'dataset'), split on the last ':' only when the
+    part before it exists and the whole spec does not."""
+    path = Path(spec)
+    if not path.exists() and ":" in spec:
+        head, inner = spec.rsplit(":", 1)
+        if Path(head).exists() and inner:
+            return Path(head), inner
+    return path, None
+
+
+def open_volume(spec: str | Path, *, labels: bool = False,
+                voxel_size: tuple[float, float, float] | None = None) -> VolumeSource:
+    """A volume source for ``spec`` (see ACCEPTED_FORMS); ``labels`` marks a label volume."""
+    from membrane_py.volumes.hdf5 import Hdf5Volume
+    from membrane_py.volumes.stacks import ImageFolderVolume, TiffVolume
+    from membrane_py.volumes.synthetic import synthetic_volumes
+    from membrane_py.volumes.tiles import VsviVolume
+    from membrane_py.volumes.zarrvol import ZarrVolume
+
+    text = str(spec)
+    if text == "synthetic" or text.startswith("synthetic:"):
+        em, gt = synthetic_volumes(*_parse_synthetic(text))
+        return gt if labels else em
+    path, inner = _split_inner(text)
+    if not path.exists():
+        raise FileNotFoundError(f"volume not found: {text!r}; accepted forms: {ACCEPTED_FORMS}")
+    vs = voxel_size or (1.0, 1.0, 1.0)
+    name = path.name.lower()
+    if path.is_dir() and (name.endswith(".zarr") or (path / "zarr.json").exists()
+                          or (path / ".zarray").exists() or (path / ".zgroup").exists()):
+        return ZarrVolume(path, inner, voxel_size=vs, is_label=labels)
+    if inner is not None and not name.endswith(_H5):
+        raise ValueError(f"{text!r}: only HDF5 files and zarr stores take a ':name' suffix; "
+                         f"accepted forms: {ACCEPTED_FORMS}")
+    if path.is_dir():
+        return ImageFolderVolume(path, voxel_size=vs, is_label=labels)
+    if name.endswith(_H5):
+        return Hdf5Volume(path, inner, voxel_size=vs, is_label=labels)
+    if name.endswith((".tif", ".tiff")):
+        return TiffVolume(path, voxel_size=vs, is_label=labels)
+    if name.endswith(".vsvi"):
+        return VsviVolume(path, is_label=labels)
+    raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
