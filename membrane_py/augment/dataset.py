@@ -1,0 +1,119 @@
+"""PyTorch datasets over written patch folders or sampled on the fly from whole images.
+
+Both return ``(image float32 (1, H, W), label int64 (H, W))`` with 0 = unknown and classes
+1..K, use the same sampler and augmentation code as the patch writer, and draw every random
+choice from ``numpy.random.default_rng([seed, index])``: deterministic per (seed, index),
+independent of DataLoader worker layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from membrane_py.augment import labels as L
+from membrane_py.augment.patches import pair_by_name, read_manifest
+from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.augment.sampling import SaturatedSampler, cut_patch
+from membrane_py.augment.transforms import AugmentConfig, augment_pair
+
+
+def _to_tensors(image: np.ndarray, label: np.ndarray, cfg: PreprocessConfig):
+    x = torch.from_numpy(np.ascontiguousarray(preprocess(image, cfg))[None])
+    y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+    return x, y
+
+
+class PatchDataset(Dataset):
+    """Patch pairs from an image folder and a label folder (ours or mEMbrain's), paired by name.
+
+    K comes from ``n_classes``, else the folders' manifest.json, else the smallest K whose
+    PNG codes cover every label value seen.
+    """
+
+    def __init__(self, image_dir: str | Path, label_dir: str | Path,
+                 preprocess: PreprocessConfig, augment: AugmentConfig | None = None,
+                 seed: int = 0, n_classes: int | None = None) -> None:
+        self.pairs = pair_by_name(L.list_images(image_dir), L.list_images(label_dir))
+        self.preprocess = preprocess
+        self.augment = augment
+        self.seed = seed
+        manifest = read_manifest(label_dir, image_dir)
+        if n_classes is None and manifest is not None:
+            n_classes = int(manifest["n_classes"])
+        if n_classes is None:
+            seen = np.unique(np.concatenate([np.unique(L.read_image(p)) for _, p in self.pairs]))
+            n_classes = L.infer_n_classes(seen)
+        self.n_classes = n_classes
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        img_path, lab_path = self.pairs[index]
+        image = L.read_image(img_path)
+        if image.dtype != np.uint8 or image.ndim != 2:
+            raise ValueError(f"{img_path}: patch must be 8-bit grayscale, got {image.dtype} "
+                             f"{image.shape}")
+        label = L.decode_label_png(L.read_image(lab_path), self.n_classes)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, index])
+            image, label, _ = augment_pair(image, label.astype(np.uint16), self.augment, rng)
+        return _to_tensors(image, label, self.preprocess)
+
+
+class OnTheFlyPatchDataset(Dataset):
+    """``length`` saturated patches drawn on the fly from whole (image, label) pairs.
+
+    Images are picked in proportion to their valid-centre counts, so each valid centre is
+    equally likely; poses and augmentations follow (seed, index).
+    """
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], patch_size: int,
+                 length: int, preprocess: PreprocessConfig,
+                 augment: AugmentConfig | None = None, seed: int = 0,
+                 rotate: bool = True, angle_step: float = 5.0) -> None:
+        if len(images) != len(labels) or not images:
+            raise ValueError(f"need as many label images as EM images (>= 1), got "
+                             f"{len(images)} and {len(labels)}")
+        for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
+            if im.dtype != np.uint8 or im.ndim != 2 or im.shape != lab.shape:
+                raise ValueError(f"pair {i}: need a uint8 (y, x) image and a label of the same "
+                                 f"shape, got {im.dtype} {im.shape} and {lab.shape}")
+        self.images = images
+        self.samplers = [SaturatedSampler(lab, patch_size, rotate, angle_step) for lab in labels]
+        counts = np.array([s.n_valid for s in self.samplers], dtype=np.float64)
+        if counts.sum() == 0:
+            raise ValueError(f"no {patch_size}x{patch_size} patch fits inside the annotated "
+                             "pixels of any image")
+        self.weights = counts / counts.sum()
+        self.patch_size = patch_size
+        self.length = length
+        self.preprocess = preprocess
+        self.augment = augment
+        self.seed = seed
+        self.n_classes = max(int(lab.max()) for lab in labels)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, index])
+        for _ in range(1000):
+            k = int(rng.choice(len(self.samplers), p=self.weights))
+            sampler = self.samplers[k]
+            pose = sampler.pose_at(int(rng.choice(sampler.centres)), rng)
+            if pose is not None:
+                break
+        else:
+            raise RuntimeError("no saturated pose found in 1000 candidate centres")
+        image = cut_patch(self.images[k], pose, self.patch_size, nearest=False)
+        label = cut_patch(sampler.labels, pose, self.patch_size, nearest=True)
+        if self.augment is not None:
+            image, label, _ = augment_pair(image, label, self.augment, rng)
+        return _to_tensors(image, label, self.preprocess)

@@ -1,0 +1,285 @@
+"""Ground-truth conversions and label import.
+
+Conventions: 0 = unknown (ignored by losses), classes 1..K. Membrane ground truth is
+1 = non-membrane, 2 = membrane; skeleton ground truth is 1 = background, 2 = near a skeleton.
+All conversions are numpy-in / numpy-out; the folder drivers live in :mod:`patches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import remove_small_objects, skeletonize
+
+from membrane_py.geometry import Box
+
+NON_MEMBRANE, MEMBRANE = 1, 2
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def _check_2d_integer(labels: np.ndarray, what: str) -> None:
+    if labels.ndim != 2:
+        raise ValueError(f"{what} must be a 2D (y, x) image, got shape {labels.shape}; "
+                         "convert stacks slice by slice")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise ValueError(f"{what} must hold integer ids, got dtype {labels.dtype}; "
+                         "RGB-coded ids go through rgb_to_ids first")
+
+
+def instances_to_membrane(
+    instances: np.ndarray,
+    thickness: int = 3,
+    fill_ecs: bool = False,
+    unknown_id: int | None = None,
+) -> np.ndarray:
+    """Neuron instance ids (y, x) -> uint8 membrane labels (1 non-membrane, 2 membrane, 0 unknown).
+
+    A pixel is membrane when its ``thickness`` x ``thickness`` neighbourhood holds more than one
+    id, which draws bands about ``thickness`` pixels wide on every boundary. With ``fill_ecs``,
+    id 0 (extracellular space) becomes membrane as well. Pixels whose id is ``unknown_id`` stay
+    0 (unknown) and do not create boundaries against their neighbours. Ids are compared in
+    int64, so no id saturates (mEMbrain's uint8 ``label + 1`` did).
+    """
+    _check_2d_integer(instances, "instance labels")
+    if thickness < 1:
+        raise ValueError(f"membrane thickness must be >= 1, got {thickness}")
+    if fill_ecs and unknown_id == 0:
+        raise ValueError("id 0 cannot be both extracellular space (fill_ecs) and unknown")
+    ids = instances.astype(np.int64)
+    size = (thickness, thickness)
+    if unknown_id is None:
+        known = np.ones(ids.shape, dtype=bool)
+        hi = ndimage.maximum_filter(ids, size=size, mode="nearest")
+        lo = ndimage.minimum_filter(ids, size=size, mode="nearest")
+    else:
+        known = ids != unknown_id
+        info = np.iinfo(np.int64)
+        hi = ndimage.maximum_filter(np.where(known, ids, info.min), size=size, mode="nearest")
+        lo = ndimage.minimum_filter(np.where(known, ids, info.max), size=size, mode="nearest")
+    boundary = known & (hi != lo)
+    out = np.full(ids.shape, NON_MEMBRANE, dtype=np.uint8)
+    out[boundary] = MEMBRANE
+    if fill_ecs:
+        out[ids == 0] = MEMBRANE
+    out[~known] = 0
+    return out
+
+
+def _clean_mask(mask: np.ndarray, min_size: int, filter_size: int, sigma: float) -> np.ndarray:
+    """Drop components under ``min_size`` px (8-connected), blur and re-threshold."""
+    if min_size > 1:
+        mask = remove_small_objects(mask, max_size=min_size - 1, connectivity=2)
+    if filter_size > 1:
+        blurred = cv2.GaussianBlur(mask.astype(np.float32), (filter_size, filter_size), sigma)
+        mask = blurred > 0.5
+    return mask
+
+
+def membrane_to_skeleton(
+    membrane: np.ndarray,
+    has_unknown: bool = True,
+    filter_size: int = 3,
+    sigma: float = 2.0,
+    min_size: int = 15,
+    band: float = 5.0,
+    non_membrane: int | None = None,
+) -> np.ndarray:
+    """Membrane labels (y, x) -> uint8 skeleton labels (1 background, 2 near skeleton, 0 unknown).
+
+    The non-membrane value is ``non_membrane`` or else the most common value (over non-zero
+    pixels when ``has_unknown``); the other value is membrane. Both masks lose components under
+    ``min_size`` px, are smoothed with a ``filter_size`` Gaussian (1 = none) and re-thresholded;
+    non-membrane wins overlaps and gaps take the 9x9 median. The non-membrane region is
+    skeletonised and pixels closer than ``band`` px to the skeleton become 2. With
+    ``has_unknown``, input 0 pixels stay 0. Unlike mEMbrain's no-zero variant the output always
+    uses 1/2 for background/skeleton, so 0 keeps meaning "unknown" downstream.
+    """
+    _check_2d_integer(membrane, "membrane labels")
+    if filter_size not in (1, 3, 5, 7):
+        raise ValueError(f"filter_size must be 1 (no filter), 3, 5 or 7, got {filter_size}")
+    considered = membrane[membrane != 0] if has_unknown else membrane.ravel()
+    values, counts = np.unique(considered, return_counts=True)
+    if values.size == 0:
+        raise ValueError("membrane labels are empty (every pixel is 0 = unknown)")
+    if non_membrane is None:
+        non_membrane = int(values[np.argmax(counts)])
+    others = [int(v) for v in values if v != non_membrane]
+    if len(others) > 1:
+        raise ValueError(f"membrane labels must hold two values (plus 0 = unknown), got {values}")
+    nm = _clean_mask(membrane == non_membrane, min_size, filter_size, sigma)
+    mem = (_clean_mask(membrane == others[0], min_size, filter_size, sigma)
+           if others else np.zeros_like(nm))
+    composed = np.where(nm, 1, np.where(mem, 2, 0)).astype(np.uint8)
+    gaps = composed == 0
+    if gaps.any():
+        composed[gaps] = ndimage.median_filter(composed, size=9, mode="nearest")[gaps]
+    skeleton = skeletonize(composed == 1)
+    out = np.full(membrane.shape, 1, dtype=np.uint8)
+    if skeleton.any():
+        out[ndimage.distance_transform_edt(~skeleton) < band] = 2
+    if has_unknown:
+        out[membrane == 0] = 0
+    return out
+
+
+def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
+    """RGB-coded ids (y, x, 3) in R, G, B order -> int64 ids R*65536 + G*256 + B."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (y, x, 3), got shape {rgb.shape}")
+    c = rgb.astype(np.int64)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def map_values(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Map raw label values to classes (e.g. ISBI ``{0: 2, 255: 1}``); unmapped values raise."""
+    present = np.unique(labels)
+    missing = [int(v) for v in present if int(v) not in mapping]
+    if missing:
+        raise ValueError(f"label values {missing[:10]} have no class in the mapping "
+                         f"{dict(mapping)}; add them (map to 0 for unknown)")
+    keys = np.array(sorted(mapping), dtype=np.int64)
+    vals = np.array([mapping[int(k)] for k in keys], dtype=np.int64)
+    return vals[np.searchsorted(keys, labels.astype(np.int64))]
+
+
+def binary_to_classes(mask: np.ndarray, membrane_value: int = 0) -> np.ndarray:
+    """Binary membrane mask (ISBI: 0 = membrane, 255 = interior) -> 1 non-membrane / 2 membrane."""
+    values = np.unique(mask)
+    if values.size > 2:
+        raise ValueError(f"a binary mask holds at most two values, got {values[:10]}")
+    return np.where(mask == membrane_value, MEMBRANE, NON_MEMBRANE).astype(np.uint8)
+
+
+def values_to_classes(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Any number of classes: ``values[i]`` becomes class i + 1; every other value becomes 0."""
+    out = np.zeros(labels.shape, dtype=np.uint8 if len(values) < 255 else np.uint16)
+    for k, v in enumerate(values, start=1):
+        out[labels == v] = k
+    return out
+
+
+def decode_label_image(image: np.ndarray) -> np.ndarray:
+    """A label image as read from disk (grayscale, or RGB(A) in R, G, B order) -> int64 ids."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return rgb_to_ids(image[..., :3])
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D label image, got shape {image.shape}")
+    _check_2d_integer(image, "label image")
+    return image.astype(np.int64)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One 2D image file as stored (PNG/TIFF/...); colour comes back in R, G, B order."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        data = tifffile.imread(path)
+    else:
+        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if data is None:
+            raise ValueError(f"cannot read image {path}: not an image file or unreadable")
+        if data.ndim == 3 and data.shape[-1] >= 3:
+            data = np.ascontiguousarray(data[..., 2::-1])
+    return data
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """One label image file -> int64 ids (RGB-coded ids decoded)."""
+    return decode_label_image(read_image(path))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder, sorted by name; an empty or missing folder raises."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def read_label_stack(spec: str | Path) -> np.ndarray:
+    """Ground truth (z, y, x) int64 from an image folder, a TIFF stack or 'file.h5:dataset'."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        return np.stack([read_label_image(p) for p in list_images(path)])
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        data = tifffile.imread(path)
+        if data.ndim == 4 and data.shape[-1] in (3, 4):
+            return rgb_to_ids(data[..., :3])
+        return np.atleast_3d(data.astype(np.int64)) if data.ndim == 2 else data.astype(np.int64)
+    h5, _, dataset = text.partition(":")
+    if Path(h5).suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        import h5py
+
+        with h5py.File(h5, "r") as f:
+            if not dataset:
+                names = [k for k in f if isinstance(f[k], h5py.Dataset)]
+                if len(names) != 1:
+                    raise ValueError(f"{h5} holds datasets {names}; name one as '{h5}:NAME'")
+                dataset = names[0]
+            data = f[dataset][()]
+        return data.astype(np.int64) if data.ndim == 3 else data[None].astype(np.int64)
+    raise ValueError(f"unknown ground-truth source {text!r}: expected an image folder, .tif or "
+                     ".h5[:dataset]")
+
+
+def read_volume_labels(source, box: Box, mip: int = 0) -> np.ndarray:
+    """Ground truth (z, y, x) int64 from a VolumeSource (e.g. a VAST segmentation layer)."""
+    data = source.read(box, mip)
+    if data.ndim == 4:
+        return rgb_to_ids(data[..., :3]) if data.shape[-1] >= 3 else data[..., 0].astype(np.int64)
+    return data.astype(np.int64)
+
+
+def encode_label_png(classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Classes 1..K -> uint8 as mEMbrain stores them: class k -> round(255 (k - 1) / (K - 1)).
+
+    0 (unknown) has no code; saturated sampling guarantees patches never hold it.
+    """
+    if n_classes < 2 or n_classes > 256:
+        raise ValueError(f"PNG label encoding needs 2..256 classes, got {n_classes}")
+    if classes.size and (classes.min() < 1 or classes.max() > n_classes):
+        raise ValueError(f"label patch values must lie in 1..{n_classes} (no unknown 0), got "
+                         f"{int(classes.min())}..{int(classes.max())}")
+    codes = label_codes(n_classes)
+    return codes[classes.astype(np.int64) - 1]
+
+
+def label_codes(n_classes: int) -> np.ndarray:
+    """The uint8 code of each class 1..K (index k - 1)."""
+    k = np.arange(n_classes, dtype=np.float64)
+    return np.floor(255.0 * k / (n_classes - 1) + 0.5).astype(np.uint8)
+
+
+def decode_label_png(png: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse of :func:`encode_label_png`; a value that is no class code raises."""
+    codes = label_codes(n_classes)
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[codes] = np.arange(1, n_classes + 1)
+    out = lut[png]
+    if (out < 0).any():
+        bad = np.unique(png[out < 0])[:10]
+        raise ValueError(f"label patch values {bad.tolist()} are not codes of {n_classes} classes "
+                         f"({codes.tolist()}); is n_classes right?")
+    return out
+
+
+def infer_n_classes(values: np.ndarray) -> int:
+    """Smallest K whose PNG codes include every value seen (for patch folders without manifest)."""
+    seen = set(np.unique(values).tolist())
+    for k in range(2, 257):
+        if seen <= set(label_codes(k).tolist()):
+            return k
+    raise ValueError(f"label patch values {sorted(seen)[:10]} match no class encoding")

@@ -1,0 +1,190 @@
+"""Ground-truth conversions and label import (synthetic exact truth + real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from membrane_py.augment import labels as L
+from membrane_py.cli import app
+from membrane_py.geometry import Box
+from membrane_py.volumes.base import ArrayVolume
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _brute_membrane(ids: np.ndarray, t: int) -> np.ndarray:
+    """Reference: a pixel is membrane when its t x t window (clipped) holds >1 id."""
+    ny, nx = ids.shape
+    lo = t // 2
+    out = np.ones(ids.shape, np.uint8)
+    for y in range(ny):
+        for x in range(nx):
+            win = ids[max(0, y - lo): y - lo + t, max(0, x - lo): x - lo + t]
+            if np.unique(win).size > 1:
+                out[y, x] = 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth():
+    from membrane_py.volumes.synthetic import MEMBRANE_THICKNESS, make_synthetic
+
+    return make_synthetic((2, 192, 192), seed=3), MEMBRANE_THICKNESS
+
+
+def test_membrane_matches_synthetic_truth_exactly(synth):
+    s, t = synth
+    for z in range(s.instances.shape[0]):
+        np.testing.assert_array_equal(L.instances_to_membrane(s.instances[z], t), s.membranes[z])
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 4])
+def test_membrane_matches_brute_force(t):
+    ids = np.random.default_rng(t).integers(0, 4, (3, 4)).repeat(5, 0).repeat(5, 1)
+    np.testing.assert_array_equal(L.instances_to_membrane(ids, t), _brute_membrane(ids, t))
+
+
+def test_wide_ids_do_not_saturate():
+    ids = np.zeros((8, 8), np.uint32)
+    ids[:, :4], ids[:, 4:] = 2**32 - 1, 2**32 - 2
+    out = L.instances_to_membrane(ids, 3)
+    assert (out[:, 3:5] == 2).all() and (out[:, :3] == 1).all()
+    u8 = np.full((8, 8), 255, np.uint8)
+    u8[:, 4:] = 254
+    assert (L.instances_to_membrane(u8, 3)[:, 3:5] == 2).all()
+
+
+def test_fill_ecs_and_unknown():
+    ids = np.ones((10, 10), np.int32)
+    ids[:, 5:] = 3
+    ids[0:2] = 0
+    filled = L.instances_to_membrane(ids, 3, fill_ecs=True)
+    assert (filled[0:2] == 2).all()
+    unk = L.instances_to_membrane(ids, 3, unknown_id=0)
+    assert (unk[0:2] == 0).all()
+    # no membrane against the unknown region, only between the two cells
+    assert (unk[2, :4] == 1).all() and (unk[2:, 4:6] == 2).all()
+    with pytest.raises(ValueError, match="both"):
+        L.instances_to_membrane(ids, 3, fill_ecs=True, unknown_id=0)
+    with pytest.raises(ValueError, match="integer"):
+        L.instances_to_membrane(ids.astype(np.float32))
+
+
+def test_skeleton_variants(synth):
+    s, _ = synth
+    mem = s.membranes[0].copy()
+    mem[:40] = 0  # unknown rows
+    with_unknown = L.membrane_to_skeleton(mem, has_unknown=True, filter_size=1)
+    assert set(np.unique(with_unknown)) == {0, 1, 2}
+    assert (with_unknown[:40] == 0).all() and (with_unknown[40:] > 0).all()
+    # skeleton bands sit inside cells: mostly non-membrane pixels
+    assert (s.membranes[0][with_unknown == 2] == 1).mean() > 0.8
+    no_unknown = L.membrane_to_skeleton(s.membranes[0], has_unknown=False)
+    assert set(np.unique(no_unknown)) == {1, 2}
+    outs = [L.membrane_to_skeleton(s.membranes[0], filter_size=f) for f in (1, 3, 5)]
+    assert not np.array_equal(outs[0], outs[2])  # the filter option has an effect
+    with pytest.raises(ValueError, match="two values"):
+        L.membrane_to_skeleton(np.arange(16).reshape(4, 4) % 4)
+
+
+def test_rgb_ids_and_png_roundtrip(tmp_path):
+    ids = np.array([[0, 1, 256], [65536, 70000, 16777215]], np.int64)
+    rgb = np.stack([(ids >> 16) & 255, (ids >> 8) & 255, ids & 255], -1).astype(np.uint8)
+    np.testing.assert_array_equal(L.rgb_to_ids(rgb), ids)
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    np.testing.assert_array_equal(L.read_label_image(tmp_path / "a.png"), ids)
+
+
+def test_values_and_maps():
+    raw = np.array([[0, 255], [255, 7]])
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        L.map_values(raw, {0: 2, 255: 1})
+    np.testing.assert_array_equal(L.map_values(raw, {0: 2, 255: 1, 7: 0}), [[2, 1], [1, 0]])
+    np.testing.assert_array_equal(L.values_to_classes(raw, [255, 7]), [[0, 1], [1, 2]])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 256])
+def test_label_png_encoding_roundtrip(k):
+    classes = (np.arange(1000) % k + 1).reshape(10, 100)
+    png = L.encode_label_png(classes, k)
+    assert png.dtype == np.uint8 and png.min() == 0 and png.max() == 255
+    np.testing.assert_array_equal(L.decode_label_png(png, k), classes)
+    assert L.infer_n_classes(png) == k
+    if k == 3:
+        assert sorted(np.unique(png)) == [0, 128, 255]  # mEMbrain's codes
+    with pytest.raises(ValueError, match="no unknown"):
+        L.encode_label_png(classes - 1, k)
+
+
+def test_decode_rejects_foreign_values():
+    with pytest.raises(ValueError, match="not codes"):
+        L.decode_label_png(np.array([[0, 100]], np.uint8), 2)
+
+
+def test_stack_readers(tmp_path):
+    import h5py
+    import tifffile
+
+    vol = np.random.default_rng(0).integers(0, 9, (3, 16, 20)).astype(np.int32)
+    with h5py.File(tmp_path / "gt.h5", "w") as f:
+        f["stack"] = vol
+    np.testing.assert_array_equal(L.read_label_stack(f"{tmp_path / 'gt.h5'}:stack"), vol)
+    np.testing.assert_array_equal(L.read_label_stack(tmp_path / "gt.h5"), vol)
+    tifffile.imwrite(tmp_path / "gt.tif", vol.astype(np.uint16), photometric="minisblack")
+    np.testing.assert_array_equal(L.read_label_stack(tmp_path / "gt.tif"), vol)
+    (tmp_path / "pngs").mkdir()
+    for z in range(3):
+        cv2.imwrite(str(tmp_path / "pngs" / f"s{z}.png"), vol[z].astype(np.uint8))
+    np.testing.assert_array_equal(L.read_label_stack(tmp_path / "pngs"), vol)
+    src = ArrayVolume(vol.astype(np.uint16), is_label=True)
+    box = Box(1, 3, 2, 10, 4, 12)
+    np.testing.assert_array_equal(L.read_volume_labels(src, box), vol[box.slices()])
+    with pytest.raises(ValueError, match="unknown ground-truth source"):
+        L.read_label_stack(tmp_path / "gt.csv")
+
+
+def test_cli_gt_membrane_and_skeleton(tmp_path, synth):
+    s, t = synth
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "sec0.png"), s.instances[0].astype(np.uint16))
+    r = CliRunner().invoke(app, ["gt", "membrane", str(tmp_path / "in"), str(tmp_path / "mem"),
+                                 "--thickness", str(t)])
+    assert r.exit_code == 0, r.output
+    out = cv2.imread(str(tmp_path / "mem" / "sec0_border.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(out, s.membranes[0])
+    r = CliRunner().invoke(app, ["gt", "skeleton", str(tmp_path / "mem"), str(tmp_path / "sk"),
+                                 "--filter-size", "5"])
+    assert r.exit_code == 0, r.output
+    sk = cv2.imread(str(tmp_path / "sk" / "sec0_border_skel.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(sk)) == {1, 2}
+
+
+@pytest.mark.realdata
+def test_gala_instances_to_membranes():
+    path = DATA / "gala" / "train-gt.lzf.h5"
+    if not path.exists():
+        pytest.skip(f"real data absent: {path}")
+    gt = L.read_label_stack(f"{path}:stack")
+    assert gt.shape == (50, 100, 200)
+    mem = L.instances_to_membrane(gt[0], 3, fill_ecs=True)
+    assert set(np.unique(mem)) == {1, 2}
+    assert (mem[gt[0] == 0] == 2).all()  # gala's 0 = boundary becomes membrane
+    assert 0.1 < (mem == 2).mean() < 0.6
+    unk = L.instances_to_membrane(gt[0], 3, unknown_id=0)
+    assert ((unk == 0) == (gt[0] == 0)).all()
+
+
+@pytest.mark.realdata
+def test_isbi_binary_labels():
+    path = DATA / "isbi2012" / "labels" / "00.png"
+    if not path.exists():
+        pytest.skip(f"real data absent: {path}")
+    raw = L.read_label_image(path)
+    classes = L.binary_to_classes(raw, membrane_value=0)
+    np.testing.assert_array_equal(classes, L.map_values(raw, {0: 2, 255: 1}))
+    assert 0.1 < (classes == 2).mean() < 0.4  # membranes are a minority
