@@ -1,0 +1,6 @@
+"""U-Net training: job spec, losses, metrics, checkpoints, the training loop, evaluation."""
+
+from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from membrane_py.train.config import TrainConfig
+
+__all__ = ["Checkpoint", "TrainConfig", "load_checkpoint", "save_checkpoint"]

@@ -1,0 +1,326 @@
+"""The U-Net training loop: any pair of torch Datasets in, checkpoints and logs out.
+
+Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown.
+Each epoch writes ``<name>_last.pt`` (resumable) and, when the validation metric improves,
+``<name>.pt``; cancellation also leaves a resumable ``<name>_last.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from membrane_py.models.unet import UNet
+from membrane_py.progress import Cancelled, CancelToken, Progress, ProgressCallback, report
+from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from membrane_py.train.config import BEST_METRICS, TrainConfig
+from membrane_py.train.device import (
+    autocast,
+    device_description,
+    memory_format,
+    pick_device,
+    seed_everything,
+)
+from membrane_py.train.logs import TrainingLog
+from membrane_py.train.losses import class_weights_from_counts, make_loss
+from membrane_py.train.metrics import class_scores, membrane_scores
+
+
+@dataclass
+class TrainResult:
+    best_path: Path
+    last_path: Path
+    history: list[dict]
+    device: str
+    seconds: float
+
+
+def split_by_image(n_images: int, val_fraction: float = 0.3,
+                   seed: int = 0) -> tuple[list[int], list[int]]:
+    """Random (train, validation) image indices; at least one of each when n_images >= 2
+    and val_fraction > 0. Splitting images (not patches) keeps validation honest."""
+    if n_images < 1:
+        raise ValueError("no images to split")
+    perm = np.random.default_rng(seed).permutation(n_images)
+    n_val = round(n_images * val_fraction)
+    if val_fraction > 0 and n_images >= 2:
+        n_val = min(max(n_val, 1), n_images - 1)
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def default_class_names(n_classes: int) -> list[str]:
+    return ["non-membrane", "membrane"] if n_classes == 2 else [
+        f"class{k}" for k in range(1, n_classes + 1)]
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 1e-2)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    """Per-epoch schedule: constant, step drop (mEMbrain's 'piecewise') or cosine to 0."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_epochs, gamma=cfg.step_factor)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
+
+
+def _count_classes(ds: Dataset, n_classes: int, max_items: int = 64) -> list[int]:
+    counts = np.zeros(n_classes + 1, dtype=np.int64)
+    for i in range(min(len(ds), max_items)):
+        counts += np.bincount(np.asarray(ds[i][1]).ravel(), minlength=n_classes + 1)[:n_classes + 1]
+    return counts[1:].tolist()
+
+
+@torch.no_grad()
+def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp: bool,
+             class_names: list[str]) -> dict[str, float]:
+    """Mean validation loss, pixel error, mean IoU and (membrane maps) mean V_rand / V_info."""
+    model.eval()
+    n_classes = len(class_names)
+    losses, scores = [], []
+    membrane = n_classes == 2 and class_names[-1] == "membrane"
+    fmt = memory_format(device)
+    for x, y in loader:
+        x = x.to(device, memory_format=fmt)
+        y = y.to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        losses.append(float(loss_fn(logits, y)) * len(x))
+        prob = torch.softmax(logits, dim=1).cpu().numpy()
+        labels = y.cpu().numpy()
+        for p, t in zip(prob, labels, strict=True):
+            if not (t > 0).any():
+                continue
+            s = class_scores(p.argmax(0) + 1, t, n_classes, class_names)
+            if membrane and (t == 1).any():
+                m = membrane_scores(p[1], t)
+                s.update(v_rand=m["v_rand"], v_info=m["v_info"])
+            scores.append(s)
+    out = {"val_loss": sum(losses) / max(1, len(loader.dataset))}
+    if scores:
+        out["val_pixel_error"] = float(np.nanmean([s["pixel_error"] for s in scores]))
+        ious = [[s[f"iou_{c}"] for c in class_names] for s in scores]
+        out["val_miou"] = float(np.nanmean(ious))
+        for key in ("v_rand", "v_info"):
+            vals = [s[key] for s in scores if key in s]
+            if vals:
+                out[f"val_{key}"] = float(np.mean(vals))
+    return out
+
+
+def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if "value" not in best:
+        return True
+    return value > best["value"] if higher_better else value < best["value"]
+
+
+def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
+                n_classes: int | None = None, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None) -> TrainResult:
+    """Train a U-Net on ``train_ds``, validating on ``val_ds`` each epoch (see module doc)."""
+    start = time.perf_counter()
+    device = pick_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    n_classes = n_classes or getattr(train_ds, "n_classes", None) or cfg.n_classes
+    if not n_classes:
+        raise ValueError("number of classes unknown: set TrainConfig.n_classes or give a dataset "
+                         "with an n_classes attribute")
+    ds_pre = getattr(train_ds, "preprocess", None)
+    if ds_pre is not None and hasattr(ds_pre, "to_dict") and ds_pre.to_dict() != cfg.preprocess:
+        raise ValueError(f"the dataset preprocesses with {ds_pre.to_dict()} but the config records "
+                         f"{cfg.preprocess}; build both from the same PreprocessConfig")
+    class_names = list(cfg.class_names or default_class_names(n_classes))
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+    model_cfg = cfg.model_config(n_classes)
+    model = UNet(model_cfg)
+    lineage: dict = {}
+    if cfg.pretrained:
+        parent = load_checkpoint(cfg.pretrained)
+        if parent.model != model_cfg.to_dict():
+            raise ValueError(f"pretrained network {cfg.pretrained} has architecture "
+                             f"{parent.model}, not {model_cfg.to_dict()}; match depth, filters "
+                             "and classes to it")
+        model.load_state_dict(parent.state_dict)
+        lineage = {"parent": str(cfg.pretrained), "parent_lineage": parent.lineage,
+                   "parent_epochs": len(parent.history)}
+    fmt = memory_format(device, cfg.channels_last)
+    model.to(device, memory_format=fmt)
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg)
+    first_epoch, history, best = 0, [], {}
+    if cfg.resume:
+        ck = load_checkpoint(cfg.resume)
+        if ck.model != model_cfg.to_dict():
+            raise ValueError(f"cannot resume {cfg.resume}: its architecture {ck.model} differs "
+                             f"from the config's {model_cfg.to_dict()}")
+        model.load_state_dict(ck.state_dict)
+        if ck.optimizer:
+            opt.load_state_dict(ck.optimizer)
+        if ck.scheduler:
+            sched.load_state_dict(ck.scheduler)
+        first_epoch, history, best, lineage = ck.epoch, list(ck.history), dict(ck.best), ck.lineage
+
+    weights = cfg.class_weights
+    if cfg.loss == "weighted_ce" and weights is None:
+        weights = class_weights_from_counts(_count_classes(train_ds, n_classes)).tolist()
+    loss_fn = make_loss(cfg.loss, weights)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
+                        num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                  if val_ds is not None and len(val_ds) else None)
+    metric = cfg.best_metric if val_loader is not None else "train_loss"
+    higher_better = BEST_METRICS.get(metric, False)
+    desc = device_description(device)
+    log = TrainingLog(cfg, n_classes, desc)
+    iters = len(loader)
+    total = cfg.epochs * iters
+
+    def snapshot(epoch: int) -> Checkpoint:
+        return Checkpoint(
+            state_dict=model.state_dict(), model=model_cfg.to_dict(), class_names=class_names,
+            preprocess=cfg.preprocess, mip=cfg.mip, voxel_size=list(cfg.voxel_size),
+            patch_size=cfg.patch_size, history=history,
+            train_config={**cfg.to_dict(), "class_weights": weights}, lineage=lineage,
+            epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best)
+
+    for epoch in range(first_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(loader):
+            if cancel is not None and cancel.cancelled:
+                save_checkpoint(cfg.last_path, snapshot(epoch))
+                log.note(f"cancelled in epoch {epoch + 1}; resume from {cfg.last_path}")
+                raise Cancelled(f"training cancelled; resume with resume={cfg.last_path}")
+            x = x.to(device, non_blocking=True, memory_format=fmt)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            done = epoch * iters + i + 1
+            if (i + 1) % cfg.log_every == 0 or i + 1 == iters:
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, iteration "
+                                             f"{i + 1}; lower the learning rate")
+                its = {"loss": value, "epoch": epoch + 1, "iteration": done,
+                       "lr": opt.param_groups[0]["lr"]}
+                log.record("iter", its)
+                report(progress, Progress("train", done, total, "iteration", its))
+        record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, iters),
+                  "lr": opt.param_groups[0]["lr"]}
+        sched.step()
+        if val_loader is not None:
+            record.update(validate(model, val_loader, loss_fn, device, cfg.amp, class_names))
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        improved = _improved(record.get(metric), best, higher_better)
+        if improved:
+            best = {"metric": metric, "value": record[metric], "epoch": epoch + 1}
+        ck = snapshot(epoch + 1)
+        save_checkpoint(cfg.last_path, ck)
+        if improved:
+            save_checkpoint(cfg.best_path, ck)
+        log.epoch(record)
+        report(progress, Progress("train", (epoch + 1) * iters, total, "epoch", dict(record)))
+    if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
+        save_checkpoint(cfg.best_path, snapshot(cfg.epochs))
+    return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start)
+
+
+def convert_labels(raw: list[np.ndarray], label_format: str,
+                   n_classes: int | None = None) -> tuple[list[np.ndarray], int]:
+    """Label images as read from disk -> class maps (0 unknown, 1..K) and K."""
+    from membrane_py.augment import labels as L
+
+    if label_format == "isbi":
+        return [L.binary_to_classes(r, membrane_value=0) for r in raw], 2
+    if label_format == "codes":
+        if n_classes is None:
+            n_classes = L.infer_n_classes(np.concatenate([np.unique(r) for r in raw]))
+        return [L.decode_label_png(r, n_classes).astype(np.uint8) for r in raw], n_classes
+    if label_format == "classes":
+        top = max(int(r.max()) for r in raw)
+        return list(raw), max(n_classes or 0, top, 2)
+    raise ValueError(f"unknown label format {label_format!r}")
+
+
+def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str,
+               n_classes: int | None = None):
+    """(paths, uint8 images, class maps, K) for matching image/label files of two folders."""
+    from membrane_py.augment import labels as L
+    from membrane_py.augment.patches import pair_by_name
+
+    pairs = pair_by_name(L.list_images(image_dir), L.list_images(label_dir))
+    images = []
+    for p, _ in pairs:
+        im = L.read_image(p)
+        if im.dtype != np.uint8 or im.ndim != 2:
+            raise ValueError(f"{p}: EM images must be 8-bit grayscale, got {im.dtype} {im.shape}")
+        images.append(im)
+    raw = [L.decode_label_image(L.read_image(q)) for _, q in pairs]
+    labels, k = convert_labels(raw, label_format, n_classes)
+    return [p for p, _ in pairs], images, labels, k
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, int]:
+    """Training and validation datasets from ``cfg.image_dir`` / ``cfg.label_dir``, split by
+    image. Images of exactly ``patch_size`` are used as patches (a patch folder); larger ones
+    are sampled on the fly (saturated patches with rotation)."""
+    from torch.utils.data import Subset
+
+    from membrane_py.augment.dataset import OnTheFlyPatchDataset, PatchDataset
+    from membrane_py.augment.transforms import AugmentConfig
+
+    if not cfg.image_dir or not cfg.label_dir:
+        raise ValueError("set image_dir and label_dir (folders of matching images and labels)")
+    aug = AugmentConfig() if cfg.augment else None
+    paths, images, labels, k = read_pairs(cfg.image_dir, cfg.label_dir, cfg.label_format,
+                                          cfg.n_classes)
+    train_idx, val_idx = split_by_image(len(images), cfg.val_fraction, cfg.seed)
+    pre = cfg.preprocess_config
+    if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and \
+            cfg.label_format == "codes":
+        train = Subset(PatchDataset(cfg.image_dir, cfg.label_dir, pre, aug, cfg.seed, k), train_idx)
+        val = Subset(PatchDataset(cfg.image_dir, cfg.label_dir, pre, None, cfg.seed, k), val_idx)
+        return train, (val if val_idx else None), k
+
+    def on_the_fly(idx: list[int], length: int, augment, seed: int, rotate: bool):
+        return OnTheFlyPatchDataset([images[i] for i in idx], [labels[i] for i in idx],
+                                    cfg.patch_size, length, pre, augment, seed, rotate=rotate)
+
+    train = on_the_fly(train_idx, cfg.patches_per_epoch, aug, cfg.seed, True)
+    val = on_the_fly(val_idx, cfg.val_patches, None, cfg.seed + 1, False) if val_idx else None
+    return train, val, k
+
+
+def run_training(cfg: TrainConfig, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> TrainResult:
+    """The whole job: read and split the data, train, write checkpoints and logs."""
+    train, val, k = build_datasets(cfg)
+    return train_model(train, val, cfg, n_classes=k, progress=progress, cancel=cancel)
