@@ -1,0 +1,32 @@
+"""The `membrane` command: one sub-command per workflow step, built on the same job specs
+and functions as the GUI and the Python API. Each module registers its commands on `app`;
+heavy imports happen inside each command so `membrane --help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="membrane-py: membrane, organelle and neuron segmentation of EM volumes with VAST.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the membrane-py version."""
+    from membrane_py import __version__
+
+    typer.echo(__version__)
+
+
+def _register() -> None:
+    """Attach every command module to `app` (one line per workflow step)."""
+    from membrane_py.cli import data, groundtruth, training
+
+    for module in (data, groundtruth, training):
+        module.register(app)
+
+
+_register()

@@ -1,0 +1,57 @@
+"""Commands around data: serve a volume over the VAST protocol, run the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from membrane_py.cli.progress import Bar
+
+
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="folder for everything the demo writes"),
+) -> None:
+    """Run the main job on the bundled synthetic volume and print where the results are."""
+    from membrane_py.demo import DemoConfig, run_demo
+
+    with Bar() as bar:
+        result = run_demo(DemoConfig(out=out), progress=bar)
+    typer.echo(f"EM tiles ({result.n_tiles} PNGs):  {result.tiles_dir}")
+    typer.echo(f"VAST descriptor:         {result.descriptor}")
+    typer.echo(f"read through the VAST protocol: {result.megabytes:.0f} MB "
+               f"at {result.read_mb_s:.0f} MB/s")
+    status = "byte-identical" if result.identical else "DIFFERENT (bug!)"
+    typer.echo(f"server loaded the descriptor as layer {result.layer_nr}; read back: {status}")
+    if not result.identical:
+        raise typer.Exit(1)
+
+
+def serve(
+    volume: str = typer.Option(
+        "synthetic", help="'synthetic[:ZxYxX[:SEED]]', an image folder, .tif, .h5[:dataset], "
+        ".zarr or .vsvi"),
+    labels: str = typer.Option(None, help="ground-truth labels served as a segmentation layer"),
+    skeletons: Path = typer.Option(None, help="skeleton nodes (JSON or CSV) for annotations"),
+    state: Path = typer.Option(None, help="folder where painted layers persist"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind; keep 127.0.0.1 unless needed"),
+    port: int = typer.Option(22081, help="TCP port (VAST's default is 22081)"),
+    voxel_size: tuple[float, float, float] = typer.Option(
+        None, help="voxel size in nm as Z Y X (default: from the data, else 1 1 1)"),
+) -> None:
+    """Serve a volume over the VAST remote-control protocol (for users without VAST)."""
+    from mock_vast_server.server import main as server_main
+
+    argv = ["--volume", volume, "--host", host, "--port", str(port)]
+    for flag, value in (("--labels", labels), ("--skeletons", skeletons), ("--state", state)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if voxel_size is not None:
+        argv += ["--voxel-size", *map(str, voxel_size)]
+    server_main(argv)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `membrane` app."""
+    app.command()(demo)
+    app.command()(serve)

@@ -1,0 +1,84 @@
+"""Ground-truth conversions (`membrane gt ...`) and training patches (`membrane patches`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from membrane_py.cli.progress import progress_printer
+
+gt_app = typer.Typer(help="Ground-truth conversions over folders of label images or stacks.",
+                     no_args_is_help=True)
+
+
+@gt_app.command("membrane")
+def gt_membrane(
+    input: str = typer.Argument(..., help="folder of instance label images, .tif or .h5[:dataset]"),
+    output: Path = typer.Argument(..., help="output folder for <name>_border.png"),
+    thickness: int = typer.Option(3, min=1, help="membrane band width in pixels"),
+    fill_ecs: bool = typer.Option(False, help="label-0 pixels (extracellular space) -> membrane"),
+    unknown_id: int = typer.Option(None, help="input id that means unknown; stays 0 in output"),
+) -> None:
+    """Neuron instance labels -> membrane labels (1 non-membrane, 2 membrane, 0 unknown)."""
+    from membrane_py.augment.patches import GtJob, run_gt_job
+
+    job = GtJob("membrane", input, str(output), thickness=thickness, fill_ecs=fill_ecs,
+                unknown_id=unknown_id)
+    written = run_gt_job(job, progress_printer())
+    typer.echo(f"wrote {len(written)} membrane label images to {output}")
+
+
+@gt_app.command("skeleton")
+def gt_skeleton(
+    input: str = typer.Argument(..., help="folder of membrane label images, .tif or .h5[:dataset]"),
+    output: Path = typer.Argument(..., help="output folder for <name>_skel.png"),
+    unknown: bool = typer.Option(True, help="the input uses 0 for unknown pixels"),
+    filter_size: int = typer.Option(3, help="Gaussian smoothing size: 1 (none), 3 or 5"),
+) -> None:
+    """Membrane labels -> skeleton labels (1 background, 2 near the skeleton, 0 unknown)."""
+    from membrane_py.augment.patches import GtJob, run_gt_job
+
+    job = GtJob("skeleton", input, str(output), has_unknown=unknown, filter_size=filter_size)
+    written = run_gt_job(job, progress_printer())
+    typer.echo(f"wrote {len(written)} skeleton label images to {output}")
+
+
+def patches(
+    images: Path = typer.Option(..., help="folder of 8-bit EM images"),
+    labels: Path = typer.Option(..., help="folder of label images, paired with images by name"),
+    out_images: Path = typer.Option(..., help="output folder for EM patches"),
+    out_labels: Path = typer.Option(..., help="output folder for label patches"),
+    patch_size: int = typer.Option(256, help="patch side in pixels"),
+    density: float = typer.Option(100.0, help="patches per 1024^2 annotated pixels"),
+    rotate: bool = typer.Option(True, help="rotate patches by random angles"),
+    downsample: int = typer.Option(1, min=1, help="shrink EM (mean) and labels (nearest) first"),
+    contrast: str = typer.Option("none", help="CLAHE baked into patches: none, image or tile"),
+    label_map: str = typer.Option(None, help="raw value -> class, e.g. ISBI '0:2,255:1'"),
+    n_classes: int = typer.Option(None, help="number of classes K (default: largest present)"),
+    augment: bool = typer.Option(False, help="apply all augmentations while writing"),
+    seed: int = typer.Option(0, help="random seed (same seed, same patches)"),
+    overwrite: bool = typer.Option(False, help="replace patches already in the output folders"),
+) -> None:
+    """Cut saturated training patches (mEMbrain layout plus manifest.json)."""
+    from membrane_py.augment.patches import PatchJob, generate_patches, parse_label_map
+    from membrane_py.augment.transforms import AugmentConfig
+
+    job = PatchJob(str(images), str(labels), str(out_images), str(out_labels),
+                   patch_size=patch_size, density=density, rotate=rotate, downsample=downsample,
+                   contrast=contrast, label_map=parse_label_map(label_map), n_classes=n_classes,
+                   augment=AugmentConfig.all_on() if augment else None, seed=seed,
+                   overwrite=overwrite)
+    try:
+        manifest = generate_patches(job, progress_printer())
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"wrote {len(manifest['patches'])} patch pairs ({manifest['n_classes']} classes) "
+               f"to {out_images} and {out_labels}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `membrane` app."""
+    app.add_typer(gt_app, name="gt")
+    app.command()(patches)

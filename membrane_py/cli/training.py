@@ -1,0 +1,135 @@
+"""Training and evaluation commands (`membrane train`, `membrane evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train(
+    images: Path = typer.Option(..., help="folder of 8-bit EM images (whole sections or patches)"),
+    labels: Path = typer.Option(..., help="folder of label images, matched to images by name"),
+    out: Path = typer.Option(Path("runs"), help="folder for checkpoints and logs"),
+    name: str = typer.Option("unet", help="run name: <out>/<name>.pt (best), <name>_last.pt"),
+    label_format: str = typer.Option("codes", help="codes (mEMbrain PNG class codes), isbi "
+                                     "(0 = membrane, 255 = interior) or classes (0 unknown, 1..K)"),
+    n_classes: int = typer.Option(None, help="number of classes (default: from the labels)"),
+    class_names: str = typer.Option(None, help="comma-separated class names, class 1 first"),
+    patch_size: int = typer.Option(256, help="training patch side (multiple of 2**depth)"),
+    patches_per_epoch: int = typer.Option(1024, help="patches drawn per epoch from whole images"),
+    val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
+    val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
+    augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
+    depth: int = typer.Option(5, help="U-Net depth (number of poolings)"),
+    base_filters: int = typer.Option(32, help="filters of the first stage (doubling per stage)"),
+    norm: str = typer.Option("batch", help="batch, group or none"),
+    dropout: float = typer.Option(0.0, help="dropout at the deepest stage and bridge"),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(8),
+    lr: float = typer.Option(1e-3, help="initial learning rate"),
+    optimizer: str = typer.Option("adam", help="adam, adamw, sgd (with momentum) or rmsprop"),
+    momentum: float = typer.Option(0.9, help="momentum for sgd / rmsprop"),
+    weight_decay: float = typer.Option(0.0),
+    schedule: str = typer.Option("none", help="none, step (drop every N epochs) or cosine"),
+    step_epochs: int = typer.Option(2, help="step schedule: epochs between drops"),
+    step_factor: float = typer.Option(0.1, help="step schedule: factor per drop"),
+    loss: str = typer.Option("ce", help="ce, weighted_ce, dice, ce_dice, squared or logistic"),
+    class_weights: str = typer.Option(None, help="comma-separated weights for weighted_ce "
+                                      "(default: inverse class frequency)"),
+    shuffle: bool = typer.Option(True),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps"),
+    amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
+    workers: int = typer.Option(0, help="data-loading worker processes"),
+    best_metric: str = typer.Option("val_loss", help="val_loss, val_pixel_error, val_miou, "
+                                    "val_v_rand or val_v_info"),
+    clahe: bool = typer.Option(False, help="CLAHE before normalisation (repeated at prediction)"),
+    resume: Path = typer.Option(None, help="continue an interrupted run from its _last.pt"),
+    pretrained: Path = typer.Option(None, help="start from this checkpoint's weights"),
+    mip: int = typer.Option(0, help="mip level the images were taken at (recorded)"),
+    config_out: Path = typer.Option(None, help="also write the job spec as JSON here"),
+) -> None:
+    """Train a 2D U-Net; writes the best and last checkpoints, a .log and a metrics .jsonl."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from membrane_py.augment.preprocess import PreprocessConfig
+    from membrane_py.train.config import TrainConfig
+    from membrane_py.train.trainer import run_training
+
+    cfg = TrainConfig(
+        image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
+        label_format=label_format, n_classes=n_classes,
+        class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
+        patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
+        augment=augment, depth=depth, base_filters=base_filters, norm=norm, dropout=dropout,
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs,
+        step_factor=step_factor, loss=loss,
+        class_weights=[float(w) for w in class_weights.split(",")] if class_weights else None,
+        shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
+        best_metric=best_metric, resume=str(resume) if resume else None,
+        pretrained=str(pretrained) if pretrained else None,
+        preprocess=PreprocessConfig(clahe=clahe).to_dict(), mip=mip)
+    if config_out is not None:
+        config_out.write_text(cfg.to_json())
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("train", total=None, info="")
+
+        def show(event) -> None:
+            m = event.metrics
+            if event.message == "epoch":
+                parts = [f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)]
+                bar.console.print(f"epoch {m['epoch']}: " + " ".join(parts))
+            bar.update(task, completed=event.done, total=event.total,
+                       info=f"epoch {m.get('epoch')} loss {m.get('loss', m.get('train_loss')):.4f}")
+
+        result = run_training(cfg, progress=show)
+    typer.echo(f"best checkpoint: {result.best_path} (device {result.device}, "
+               f"{result.seconds:.0f} s)")
+
+
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt)"),
+    images: list[Path] = typer.Argument(..., help="EM image files to predict"),
+    labels: list[Path] = typer.Option(None, "--label", help="label file per image (repeat)"),
+    label_dir: Path = typer.Option(None, help="folder of labels matched to images by name"),
+    label_format: str = typer.Option("codes", help="codes, isbi or classes (see train)"),
+    out: Path = typer.Option(Path("evaluation"), help="folder for PNGs and metrics"),
+    device: str = typer.Option("auto"),
+    threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),
+    method: str = typer.Option("watershed", help="instances: watershed or components"),
+) -> None:
+    """Predict sample images, write prediction / probability / overlay PNGs and, with labels,
+    print and save the metric table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from membrane_py.train.evaluate import evaluate_images
+
+    if label_dir is not None:
+        from membrane_py.augment import labels as L
+        from membrane_py.augment.patches import pair_by_name
+
+        by_image = dict(pair_by_name(list(images), L.list_images(label_dir)))
+        labels = [by_image[p] for p in images]
+    rows = evaluate_images(checkpoint, list(images), out, labels=labels or None,
+                           label_format=label_format, device=device, threshold=threshold,
+                           method=method)
+    typer.echo(f"pictures written to {out}")
+    if rows:
+        keys = [k for k in ("pixel_error", "v_rand", "v_info", "adapted_rand_error", "vi_split",
+                            "vi_merge") if k in rows[0]]
+        keys += [k for k in rows[0] if k.startswith("iou_")]
+        table = Table(*(["image"] + keys))
+        for r in rows:
+            table.add_row(r["image"], *(f"{r[k]:.4f}" for k in keys))
+        Console().print(table)
+        typer.echo(f"metrics saved to {out / 'metrics.json'} and metrics.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `membrane` app."""
+    app.command()(train)
+    app.command()(evaluate)

@@ -1,0 +1,1 @@
+"""Prediction: tiled inference engines, the volume runner, writers, instances, paint layers."""
