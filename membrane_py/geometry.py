@@ -40,6 +40,18 @@ class Box:
         """From VAST's inclusive wire order."""
         return cls(minz, maxz + 1, miny, maxy + 1, minx, maxx + 1)
 
+    @classmethod
+    def parse_vast(cls, text: str) -> Box:
+        """'minx,maxx,miny,maxy,minz,maxz' (inclusive, as VAST shows boxes) -> Box."""
+        try:
+            values = [int(v) for v in text.replace(" ", "").split(",")]
+            if len(values) != 6:
+                raise ValueError
+            return cls.from_vast(*values)
+        except ValueError:
+            raise ValueError(f"a box is six integers 'minx,maxx,miny,maxy,minz,maxz' (inclusive, "
+                             f"with min <= max), got {text!r}") from None
+
     def to_vast(self) -> tuple[int, int, int, int, int, int]:
         """To VAST's inclusive ``minx,maxx,miny,maxy,minz,maxz``; the box must not be empty."""
         if self.empty:

@@ -188,3 +188,53 @@ def test_isbi_binary_labels():
     classes = L.binary_to_classes(raw, membrane_value=0)
     np.testing.assert_array_equal(classes, L.map_values(raw, {0: 2, 255: 1}))
     assert 0.1 < (classes == 2).mean() < 0.4  # membranes are a minority
+
+
+def test_cli_gt_import_modes(tmp_path):
+    (tmp_path / "bin").mkdir()
+    mask = np.full((40, 50), 255, np.uint8)
+    mask[:, 20:23] = 0  # ISBI style: 0 = membrane
+    cv2.imwrite(str(tmp_path / "bin" / "a.png"), mask)
+    r = CliRunner().invoke(app, ["gt", "import", str(tmp_path / "bin"), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    out = cv2.imread(str(tmp_path / "out" / "a_label.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(out, np.where(mask == 0, 2, 1))
+
+    ids = np.zeros((40, 50), np.uint16)
+    ids[5:15, 5:15], ids[20:30, 30:45] = 7, 300  # 0 stays unknown
+    (tmp_path / "ids").mkdir()
+    cv2.imwrite(str(tmp_path / "ids" / "b.png"), ids)
+    r = CliRunner().invoke(app, ["gt", "import", str(tmp_path / "ids"), str(tmp_path / "o2"),
+                                 "--mode", "values"])
+    assert r.exit_code == 0, r.output
+    out = cv2.imread(str(tmp_path / "o2" / "b_label.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(out, np.select([ids == 7, ids == 300], [1, 2], 0))
+
+    r = CliRunner().invoke(app, ["gt", "import", str(tmp_path / "ids"), str(tmp_path / "o3"),
+                                 "--mode", "map", "--label-map", "0:0,7:3"])
+    assert r.exit_code == 2 and "[300]" in r.output  # an unmapped value is named, nothing written
+    assert not list(tmp_path.glob("o3/*.png"))
+    r = CliRunner().invoke(app, ["gt", "import", str(tmp_path / "ids"), str(tmp_path / "o4"),
+                                 "--box", "1,2,3"])
+    assert r.exit_code == 2 and "six integers" in r.output
+
+
+def test_cli_gt_membrane_from_vast_box(tmp_path, vast_server):
+    """Ground truth read from a served segmentation layer, restricted to a box."""
+    from membrane_py.volumes.synthetic import MEMBRANE_THICKNESS, make_synthetic
+
+    truth = make_synthetic((8, 256, 256), seed=0).instances
+    box = Box(2, 4, 10, 110, 20, 220)
+    spec = f"vast:{vast_server.host}:{vast_server.port}"
+    vast_box = ",".join(map(str, box.to_vast()))
+    r = CliRunner().invoke(app, ["gt", "membrane", spec, str(tmp_path / "mem"), "--thickness",
+                                 str(MEMBRANE_THICKNESS), "--box", vast_box])
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "mem").glob("*.png"))
+    assert [f.name for f in files] == ["vast_0002_border.png", "vast_0003_border.png"]
+    for z, f in zip((2, 3), files, strict=True):
+        expect = L.instances_to_membrane(truth[z][box.y0:box.y1, box.x0:box.x1], MEMBRANE_THICKNESS)
+        np.testing.assert_array_equal(cv2.imread(str(f), cv2.IMREAD_UNCHANGED), expect)
+    r = CliRunner().invoke(app, ["gt", "membrane", spec, str(tmp_path / "m2"),
+                                 "--box", "0,300,0,10,0,1"])
+    assert r.exit_code == 2 and "outside the volume" in r.output

@@ -16,9 +16,10 @@ from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
 from membrane_py.geometry import Box
+from membrane_py.volumes.open import open_volume
+from membrane_py.volumes.stacks import list_sections, read_image, rgb_to_ids
 
 NON_MEMBRANE, MEMBRANE = 1, 2
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def _check_2d_integer(labels: np.ndarray, what: str) -> None:
@@ -126,14 +127,6 @@ def membrane_to_skeleton(
     return out
 
 
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-    """RGB-coded ids (y, x, 3) in R, G, B order -> int64 ids R*65536 + G*256 + B."""
-    if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image (y, x, 3), got shape {rgb.shape}")
-    c = rgb.astype(np.int64)
-    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
-
-
 def map_values(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     """Map raw label values to classes (e.g. ISBI ``{0: 2, 255: 1}``); unmapped values raise."""
     present = np.unique(labels)
@@ -174,65 +167,27 @@ def decode_label_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.int64)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """One 2D image file as stored (PNG/TIFF/...); colour comes back in R, G, B order."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        data = tifffile.imread(path)
-    else:
-        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if data is None:
-            raise ValueError(f"cannot read image {path}: not an image file or unreadable")
-        if data.ndim == 3 and data.shape[-1] >= 3:
-            data = np.ascontiguousarray(data[..., 2::-1])
-    return data
-
-
 def read_label_image(path: str | Path) -> np.ndarray:
     """One label image file -> int64 ids (RGB-coded ids decoded)."""
     return decode_label_image(read_image(path))
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder, sorted by name; an empty or missing folder raises."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return files
+    """Image files of a folder in natural name order; an empty or missing folder raises."""
+    return list_sections(folder)
 
 
-def read_label_stack(spec: str | Path) -> np.ndarray:
-    """Ground truth (z, y, x) int64 from an image folder, a TIFF stack or 'file.h5:dataset'."""
-    text = str(spec)
-    path = Path(text)
-    if path.is_dir():
-        return np.stack([read_label_image(p) for p in list_images(path)])
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        data = tifffile.imread(path)
-        if data.ndim == 4 and data.shape[-1] in (3, 4):
-            return rgb_to_ids(data[..., :3])
-        return np.atleast_3d(data.astype(np.int64)) if data.ndim == 2 else data.astype(np.int64)
-    h5, _, dataset = text.partition(":")
-    if Path(h5).suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        import h5py
-
-        with h5py.File(h5, "r") as f:
-            if not dataset:
-                names = [k for k in f if isinstance(f[k], h5py.Dataset)]
-                if len(names) != 1:
-                    raise ValueError(f"{h5} holds datasets {names}; name one as '{h5}:NAME'")
-                dataset = names[0]
-            data = f[dataset][()]
-        return data.astype(np.int64) if data.ndim == 3 else data[None].astype(np.int64)
-    raise ValueError(f"unknown ground-truth source {text!r}: expected an image folder, .tif or "
-                     ".h5[:dataset]")
+def read_label_stack(spec: str | Path, box: Box | None = None, mip: int = 0) -> np.ndarray:
+    """Ground truth (z, y, x) int64 from any volume spec (image folder, TIFF, 'file.h5:dataset',
+    'vast:HOST:PORT' for a VAST segmentation layer), optionally only ``box`` (at ``mip``)."""
+    try:
+        volume = open_volume(spec, labels=True)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown ground-truth source {str(spec)!r}: {e}") from e
+    full = Box.full(volume.shape_at(mip))
+    if box is not None and box.intersect(full) != box:
+        raise ValueError(f"box {box} reaches outside the volume {full} at mip {mip}")
+    return read_volume_labels(volume, box or full, mip)
 
 
 def read_volume_labels(source, box: Box, mip: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.preprocess import apply_clahe
 from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch, warn_if_few
 from membrane_py.augment.transforms import AugmentConfig, augment_pair
+from membrane_py.geometry import Box
 from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
 from membrane_py.volumes.base import downsample_xy
 
@@ -268,9 +269,23 @@ def read_manifest(*folders: str | Path) -> dict | None:
     return None
 
 
+GT_KINDS = ("membrane", "skeleton", "import")
+IMPORT_MODES = ("binary", "map", "values")
+_GT_SUFFIX = {"membrane": "_border", "skeleton": "_skel", "import": "_label"}
+
+
 @dataclass
 class GtJob:
-    """Convert a folder or stack of ground truth: 'membrane' (instances) or 'skeleton'."""
+    """Convert a folder or stack of ground truth.
+
+    kinds: 'membrane' (instances -> membrane labels), 'skeleton' (membrane -> skeleton labels),
+    'import' (any label encoding -> class PNGs, 0 = unknown and 1..K, read by `membrane train
+    --label-format classes` and `membrane patches`: mode 'binary' (a two-valued mask,
+    ``membrane_value`` = membrane -> 2, the other value -> 1), 'map' (``label_map`` value ->
+    class; every value present needs a class, 0 = unknown) or 'values' (sorted distinct
+    non-zero values -> 1..K)).
+    ``box`` / ``mip`` restrict reading a volume (e.g. a VAST segmentation layer) to a region.
+    """
 
     kind: str
     input: str
@@ -281,34 +296,54 @@ class GtJob:
     has_unknown: bool = True
     filter_size: int = 3
     label_map: dict[int, int] | None = None
+    mode: str = "binary"
+    membrane_value: int = 0
+    box: Box | None = None
+    mip: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("membrane", "skeleton"):
-            raise ValueError(f"kind must be 'membrane' or 'skeleton', got {self.kind!r}")
+        if self.kind not in GT_KINDS:
+            raise ValueError(f"kind must be one of {GT_KINDS}, got {self.kind!r}")
+        if self.kind == "import" and self.mode not in IMPORT_MODES:
+            raise ValueError(f"import mode must be one of {IMPORT_MODES}, got {self.mode!r}")
+        if self.kind == "import" and self.mode == "map" and not self.label_map:
+            raise ValueError("import mode 'map' needs a label map such as '0:2,255:1'")
 
     def convert(self, labels: np.ndarray) -> np.ndarray:
+        """One 2D label image -> the uint8 PNG this job writes."""
+        if self.kind == "import":
+            return self._import(labels)
         if self.label_map:
             labels = L.map_values(labels, self.label_map)
         if self.kind == "membrane":
             return L.instances_to_membrane(labels, self.thickness, self.fill_ecs, self.unknown_id)
         return L.membrane_to_skeleton(labels, self.has_unknown, self.filter_size)
 
+    def _import(self, labels: np.ndarray) -> np.ndarray:
+        if self.mode == "binary":
+            return L.binary_to_classes(labels, self.membrane_value)
+        if self.mode == "map":
+            classes = L.map_values(labels, self.label_map)
+            return classes.astype(np.uint8 if classes.max(initial=0) < 256 else np.uint16)
+        return L.values_to_classes(labels, [int(v) for v in np.unique(labels) if v != 0])
 
-def _gt_inputs(spec: str) -> list[tuple[str, np.ndarray | Path]]:
+
+def _gt_inputs(job: GtJob) -> list[tuple[str, np.ndarray | Path]]:
     """(output stem, 2D label source) for a folder of images or every slice of a stack."""
-    path = Path(spec)
-    if path.is_dir():
+    path = Path(job.input)
+    if path.is_dir() and job.box is None:
         return [(p.stem, p) for p in L.list_images(path)]
-    stack = L.read_label_stack(spec)
-    stem = Path(spec.partition(":")[0]).stem
-    return [(f"{stem}_{z:04d}", stack[z]) for z in range(stack.shape[0])]
+    stack = L.read_label_stack(job.input, job.box, job.mip)
+    stem = "vast" if job.input.startswith("vast") else Path(job.input.partition(":")[0]).stem
+    z0 = job.box.z0 if job.box is not None else 0
+    return [(f"{stem}_{z0 + z:04d}", stack[z]) for z in range(stack.shape[0])]
 
 
 def run_gt_job(job: GtJob, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None) -> list[Path]:
-    """Convert every image (or slice) and write ``<stem>_border.png`` / ``<stem>_skel.png``."""
-    suffix = "_border" if job.kind == "membrane" else "_skel"
-    inputs = _gt_inputs(job.input)
+    """Convert every image (or slice); write ``<stem>_border|_skel|_label.png`` atomically."""
+    suffix = _GT_SUFFIX[job.kind]
+    inputs = _gt_inputs(job)
     written = []
     for i, (stem, item) in enumerate(inputs):
         if cancel is not None:

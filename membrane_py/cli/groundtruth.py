@@ -12,36 +12,71 @@ gt_app = typer.Typer(help="Ground-truth conversions over folders of label images
                      no_args_is_help=True)
 
 
+SOURCE_HELP = ("folder of label images, .tif, .h5[:dataset], .zarr, or vast:HOST:PORT for the "
+               "segmentation layer of a running VAST")
+BOX_HELP = "read only this box: minx,maxx,miny,maxy,minz,maxz (inclusive, at --mip)"
+
+
+def _run(job_kwargs: dict, box: str | None, what: str) -> None:
+    """Build a GtJob, run it with progress, report or turn bad input into a clear error."""
+    from membrane_py.augment.patches import GtJob, run_gt_job
+    from membrane_py.geometry import Box
+
+    try:
+        job = GtJob(**job_kwargs, box=Box.parse_vast(box) if box else None)
+        written = run_gt_job(job, progress_printer())
+    except (ValueError, FileNotFoundError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"wrote {len(written)} {what} images to {job.output}")
+
+
 @gt_app.command("membrane")
 def gt_membrane(
-    input: str = typer.Argument(..., help="folder of instance label images, .tif or .h5[:dataset]"),
+    input: str = typer.Argument(..., help=SOURCE_HELP),
     output: Path = typer.Argument(..., help="output folder for <name>_border.png"),
     thickness: int = typer.Option(3, min=1, help="membrane band width in pixels"),
     fill_ecs: bool = typer.Option(False, help="label-0 pixels (extracellular space) -> membrane"),
     unknown_id: int = typer.Option(None, help="input id that means unknown; stays 0 in output"),
+    box: str = typer.Option(None, help=BOX_HELP),
+    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
 ) -> None:
     """Neuron instance labels -> membrane labels (1 non-membrane, 2 membrane, 0 unknown)."""
-    from membrane_py.augment.patches import GtJob, run_gt_job
+    _run(dict(kind="membrane", input=input, output=str(output), thickness=thickness,
+              fill_ecs=fill_ecs, unknown_id=unknown_id, mip=mip), box, "membrane label")
 
-    job = GtJob("membrane", input, str(output), thickness=thickness, fill_ecs=fill_ecs,
-                unknown_id=unknown_id)
-    written = run_gt_job(job, progress_printer())
-    typer.echo(f"wrote {len(written)} membrane label images to {output}")
+
+@gt_app.command("import")
+def gt_import(
+    input: str = typer.Argument(..., help=SOURCE_HELP),
+    output: Path = typer.Argument(..., help="output folder for <name>_label.png"),
+    mode: str = typer.Option("binary", help="binary (two-valued mask such as ISBI's), map "
+                             "(--label-map value:class) or values (each non-zero value a class)"),
+    membrane_value: int = typer.Option(0, help="binary mode: the value that marks membrane"),
+    label_map: str = typer.Option(None, help="map mode: value:class pairs, e.g. '0:2,255:1'"),
+    box: str = typer.Option(None, help=BOX_HELP),
+    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
+) -> None:
+    """Any label encoding -> class PNGs (0 unknown, 1..K) for `train --label-format classes`."""
+    from membrane_py.augment.patches import parse_label_map
+
+    _run(dict(kind="import", input=input, output=str(output), mode=mode,
+              membrane_value=membrane_value, label_map=parse_label_map(label_map), mip=mip),
+         box, "class label")
 
 
 @gt_app.command("skeleton")
 def gt_skeleton(
-    input: str = typer.Argument(..., help="folder of membrane label images, .tif or .h5[:dataset]"),
+    input: str = typer.Argument(..., help=SOURCE_HELP),
     output: Path = typer.Argument(..., help="output folder for <name>_skel.png"),
     unknown: bool = typer.Option(True, help="the input uses 0 for unknown pixels"),
     filter_size: int = typer.Option(3, help="Gaussian smoothing size: 1 (none), 3 or 5"),
+    box: str = typer.Option(None, help=BOX_HELP),
+    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
 ) -> None:
     """Membrane labels -> skeleton labels (1 background, 2 near the skeleton, 0 unknown)."""
-    from membrane_py.augment.patches import GtJob, run_gt_job
-
-    job = GtJob("skeleton", input, str(output), has_unknown=unknown, filter_size=filter_size)
-    written = run_gt_job(job, progress_printer())
-    typer.echo(f"wrote {len(written)} skeleton label images to {output}")
+    _run(dict(kind="skeleton", input=input, output=str(output), has_unknown=unknown,
+              filter_size=filter_size, mip=mip), box, "skeleton label")
 
 
 def patches(

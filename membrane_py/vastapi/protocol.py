@@ -289,6 +289,7 @@ def decode_values(buf: bytes | memoryview) -> list[Value]:
     out: list[Value] = []
     pos = 0
     n = len(mv)
+    data: bytes | None = None  # bytes view for NUL search, made once (texts come in thousands)
     while pos < n:
         try:
             tag = Tag(mv[pos])
@@ -296,11 +297,13 @@ def decode_values(buf: bytes | memoryview) -> list[Value]:
             break
         pos += 1
         if tag is Tag.TEXT:
-            end = bytes(mv[pos:]).find(b"\0")
+            if data is None:
+                data = buf if isinstance(buf, bytes) else bytes(mv)
+            end = data.find(b"\0", pos)
             if end < 0:
                 raise ProtocolError("text value without NUL terminator")
-            out.append(Value(tag, bytes(mv[pos : pos + end]).decode("latin-1")))
-            pos += end + 1
+            out.append(Value(tag, data[pos:end].decode("latin-1")))
+            pos = end + 1
         elif tag is Tag.BLOCK:
             if pos + 4 > n:
                 raise ProtocolError("truncated data-block length")

@@ -9,7 +9,8 @@ from membrane_py.volumes.base import VolumeSource
 ACCEPTED_FORMS = (
     "synthetic | synthetic:ZxYxX | synthetic:ZxYxX:SEED, "
     "a folder of PNG/TIFF sections, a multi-page .tif/.tiff, "
-    ".h5/.hdf5/.h5.gz[:dataset], a .zarr directory[:array], a .vsvi descriptor"
+    ".h5/.hdf5/.h5.gz[:dataset], a .zarr directory[:array], a .vsvi descriptor, "
+    "vast | vast:HOST:PORT | vast:HOST:PORT:LAYER (a running VAST or membrane serve)"
 )
 _H5 = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
 
@@ -43,6 +44,24 @@ def _split_inner(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
+def _open_vast(spec: str, labels: bool) -> VolumeSource:
+    """'vast[:HOST[:PORT[:LAYER]]]' -> the EM layer (or, for labels, the segmentation layer)."""
+    from membrane_py.vastapi.client import VastClient
+    from membrane_py.vastapi.protocol import DEFAULT_PORT
+    from membrane_py.volumes.vast import VastVolume
+
+    parts = spec.split(":")[1:]
+    try:
+        if len(parts) > 3:
+            raise ValueError
+        host = parts[0] if parts and parts[0] else "127.0.0.1"
+        port = int(parts[1]) if len(parts) > 1 else DEFAULT_PORT
+        layer = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise ValueError(f"bad VAST spec {spec!r}; accepted forms: {ACCEPTED_FORMS}") from None
+    return VastVolume(VastClient(host, port), layer=layer, segmentation=labels)
+
+
 def open_volume(spec: str | Path, *, labels: bool = False,
                 voxel_size: tuple[float, float, float] | None = None) -> VolumeSource:
     """A volume source for ``spec`` (see ACCEPTED_FORMS); ``labels`` marks a label volume."""
@@ -56,6 +75,8 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     if text == "synthetic" or text.startswith("synthetic:"):
         em, gt = synthetic_volumes(*_parse_synthetic(text))
         return gt if labels else em
+    if text == "vast" or text.startswith("vast:"):
+        return _open_vast(text, labels)
     path, inner = _split_inner(text)
     if not path.exists():
         raise FileNotFoundError(f"volume not found: {text!r}; accepted forms: {ACCEPTED_FORMS}")

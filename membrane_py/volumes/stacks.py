@@ -17,7 +17,7 @@ import tifffile
 from membrane_py.geometry import Box
 from membrane_py.volumes.base import VolumeSource
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 _SECTION_CACHE = 32
 
 
@@ -27,14 +27,14 @@ def natural_key(name: str) -> list:
 
 
 def list_sections(folder: str | Path) -> list[Path]:
-    """The PNG/TIFF files of a folder in natural order (hidden files skipped)."""
+    """The image files of a folder in natural order (hidden files skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = [p for p in folder.iterdir()
              if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
     if not files:
-        raise ValueError(f"no PNG/TIFF images in {folder}")
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -44,8 +44,9 @@ def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: str | Path) -> np.ndarray:
     """One 2D image as (y, x) or (y, x, 3) RGB, in its stored dtype."""
+    path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         img = tifffile.imread(path)
     else:
