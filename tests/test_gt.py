@@ -225,7 +225,7 @@ def test_cli_gt_membrane_from_vast_box(tmp_path, vast_server):
 
     truth = make_synthetic((8, 256, 256), seed=0).instances
     box = Box(2, 4, 10, 110, 20, 220)
-    spec = f"vast:{vast_server.host}:{vast_server.port}"
+    spec = f"vast://{vast_server.host}:{vast_server.port}"
     vast_box = ",".join(map(str, box.to_vast()))
     r = CliRunner().invoke(app, ["gt", "membrane", spec, str(tmp_path / "mem"), "--thickness",
                                  str(MEMBRANE_THICKNESS), "--box", vast_box])

@@ -113,3 +113,15 @@ def test_write_block_rejects_misaligned_boxes(tmp_path):
         w.write_block(Box(0, 1, 0, 128, 256, 300), np.zeros((1, 128, 40), np.uint8))
     with pytest.raises(ValueError, match="no tiles written"):
         w.write_descriptor(tmp_path / "x.vsvi", (1, 1, 1), "x")
+
+
+def test_stale_temporaries_removed_but_tiles_kept(tmp_path):
+    from membrane_py.volumes.tiles import remove_stale_temporaries, tile_path
+
+    tile = tile_path(tmp_path, 0, 3, 0, 1)
+    tile.parent.mkdir(parents=True)
+    tile.write_bytes(b"png")
+    stale = tile.parent / f".{tile.name}.abc123.tmp"
+    stale.write_bytes(b"half a tile")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and tile.read_bytes() == b"png"

@@ -179,7 +179,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def read_label_stack(spec: str | Path, box: Box | None = None, mip: int = 0) -> np.ndarray:
     """Ground truth (z, y, x) int64 from any volume spec (image folder, TIFF, 'file.h5:dataset',
-    'vast:HOST:PORT' for a VAST segmentation layer), optionally only ``box`` (at ``mip``)."""
+    'vast://HOST:PORT' for a VAST segmentation layer), optionally only ``box`` (at ``mip``)."""
     try:
         volume = open_volume(spec, labels=True)
     except (FileNotFoundError, ValueError) as e:

@@ -12,7 +12,7 @@ gt_app = typer.Typer(help="Ground-truth conversions over folders of label images
                      no_args_is_help=True)
 
 
-SOURCE_HELP = ("folder of label images, .tif, .h5[:dataset], .zarr, or vast:HOST:PORT for the "
+SOURCE_HELP = ("folder of label images, .tif, .h5[:dataset], .zarr, or vast://HOST:PORT for the "
                "segmentation layer of a running VAST")
 BOX_HELP = "read only this box: minx,maxx,miny,maxy,minz,maxz (inclusive, at --mip)"
 

@@ -12,15 +12,18 @@ class Bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         self._rich = Progress("[progress.description]{task.description}", BarColumn(),
-                              MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+                              MofNCompleteColumn(), TimeRemainingColumn(),
+                              "{task.fields[message]}", transient=False)
         self._tasks: dict[str, int] = {}
         self._rich.__enter__()
         return self
 
     def __call__(self, event) -> None:
         if event.task not in self._tasks:
-            self._tasks[event.task] = self._rich.add_task(event.task, total=event.total)
-        self._rich.update(self._tasks[event.task], completed=event.done, total=event.total)
+            self._tasks[event.task] = self._rich.add_task(event.task, total=event.total,
+                                                          message="")
+        self._rich.update(self._tasks[event.task], completed=event.done, total=event.total,
+                          message=event.message)
 
     def __exit__(self, *exc) -> None:
         self._rich.__exit__(*exc)

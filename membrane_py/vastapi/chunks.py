@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +90,31 @@ def iter_chunks(
     full = Box.full(tuple(bounds))
     if not full.contains(region):
         raise IndexError(f"region {region} lies outside the volume {tuple(bounds)}")
-    boxes = ((core, core.grow(*margin).clip(full.shape)) for core in chunk_cores(region, chunk))
+    return read_chunks(read, chunk_cores(region, chunk), bounds, margin, prefetch, cancel)
+
+
+def read_chunks(
+    read: Callable[[Box], np.ndarray],
+    cores: Iterable[Box],
+    bounds: tuple[int, int, int],
+    margin: tuple[int, int, int] = (0, 64, 64),
+    prefetch: int = 2,
+    cancel: CancelToken | None = None,
+) -> Iterator[Chunk]:
+    """As :func:`iter_chunks`, for any sequence of core boxes inside the volume.
+
+    ``cores`` is consumed lazily in the reader thread, so it may be a generator that
+    decides on the fly which chunks still need reading.
+    """
+    full = Box.full(tuple(bounds))
+
+    def outer_boxes() -> Iterator[tuple[Box, Box]]:
+        for core in cores:
+            if not full.contains(core):
+                raise IndexError(f"chunk {core} lies outside the volume {full.shape}")
+            yield core, core.grow(*margin).clip(full.shape)
+
+    boxes = outer_boxes()
     if prefetch <= 0:
         for core, outer in boxes:
             if cancel is not None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
 
 ACCEPTED_FORMS = (
     "synthetic | synthetic:ZxYxX | synthetic:ZxYxX:SEED, "
     "a folder of PNG/TIFF sections, a multi-page .tif/.tiff, "
     ".h5/.hdf5/.h5.gz[:dataset], a .zarr directory[:array], a .vsvi descriptor, "
-    "vast | vast:HOST:PORT | vast:HOST:PORT:LAYER (a running VAST or membrane serve)"
+    "vast | vast://HOST:PORT (a running VAST or membrane serve)"
 )
 _H5 = (".h5", ".hdf5", ".h5.gz", ".hdf5.gz")
 
@@ -44,22 +45,12 @@ def _split_inner(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def _open_vast(spec: str, labels: bool) -> VolumeSource:
-    """'vast[:HOST[:PORT[:LAYER]]]' -> the EM layer (or, for labels, the segmentation layer)."""
+def _open_vast(address: tuple[str, int], labels: bool) -> VolumeSource:
+    """A running VAST: its first EM layer, or for labels its selected segmentation layer."""
     from membrane_py.vastapi.client import VastClient
-    from membrane_py.vastapi.protocol import DEFAULT_PORT
     from membrane_py.volumes.vast import VastVolume
 
-    parts = spec.split(":")[1:]
-    try:
-        if len(parts) > 3:
-            raise ValueError
-        host = parts[0] if parts and parts[0] else "127.0.0.1"
-        port = int(parts[1]) if len(parts) > 1 else DEFAULT_PORT
-        layer = int(parts[2]) if len(parts) > 2 else 0
-    except ValueError:
-        raise ValueError(f"bad VAST spec {spec!r}; accepted forms: {ACCEPTED_FORMS}") from None
-    return VastVolume(VastClient(host, port), layer=layer, segmentation=labels)
+    return VastVolume(VastClient(*address), segmentation=labels)
 
 
 def open_volume(spec: str | Path, *, labels: bool = False,
@@ -75,8 +66,9 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     if text == "synthetic" or text.startswith("synthetic:"):
         em, gt = synthetic_volumes(*_parse_synthetic(text))
         return gt if labels else em
-    if text == "vast" or text.startswith("vast:"):
-        return _open_vast(text, labels)
+    address = parse_vast_address(text)
+    if address is not None:
+        return _open_vast(address, labels)
     path, inner = _split_inner(text)
     if not path.exists():
         raise FileNotFoundError(f"volume not found: {text!r}; accepted forms: {ACCEPTED_FORMS}")

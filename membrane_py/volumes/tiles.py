@@ -18,7 +18,9 @@ import functools
 import math
 import os
 import re
+import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,9 @@ MIPMAP_TEMPLATE = "mip%d/Sect_%06d/sect_%06d_r%d_c%d.png"
 _TILE_CACHE = 64
 _SECT_DIR = re.compile(r"Sect_(\d+)$")
 _MIP_DIR = re.compile(r"mip(\d+)$")
+#: PNG signature and IHDR chunk start, and the IEND chunk every complete PNG ends with
+_PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def tile_path(out_dir: str | Path, mip: int, z: int, row: int, col: int) -> Path:
@@ -56,6 +61,15 @@ def write_png(path: Path, image: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> int:
+    """Delete the hidden ``.*.tmp`` files a killed writer left below ``out_dir``; call it
+    before (not while) a job writes there. Returns how many were removed."""
+    stale = list(Path(out_dir).glob("mip*/Sect_*/.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read_png(path: Path) -> np.ndarray | None:
@@ -128,58 +142,96 @@ class TileWriter:
                 for x in range(box.x0, box.x1, t):
                     part = data[iz, y - box.y0:min(y + t, box.y1) - box.y0,
                                 x - box.x0:min(x + t, box.x1) - box.x0]
-                    self._write_tile(self.mip, z, y // t, x // t, part)
+                    self.write_tile(self.mip, z, y // t, x // t, part)
 
-    def _write_tile(self, mip: int, z: int, row: int, col: int, part: np.ndarray) -> None:
+    def write_tile(self, mip: int, z: int, row: int, col: int, part: np.ndarray) -> np.ndarray:
+        """Write one tile (``part`` is its top-left corner, zero-padded); returns the tile."""
         full = np.zeros(self._tile_shape(), self.dtype)
         full[:part.shape[0], :part.shape[1]] = part
         write_png(tile_path(self.out_dir, mip, z, row, col), full)
+        return full
 
     def exists_valid(self, z: int, row: int, col: int, mip: int | None = None) -> bool:
-        """True when the tile exists and decodes to a full tile of the right kind (resume)."""
-        img = read_png(tile_path(self.out_dir, self.mip if mip is None else mip, z, row, col))
-        return img is not None and img.shape == self._tile_shape() and img.dtype == self.dtype
+        """True when the tile is a complete PNG of the right size and pixel kind (resume).
+
+        Reads only the header and the trailer: writes are atomic, so a file under its final
+        name is either whole or was damaged afterwards, which a truncated end reveals.
+        """
+        path = tile_path(self.out_dir, self.mip if mip is None else mip, z, row, col)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(26)
+                f.seek(-len(_PNG_END), os.SEEK_END)
+                tail = f.read()
+        except OSError:  # missing, or shorter than a trailer
+            return False
+        expected = (self.tile, self.tile, 8 * self.dtype.itemsize, 0 if self.channels == 1 else 2)
+        return (head[:16] == _PNG_HEAD and tail == _PNG_END
+                and struct.unpack(">IIBB", head[16:26]) == expected)
+
+    def top_mip(self) -> int:
+        """The first level (from the writer's mip up) whose whole image fits one tile."""
+        top = self.mip
+        while max(self.grid(top)) > 1:
+            top += 1
+        return top
+
+    def build_parent(self, level: int, z: int, row: int, col: int,
+                     labels: bool = False) -> np.ndarray | None:
+        """Make tile (z, row, col) of ``level + 1`` from its four children at ``level``
+        (2x mean, or top-left for labels) and write it; None (nothing written) when no
+        child exists."""
+        t = self.tile
+        quad = np.zeros((1, 2 * t, 2 * t) + self._tile_shape()[2:], self.dtype)
+        found = False
+        for dr in (0, 1):
+            for dc in (0, 1):
+                child = read_png(tile_path(self.out_dir, level, z, 2 * row + dr, 2 * col + dc))
+                if child is not None:
+                    quad[0, dr * t:(dr + 1) * t, dc * t:(dc + 1) * t] = child
+                    found = True
+        if not found:
+            return None
+        _, h, w = size_at_mip(self.volume_shape, level + 1)
+        small = downsample_xy(quad, 2, labels)[0]
+        small[max(0, h - row * t):] = 0  # outside the image at this level
+        small[:, max(0, w - col * t):] = 0
+        return self.write_tile(level + 1, z, row, col, small)
 
     def build_pyramid(self, max_mip: int | None = None, labels: bool = False) -> int:
-        """Make mip+1 .. max_mip from the written tiles (2x mean, or top-left for labels).
+        """Make mip+1 .. max_mip (default :meth:`top_mip`) from every written tile.
 
-        By default stops at the first level whose image fits one tile. Returns the top level.
+        Returns the top level.
         """
-        if max_mip is None:
-            max_mip = self.mip
-            while max(self.grid(max_mip)) > 1:
-                max_mip += 1
-        t = self.tile
+        max_mip = self.top_mip() if max_mip is None else max_mip
         for level in range(self.mip, max_mip):
             src = self.out_dir / f"mip{level}"
             if not src.is_dir():
                 break
-            _, h, w = size_at_mip(self.volume_shape, level + 1)
             rows, cols = self.grid(level + 1)
             for z in _sections(src):
                 for r in range(rows):
                     for c in range(cols):
-                        quad = np.zeros((1, 2 * t, 2 * t) + self._tile_shape()[2:], self.dtype)
-                        for dr in (0, 1):
-                            for dc in (0, 1):
-                                child = read_png(
-                                    tile_path(self.out_dir, level, z, 2 * r + dr, 2 * c + dc))
-                                if child is not None:
-                                    quad[0, dr * t:(dr + 1) * t, dc * t:(dc + 1) * t] = child
-                        small = downsample_xy(quad, 2, labels)[0]
-                        small[h - r * t:] = 0  # outside the image at this level
-                        small[:, w - c * t:] = 0
-                        self._write_tile(level + 1, z, r, c, small)
+                        self.build_parent(level, z, r, c, labels)
         return max_mip
 
     def write_descriptor(self, path: str | Path, voxel_size: tuple[float, float, float],
-                         layer_name: str, missing: str = "black") -> Path:
-        """A .vsvi whose section, row, column and mip ranges match the tiles on disk."""
+                         layer_name: str, missing: str = "black", sections: Iterable[int] = (),
+                         top_mip: int | None = None) -> Path:
+        """A .vsvi whose section, row, column and mip ranges match the tiles on disk.
+
+        ``sections`` and ``top_mip`` add what a running job is about to write, so VAST can
+        show a layer while its tiles are still appearing (missing tiles read as black).
+        """
         path = Path(path)
         levels = [m for m in _levels(self.out_dir) if m >= self.mip]
+        planned = set(sections)
+        if planned:
+            levels = sorted({*levels, self.mip, self.mip if top_mip is None else top_mip})
         if self.mip not in levels:
             raise ValueError(f"no tiles written at mip {self.mip} in {self.out_dir}")
-        sections = _sections(self.out_dir / f"mip{self.mip}")
+        level_dir = self.out_dir / f"mip{self.mip}"
+        sections = sorted(planned.union(_sections(level_dir) if level_dir.is_dir() else ()))
         rows, cols = self.grid(0)
         rel = os.path.relpath(self.out_dir.resolve(), path.parent.resolve()).replace(os.sep, "/")
         prefix = "./" if rel == "." else f"./{rel}/"
@@ -220,7 +272,7 @@ class VsviVolume(VolumeSource):
         self.is_label = is_label
         self._sections = v.section_numbers()
         self._fill = np.iinfo(self.dtype).max if v.missing_image_policy == "white" else 0
-        self._tile = functools.lru_cache(maxsize=_TILE_CACHE)(self._load_tile)
+        self._decoded = functools.lru_cache(maxsize=_TILE_CACHE)(self._load_tile)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -255,8 +307,18 @@ class VsviVolume(VolumeSource):
         rel = format_tile_path(template, seq, s=section, r=row, c=col, m=mip)
         return self.path.parent / rel
 
-    def _load_tile(self, mip: int, section: int, row: int, col: int) -> np.ndarray | None:
-        img = read_png(self._file(mip, section, row, col))
+    def _tile(self, mip: int, section: int, row: int, col: int) -> np.ndarray | None:
+        """A decoded tile, cached by file and modification time: tiles that a running job
+        writes later, or rewrites, are seen at the next read (missing ones are not cached)."""
+        path = self._file(mip, section, row, col)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        return self._decoded(path, stamp)
+
+    def _load_tile(self, path: Path, stamp: int) -> np.ndarray | None:
+        img = read_png(path)
         if img is not None and self.channels == 1 and img.ndim == 3:
             img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         return img

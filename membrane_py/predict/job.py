@@ -1,0 +1,138 @@
+"""The prediction job spec shared by the CLI, the GUI and the Python API.
+
+A :class:`PredictJob` is plain data (JSON via ``to_json`` / ``from_json``): where the EM
+comes from, which network, which part of the volume, what to write and how. All user-facing
+coordinates are mip 0 and in VAST's x, y, z order, as VAST displays them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
+
+#: what can be written: the probability of one class (8-bit, 1..255), the class map,
+#: an RGB image of three class probabilities, or one probability folder per class
+OUTPUT_KINDS = ("probability", "classes", "rgb", "per_class")
+#: which part of the volume: all, a box, cubes around VAST's view, each skeleton's anchor
+#: point (as mEMbrain) or each skeleton node
+REGION_MODES = ("volume", "box", "view", "anchors", "nodes")
+BACKENDS = ("auto", "torch", "onnx")
+
+
+@dataclass
+class RegionSpec:
+    """Which part of the volume to predict (mip-0 voxels, VAST's x, y, z order).
+
+    ``box``: inclusive ``minx, maxx, miny, maxy, minz, maxz`` (as VAST's coordinates read).
+    ``view`` / ``anchors`` / ``nodes``: a cube ``size_xy`` wide and ``depth`` sections deep
+    centred on VAST's view centre, on each skeleton's anchor point, or on each skeleton
+    node; overlapping cubes are merged. ``points`` (x, y, z) replaces the points asked
+    from VAST (so cube modes also work without VAST); ``anno_layer`` picks VAST's
+    annotation layer (default: the selected one).
+    """
+
+    mode: str = "volume"
+    box: list[int] | None = None
+    size_xy: int = 2048
+    depth: int = 16
+    points: list[list[int]] | None = None
+    anno_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in REGION_MODES:
+            raise ValueError(f"region mode must be one of {REGION_MODES}, got {self.mode!r}")
+        if self.mode == "box" and (self.box is None or len(self.box) != 6):
+            raise ValueError("region 'box' needs box = [minx, maxx, miny, maxy, minz, maxz] "
+                             "(mip 0, inclusive)")
+        if self.size_xy < 1 or self.depth < 1:
+            raise ValueError(f"cube size must be >= 1, got size_xy={self.size_xy}, "
+                             f"depth={self.depth}")
+        if self.points is not None and any(len(p) != 3 for p in self.points):
+            raise ValueError("points must be [x, y, z] triples (mip 0)")
+
+
+@dataclass
+class PredictJob:
+    """Everything one prediction run needs.
+
+    ``source``: ``vast://host:port`` (EM layer ``layer`` of a running VAST or mock server),
+    ``synthetic[:ZxYxX[:SEED]]`` or any path :func:`~membrane_py.volumes.open_volume`
+    accepts. ``vast`` names the VAST to ask for the view / skeletons and to load the result
+    into when the source is not VAST itself. ``prob_class`` (name or 1-based number) is
+    the class of the ``probability`` output (default: "membrane", else the last class).
+    ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
+    ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout).
+    """
+
+    checkpoint: str
+    source: str = DEFAULT_VAST
+    out: str = "predictions"
+    layer: int = 0
+    vast: str | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    mip: int = 0
+    region: RegionSpec = field(default_factory=RegionSpec)
+    layer_name: str = "membrane prediction"
+    outputs: list[str] = field(default_factory=lambda: ["probability"])
+    prob_class: str | None = None
+    pyramid: bool = True
+    zarr: bool = False
+    load_in_vast: bool = False
+    skip_blank: bool = True
+    blank_entropy: float = 1.0
+    overwrite: bool = False
+    chunk: list[int] = field(default_factory=lambda: [16, 1024, 1024])
+    margin: int = 64
+    tile: int = 1024
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.region, dict):
+            self.region = RegionSpec(**self.region)
+        self.chunk = [int(c) for c in self.chunk]
+        bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
+        checks = [
+            (bool(self.outputs) and not bad,
+             f"outputs must be a non-empty list of {OUTPUT_KINDS}, got {self.outputs}"),
+            (self.backend in BACKENDS, f"backend must be one of {BACKENDS}"),
+            (self.mip >= 0, f"mip must be >= 0, got {self.mip}"),
+            (self.margin >= 0, f"margin must be >= 0, got {self.margin}"),
+            (self.tile >= 16, f"tile must be >= 16 px, got {self.tile}"),
+            (len(self.chunk) == 3 and min(self.chunk) >= 1,
+             f"chunk must be three positive numbers (z, y, x), got {self.chunk}"),
+            (len(self.chunk) == 3 and all(c % self.tile == 0 for c in self.chunk[1:]),
+             f"chunk y and x ({self.chunk[1:]}) must be multiples of the tile size {self.tile}"),
+            (self.prefetch >= 0, "prefetch must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        parse_vast_address(self.source)
+        if self.vast is not None and parse_vast_address(self.vast) is None:
+            raise ValueError(f"vast must be a VAST address like {DEFAULT_VAST}, got {self.vast!r}")
+
+    @property
+    def vast_address(self) -> tuple[str, int] | None:
+        """The VAST to talk to (the source when it is VAST, else ``vast``), or None."""
+        return parse_vast_address(self.source) or (
+            parse_vast_address(self.vast) if self.vast else None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PredictJob:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown prediction options {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> PredictJob:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,281 @@
+"""The volume runner: predict a region of any volume source chunk by chunk, on the fly.
+
+Three stages overlap through bounded queues, so memory stays bounded: a reader thread
+fetches the next chunks (with ``margin`` px of context; :func:`read_chunks`), the calling
+thread runs the network, and a writer thread encodes and writes tiles and, after each z
+block, the pyramid above it. Chunks whose tiles all exist as complete PNGs are skipped
+before reading; blank tiles (grey-level entropy below ``blank_entropy`` bits, as mEMbrain)
+are neither predicted nor written. A chunk is always predicted whole, with the same input
+as in an uninterrupted run, so a killed and restarted run ends byte-identical to it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from membrane_py.geometry import Box
+from membrane_py.predict.base import Predictor
+from membrane_py.predict.job import PredictJob
+from membrane_py.predict.regions import PlannedChunk, TileKey, TilePlan, plan_region
+from membrane_py.predict.writers import PredictionWriter, make_outputs
+from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
+from membrane_py.vastapi.address import parse_vast_address
+from membrane_py.vastapi.chunks import Chunk, read_chunks
+from membrane_py.vastapi.client import VastClient
+from membrane_py.volumes.base import VolumeSource
+
+TASK = "predict"
+
+
+@dataclass
+class PredictResult:
+    """What a run wrote (paths absolute) and how it went; tile counts are at the predicted
+    mip and add up to ``tiles_total``."""
+
+    out: Path
+    descriptors: list[Path]
+    zarr: list[Path]
+    layers: list[int]  # VAST layer numbers of the loaded outputs
+    tiles_total: int
+    tiles_written: int
+    tiles_blank: int
+    tiles_resumed: int
+    pyramid_tiles: int
+    megabytes_read: float
+    seconds: float
+
+
+def entropy_bits(image: np.ndarray) -> float:
+    """Shannon entropy (bits) of the 256-bin grey-level histogram of a uint8 image."""
+    counts = np.bincount(image.ravel(), minlength=256)
+    p = counts[counts > 0] / image.size
+    return float(-(p * np.log2(p)).sum())
+
+
+def is_blank(image: np.ndarray, min_entropy: float) -> bool:
+    """All zeros or nearly uniform (entropy below ``min_entropy``): nothing to predict."""
+    return not image.any() or entropy_bits(image) < min_entropy
+
+
+def open_source(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient | None]:
+    """The job's EM volume and, when one is named, a connected VAST client (closed with
+    ``stack``)."""
+    from membrane_py.volumes import open_volume
+    from membrane_py.volumes.vast import VastVolume
+
+    address = job.vast_address
+    client = stack.enter_context(VastClient(*address)) if address else None
+    if parse_vast_address(job.source) is not None:
+        volume: VolumeSource = VastVolume(client, job.layer)
+    else:
+        volume = open_volume(job.source)
+    if volume.channels != 1 or np.dtype(volume.dtype) != np.uint8:
+        raise ValueError(f"{volume.name} is {np.dtype(volume.dtype).name} with {volume.channels} "
+                         "channel(s); prediction needs 8-bit grayscale EM (pick the EM layer "
+                         "with layer / --layer, or convert the data)")
+    if not 0 <= job.mip < volume.n_mips:
+        raise ValueError(f"mip {job.mip} does not exist: {volume.name} has mip levels "
+                         f"0..{volume.n_mips - 1}")
+    return volume, client
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as h:mm:ss (hours unbounded)."""
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _Tally:
+    """Thread-safe tile counters; every change becomes one Progress event."""
+
+    def __init__(self, total: int, progress: ProgressCallback | None) -> None:
+        self.total, self.progress = total, progress
+        self.written = self.blank = self.resumed = self.pyramid = self.nbytes = 0
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def add(self, written: int = 0, blank: int = 0, resumed: int = 0, pyramid: int = 0,
+            nbytes: int = 0) -> None:
+        with self._lock:
+            self.written += written
+            self.blank += blank
+            self.resumed += resumed
+            self.pyramid += pyramid
+            self.nbytes += nbytes
+            if self.progress is None:
+                return
+            seconds = max(time.perf_counter() - self.start, 1e-9)
+            processed = self.written + self.blank
+            done = processed + self.resumed
+            eta = (self.total - done) * seconds / processed if processed else float("nan")
+            mb_s = self.nbytes / 1e6 / seconds
+            when = f"ETA {_clock(eta)}" if processed else "ETA ?"
+            report(self.progress, Progress(
+                TASK, done, self.total, f"{done}/{self.total} tiles, {mb_s:.1f} MB/s, {when}",
+                {"mb_s": mb_s, "eta_s": eta, "written": self.written, "blank": self.blank,
+                 "resumed": self.resumed, "pyramid": self.pyramid}))
+
+
+class _WriterThread:
+    """Writes predicted chunks and builds each finished z block's pyramid, in order."""
+
+    def __init__(self, writer: PredictionWriter, plan: TilePlan, chunk_z: int, pyramid: bool,
+                 tally: _Tally) -> None:
+        self.writer, self.plan, self.chunk_z, self.pyramid = writer, plan, chunk_z, pyramid
+        self.tally = tally
+        self.written: dict[int, set[TileKey]] = defaultdict(set)
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, name="predict-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple) -> None:
+        """Queue work; re-raises the writer's error instead of waiting on a dead thread."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Finish the queued work and stop; raises the writer's error, if any."""
+        if self.error is None:
+            self.put(("stop",))
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get())[0] != "stop":
+                if item[0] == "tiles":
+                    _, chunk, sections, probs, keys = item
+                    self.writer.write(chunk.core, sections, probs, keys)
+                    self.written[chunk.block].update(keys)
+                    self.tally.add(written=len(keys))
+                else:  # ("block", k): every chunk of z block k is done
+                    k = item[1]
+                    written = self.written.pop(k, set())
+                    if self.pyramid:
+                        keys = self.plan.tiles(k * self.chunk_z, (k + 1) * self.chunk_z)
+                        self.tally.add(pyramid=self.writer.build_pyramid(keys, written))
+        except BaseException as exc:  # handed to the producer, re-raised there
+            self.error = exc
+
+
+def _padded_em(chunk_data: np.ndarray, core: Box, outer: Box, margin: int) -> np.ndarray:
+    """Sections of a chunk with ``margin`` px of context on every side: real context where
+    the volume has it, mirrored where the read was clipped at the volume border."""
+    want = core.grow(0, margin, margin)
+    pads = ((0, 0), (outer.y0 - want.y0, want.y1 - outer.y1),
+            (outer.x0 - want.x0, want.x1 - outer.x1))
+    return np.pad(chunk_data, pads, mode="reflect") if any(map(any, pads)) else chunk_data
+
+
+def _tile_pixels(chunk: Chunk, key: TileKey, tile: int) -> np.ndarray:
+    """The EM of one tile (one section) inside a chunk's core, cropped at the volume edge."""
+    z, r, c = key
+    box = Box(z, z + 1, r * tile, (r + 1) * tile, c * tile, (c + 1) * tile).intersect(chunk.core)
+    return chunk.core_data()[box.relative_to(chunk.core).slices()][0]
+
+
+def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
+                    writer: PredictionWriter, predictor: Predictor, tally: _Tally,
+                    cancel: CancelToken | None) -> None:
+    """The read -> predict -> write pipeline over every chunk of the plan."""
+    chunk_z, m = job.chunk[0], job.margin
+    planned: dict[Box, PlannedChunk] = {}
+
+    def pending() -> Iterator[Box]:
+        """Chunk cores still to read (runs in the reader thread)."""
+        for pc in plan.chunks(tuple(job.chunk)):
+            if not job.overwrite and all(writer.done(k) for k in pc.tiles):
+                tally.add(resumed=len(pc.tiles))
+                continue
+            planned[pc.core] = pc
+            yield pc.core
+
+    blocks = iter(plan.blocks(chunk_z))
+    next_block = next(blocks, None)
+    out = _WriterThread(writer, plan, chunk_z, job.pyramid, tally)
+    try:
+        chunks = read_chunks(lambda b: volume.read(b, job.mip), pending(), plan.shape,
+                             (0, m, m), job.prefetch, cancel)
+        for chunk in chunks:
+            pc = planned.pop(chunk.core)
+            tally.add(nbytes=chunk.data.nbytes)
+            while next_block is not None and next_block < pc.block:
+                out.put(("block", next_block))
+                next_block = next(blocks, None)
+            blank = {k for k in pc.tiles if job.skip_blank and
+                     is_blank(_tile_pixels(chunk, k, job.tile), job.blank_entropy)}
+            keys = [k for k in pc.tiles if k not in blank]
+            tally.add(blank=len(blank))
+            if not keys:
+                continue
+            if not job.overwrite and all(writer.done(k) for k in keys):
+                tally.add(resumed=len(keys))
+                continue
+            sections = sorted({z for z, _, _ in keys})
+            em = chunk.data[[z - chunk.outer.z0 for z in sections]]
+            probs = predictor.predict(_padded_em(em, pc.core, chunk.outer, m))
+            _, h, w = pc.core.shape
+            out.put(("tiles", pc, sections, probs[:, :, m:m + h, m:m + w], keys))
+        while next_block is not None:
+            out.put(("block", next_block))
+            next_block = next(blocks, None)
+    finally:
+        out.close()
+
+
+def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None,
+                   predictor: Predictor | None = None) -> PredictResult:
+    """Predict the job's region and write its outputs (see the module docstring).
+
+    ``predictor`` reuses a loaded engine; by default the job's checkpoint is loaded with
+    one engine tile per chunk (the runner supplies the context itself). Raises
+    :class:`~membrane_py.progress.Cancelled` when ``cancel`` is set; what was written
+    stays, and rerunning the same job continues from there.
+    """
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        volume, client = open_source(job, stack)
+        if job.load_in_vast and client is None:
+            raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
+                             "address (vast / --vast)")
+        if predictor is None:
+            from membrane_py.predict.engine import load_predictor
+
+            predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
+                                       tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
+        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
+        outputs = make_outputs(job, predictor.class_names)
+        writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
+                                  volume.voxel_size, job.pyramid, job.zarr)
+        sections = plan.sections()
+        descriptors = writer.write_descriptors(sections)
+        layers: list[int] = []
+        for path in descriptors if job.load_in_vast else []:  # each after the one before
+            layers.append(client.load_layer(str(path.resolve()), layers[-1] if layers else -1))
+        tally = _Tally(plan.n_tiles, progress)
+        _predict_chunks(job, volume, plan, writer, predictor, tally, cancel)
+        descriptors = writer.write_descriptors(sections)
+    return PredictResult(
+        out=Path(job.out).resolve(), descriptors=[p.resolve() for p in descriptors],
+        zarr=[z.path.resolve() for z in writer.zarr.values()], layers=layers,
+        tiles_total=plan.n_tiles, tiles_written=tally.written, tiles_blank=tally.blank,
+        tiles_resumed=tally.resumed, pyramid_tiles=tally.pyramid,
+        megabytes_read=tally.nbytes / 1e6, seconds=time.perf_counter() - start)

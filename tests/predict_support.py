@@ -1,0 +1,45 @@
+"""Helpers shared by the prediction tests: a tiny real checkpoint and tile-folder readers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.models.unet import UNet, UNetConfig
+from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
+
+#: a U-Net small enough to predict test volumes in a blink on a shared CPU; its receptive
+#: radius (6 * 2**2 - 2 = 22 px) is below the tests' 32 px context margin
+TINY = UNetConfig(depth=2, base_filters=4, norm="none")
+_TILE = re.compile(r"mip(\d+)/Sect_(\d+)/sect_\d+_r(\d+)_c(\d+)\.png$")
+
+
+def tiny_checkpoint(path: Path, class_names: list[str] | None = None, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny U-Net as a real checkpoint."""
+    names = class_names or ["non-membrane", "membrane"]
+    torch.manual_seed(seed)
+    cfg = UNetConfig(**{**TINY.to_dict(), "n_classes": len(names)})
+    net = UNet(cfg)
+    return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), model=cfg.to_dict(),
+                                            class_names=names,
+                                            preprocess=PreprocessConfig().to_dict()))
+
+
+def tile_keys(folder: Path, mip: int) -> set[tuple[int, int, int]]:
+    """(z, row, col) of every PNG tile at ``mip`` under an output folder."""
+    keys = set()
+    for p in folder.rglob("*.png"):
+        m = _TILE.search(p.relative_to(folder).as_posix())
+        if m and int(m.group(1)) == mip:
+            keys.add((int(m.group(2)), int(m.group(3)), int(m.group(4))))
+    return keys
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path (temporary files included: a restarted
+    run removes what a killed one left)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}

@@ -1,0 +1,26 @@
+"""`make demo` end to end on a very small configuration (train, serve, predict, score)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from membrane_py.demo import DemoConfig, run_demo
+from membrane_py.vastapi.descriptors import read_vsvi
+from membrane_py.volumes.tiles import read_png
+
+
+def test_small_demo_trains_predicts_loads_and_scores(tmp_path):
+    cfg = DemoConfig(out=tmp_path, volume="synthetic:3x256x256", train_shape=(2, 256, 256),
+                     depth=2, base_filters=4, patch_size=64, batch_size=8, iterations=10)
+    events = []
+    r = run_demo(cfg, progress=events.append)
+    assert r.checkpoint.is_file() and r.identical and r.layer_nr >= 1
+    assert r.n_tiles == 3 and r.megabytes > 0
+    assert r.descriptor == tmp_path / "prediction" / "probability.vsvi"
+    v = read_vsvi(r.descriptor)
+    assert (v.source_max_s, v.target_data_size_x, v.target_layer_name) == \
+        (2, 256, "membrane-py demo prediction")
+    tile = read_png(r.prediction_dir / "mip0" / "Sect_000000" / "sect_000000_r0_c0.png")
+    assert tile.shape == (1024, 1024) and tile[:256, :256].min() >= 1
+    assert 0 <= r.pixel_error < 0.5 and 0 < r.v_rand <= 1 and np.isfinite(r.v_rand)
+    assert {e.task for e in events} >= {"train", "predict", "demo: score against the ground truth"}
