@@ -83,6 +83,7 @@ class _Connection:
                 return
             cmd, values = split_request(body)
             self._answer(cmd, values)
+            del body, values  # views into the buffer: released so it can grow for the next one
 
     def _answer(self, cmd: int, values: list) -> None:
         try:

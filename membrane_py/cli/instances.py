@@ -1,0 +1,226 @@
+"""Instance segmentation and editable paint (`membrane instances`, `membrane paint`,
+`membrane fill`).
+
+Probability inputs are any volume form (image folder, .tif, .h5, .zarr, a .vsvi of
+prediction tiles) or a VAST address ``vast://HOST:PORT`` plus a layer number (e.g. a
+prediction .vsvi loaded in VAST). Boxes are ``minx,maxx,miny,maxy,minz,maxz``: inclusive
+mip-0 voxels, as VAST shows them; regions are those of `membrane predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import typer
+
+from membrane_py.cli.predict import _ints
+from membrane_py.cli.progress import Bar
+
+H = typer.Option(0.05, help="h-minima depth (0..1): larger = fewer, larger segments")
+THRESHOLD = typer.Option(0.71, help="pixels with membrane probability above become 0")
+MIN_SIZE = typer.Option(70, help="2D segments smaller than this (px) are removed")
+SIGMA = typer.Option(0.0, help="Gaussian smoothing of the map before seeding (0 = none)")
+WINDOW = typer.Option(2048, help="section windows: core side (px)")
+HALO = typer.Option(256, help="section windows: context on each side (px)")
+OVERLAP_PX = typer.Option(20, help="3D linking: minimum shared pixels")
+OVERLAP_FRACTION = typer.Option(0.5, help="3D linking: minimum overlap / smaller segment")
+BOX = typer.Option(None, help="minx,maxx,miny,maxy,minz,maxz (mip 0, inclusive); "
+                   "default: the whole volume")
+MIP = typer.Option(0, min=0, help="mip level to read the probabilities at")
+INVERT = typer.Option(False, help="the maps show membrane dark")
+VAST = typer.Option("vast://127.0.0.1:22081", help="the VAST to paint into (vast://HOST:PORT)")
+SOURCE_LAYER = typer.Option(0, help="image layer to read when SOURCE is a VAST address")
+LAYER = typer.Option(None, help="target segmentation layer number (default: a new layer)")
+SAVE = typer.Option(True, help="save the layer (SAVELAYER) at the end")
+SAVE_PATH = typer.Option("", help="file name for SAVELAYER (default: VAST's own)")
+OVERWRITE = typer.Option(False, help="also paint over voxels that are already painted")
+CONFIG_OUT = typer.Option(None, help="also write the job spec as JSON here")
+
+
+def _instance_config(h: float, threshold: float, min_size: int, sigma: float, window: int,
+                     halo: int, weights: str = "0.7,0.3,0"):
+    from membrane_py.predict.instances import InstanceConfig
+
+    try:
+        w = tuple(float(v) for v in weights.split(","))
+        return InstanceConfig(h=h, membrane_threshold=threshold, min_size=min_size,
+                              sigma=sigma, window=window, halo=halo, weights=w)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _agglomeration(px: int, fraction: float):
+    from membrane_py.predict.agglomerate import AgglomerationConfig
+
+    try:
+        return AgglomerationConfig(min_overlap_px=px, min_overlap_fraction=fraction)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _run(fn, *args, **kwargs):
+    """Run a job, turning its input errors into clean CLI errors and showing warnings."""
+    from membrane_py.vastapi.client import VastError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, ConnectionError, VastError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    return result
+
+
+def instances(
+    sources: list[str] = typer.Argument(..., help="membrane probability volume(s) or VAST "
+                                        "addresses; several are combined with --weights"),
+    output: Path = typer.Option(..., "--output", "-o", help="a .zarr directory, a .tif file, "
+                                "or a folder for RGB tiles with a .vsvi"),
+    layer: list[int] = typer.Option(None, help="VAST image layer of each VAST source, in order"),
+    mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
+                             "sections) or watershed3d"),
+    box: str = BOX,
+    mip: int = MIP,
+    invert: bool = INVERT,
+    colors: str = typer.Option("ids", help="tiles: ids (id = R*65536+G*256+B, for import) or "
+                               "palette (fixed random colours, for viewing)"),
+    weights: str = typer.Option("0.7,0.3,0", help="combining runs: weights of max,min,mean"),
+    h: float = H,
+    threshold: float = THRESHOLD,
+    min_size: int = MIN_SIZE,
+    sigma: float = SIGMA,
+    window: int = WINDOW,
+    halo: int = HALO,
+    min_overlap_px: int = OVERLAP_PX,
+    min_overlap_fraction: float = OVERLAP_FRACTION,
+    min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
+    config_out: Path = CONFIG_OUT,
+) -> None:
+    """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
+    from membrane_py.predict.instance_io import InstanceJob, run_instance_job
+
+    try:
+        job = InstanceJob(
+            sources=list(sources), output=str(output), layers=list(layer or [0]), mode=mode,
+            box=_ints(box, 6, "--box") if box else None, mip=mip, invert=invert,
+            colors=colors,
+            instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
+            agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
+            min_size_3d=min_size_3d)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if config_out is not None:
+        config_out.write_text(job.to_json())
+    with Bar() as bar:
+        result = _run(run_instance_job, job, bar)
+    typer.echo(f"{result.n_objects} objects ({mode}) in box {result.box} -> {result.path}")
+
+
+def paint(
+    source: str = typer.Argument(..., help="probability volume, label volume (--mode labels) "
+                                 "or the VAST address (then --source-layer is read)"),
+    source_layer: int = SOURCE_LAYER,
+    vast: str = VAST,
+    mode: str = typer.Option("instances2d", help="mask, instances2d, instances3d or labels"),
+    region: str = typer.Option("volume", help="volume, box, view (cube around VAST's view), "
+                               "anchors (cube per skeleton anchor) or nodes (per skeleton node)"),
+    box: str = BOX,
+    size: int = typer.Option(1024, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
+    depth: int = typer.Option(1, help="cube depth in sections for view/anchors/nodes"),
+    point: list[str] = typer.Option(None, help="x,y,z (mip 0) to use instead of asking VAST; "
+                                    "repeat for several cubes"),
+    anno_layer: int = typer.Option(None, help="VAST annotation layer with the skeletons "
+                                   "(default: the selected one)"),
+    mip: int = MIP,
+    mask_threshold: float = typer.Option(0.5, help="mask: probability >= this is painted"),
+    class_name: str = typer.Option("membrane", help="mask: segment name"),
+    invert: bool = INVERT,
+    layer: int = LAYER,
+    layer_name: str = typer.Option("membrane-py predictions", help="name of a new layer"),
+    overwrite: bool = OVERWRITE,
+    save: bool = SAVE,
+    save_path: str = SAVE_PATH,
+    h: float = H,
+    threshold: float = THRESHOLD,
+    min_size: int = MIN_SIZE,
+    sigma: float = SIGMA,
+    window: int = WINDOW,
+    halo: int = HALO,
+    min_overlap_px: int = OVERLAP_PX,
+    min_overlap_fraction: float = OVERLAP_FRACTION,
+    mapping_out: Path = typer.Option(None, help="write source id -> VAST segment id as JSON"),
+    config_out: Path = CONFIG_OUT,
+) -> None:
+    """Paint predictions into a VAST segmentation layer; existing paint is kept."""
+    from membrane_py.predict.job import RegionSpec
+    from membrane_py.predict.paint import PaintJob, run_paint
+
+    try:
+        job = PaintJob(
+            source=source, source_layer=source_layer, vast=vast, mode=mode,
+            region=RegionSpec(mode=region, box=_ints(box, 6, "--box") if box else None,
+                              size_xy=size, depth=depth, anno_layer=anno_layer,
+                              points=[_ints(p, 3, "--point") for p in point or []] or None),
+            mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,
+            layer=layer, layer_name=layer_name, overwrite=overwrite, save=save,
+            save_path=save_path,
+            instances=_instance_config(h, threshold, min_size, sigma, window, halo),
+            agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if config_out is not None:
+        config_out.write_text(job.to_json())
+    with Bar() as bar:
+        result = _run(run_paint, job, bar)
+    if mapping_out is not None:
+        mapping_out.write_text(json.dumps({str(k): v for k, v in result.mapping.items()}))
+    typer.echo(f"painted {result.voxels_written} voxels in {len(result.regions)} region(s) of "
+               f"layer {result.layer}; {result.segments_created} new segments; "
+               f"{result.voxels_kept} voxels left to existing paint")
+
+
+def fill(
+    source: str = typer.Argument(..., help="probability volume or the VAST address (then "
+                                 "--source-layer is read)"),
+    source_layer: int = SOURCE_LAYER,
+    vast: str = VAST,
+    seed: str = typer.Option(None, help="x,y,z at mip 0 (default: VAST's view centre)"),
+    threshold: float = typer.Option(0.5, help="fill where membrane probability is below"),
+    three_d: bool = typer.Option(False, "--3d/--2d", help="fill in 3D or in the seed section"),
+    max_size: int = typer.Option(1024, help="box width around the seed (mip-0 px)"),
+    max_depth: int = typer.Option(32, help="--3d: box depth in sections"),
+    mip: int = MIP,
+    invert: bool = INVERT,
+    name: str = typer.Option("", help="segment name (default: 'fill at x,y,z')"),
+    layer: int = typer.Option(None, help="target layer (default: the layer --layer-name)"),
+    layer_name: str = typer.Option("membrane-py fills", help="layer to use or create"),
+    overwrite: bool = OVERWRITE,
+    save: bool = SAVE,
+    save_path: str = SAVE_PATH,
+) -> None:
+    """Fill the non-membrane region around a seed and paint it as one segment."""
+    from membrane_py.predict.fill import FillJob, run_fill
+
+    try:
+        job = FillJob(source=source, source_layer=source_layer, vast=vast,
+                      seed=_ints(seed, 3, "--seed") if seed else None, threshold=threshold,
+                      three_d=three_d, max_size=max_size, max_depth=max_depth, mip=mip,
+                      invert=invert, name=name, layer=layer, layer_name=layer_name,
+                      overwrite=overwrite, save=save, save_path=save_path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = _run(run_fill, job)
+    typer.echo(f"filled {result.voxels} voxels from {result.seed} as segment {result.segment} "
+               f"of layer {result.layer}"
+               + ("; it reached the box border" if result.touches_border else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("instances")(instances)
+    app.command("paint")(paint)
+    app.command("fill")(fill)

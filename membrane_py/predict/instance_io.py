@@ -1,0 +1,333 @@
+"""Instance segmentations in and out: colour coding, tiles/.vsvi, zarr, TIFF, and the
+`membrane instances` job (probability volumes -> 2D or 3D instance ids -> files).
+
+Two colour codings for RGB tiles, chosen per job (``colors``):
+
+* ``ids`` (default): the label-import convention, id = R * 65536 + G * 256 + B. Lossless for
+  ids below 2**24 and decoded again by every reader here (and by VAST's label import). Ids
+  that follow each other get nearly the same colour, so it is poor for looking at.
+* ``palette``: for display, each id gets a fixed pseudo-random colour (a hash of the id, so
+  the same id always has the same colour in every run and tool, with each channel in
+  64..255 so no object looks black); 0 stays black. Not decodable back to ids. The segments
+  :mod:`membrane_py.predict.paint` creates in VAST get the same colours.
+
+zarr and TIFF outputs hold uint32 ids of the processed box (attributes / description give
+the box, mip and job), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from membrane_py.augment.labels import rgb_to_ids
+from membrane_py.geometry import Box
+from membrane_py.predict.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
+from membrane_py.predict.instances import (
+    InstanceConfig,
+    combine_predictions,
+    mix64,
+    segment_stack,
+    to_probability,
+)
+from membrane_py.progress import CancelToken, ProgressCallback
+from membrane_py.vastapi.address import parse_vast_address
+from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.open import open_volume
+from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
+
+RGB_ID_LIMIT = 1 << 24
+COLORINGS = ("ids", "palette")
+MODES = ("2d", "3d", "watershed3d")
+
+
+def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Ids -> uint8 RGB (..., 3) with id = R * 65536 + G * 256 + B (label-import coding)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= RGB_ID_LIMIT):
+        raise ValueError(f"RGB-coded tiles hold ids 0..{RGB_ID_LIMIT - 1}, got "
+                         f"{int(ids.min())}..{int(ids.max())}; relabel the ids or write "
+                         "zarr/TIFF instead")
+    v = ids.astype(np.uint32)
+    return np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
+
+
+def palette_rgb(ids: np.ndarray) -> np.ndarray:
+    """Fixed display colours (..., 3) uint8: a hash of each id, channels in 64..255; 0 black."""
+    ids = np.asarray(ids)
+    h = mix64(ids.astype(np.uint64))
+    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(255) for s in (40, 48, 56)], axis=-1)
+    rgb = (64 + rgb.astype(np.uint16) * 3 // 4).astype(np.uint8)
+    rgb[ids == 0] = 0
+    return rgb
+
+
+def decode_ids(data: np.ndarray) -> np.ndarray:
+    """Label ids (int64) from a label volume read: grayscale ids, or RGB-coded (z, y, x, 3)."""
+    if data.ndim == 4:
+        return rgb_to_ids(data)
+    if not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"label volumes hold integer ids, got {data.dtype}")
+    return data.astype(np.int64, copy=False)
+
+
+# --- reading inputs ------------------------------------------------------------------------
+
+
+def open_source(spec: str, layer: int = 0, client=None, labels: bool = False) -> VolumeSource:
+    """A volume for ``spec``: any :func:`open_volume` form, or a VAST address (``vast``,
+    ``vast://host:port``), then image layer ``layer`` of that VAST through ``client`` (e.g. a
+    prediction ``.vsvi`` loaded there)."""
+    if parse_vast_address(spec) is None:
+        return open_volume(spec, labels=labels)
+    from membrane_py.volumes.vast import VastVolume
+
+    if client is None:
+        raise ValueError(f"{spec!r} is a VAST address but no VAST connection was given")
+    return VastVolume(client, layer)
+
+
+def read_probability(sources: Sequence[VolumeSource], box: Box, mip: int,
+                     weights: Sequence[float], invert: bool = False) -> np.ndarray:
+    """Combined membrane probability (float32, [0, 1]) of ``box`` at ``mip`` from all sources."""
+    return combine_predictions([to_probability(s.read(box, mip), invert) for s in sources],
+                               weights)
+
+
+def check_shapes(sources: Sequence[VolumeSource], shape: tuple[int, int, int]) -> None:
+    """All sources must describe the same mip-0 volume."""
+    for s in sources:
+        if tuple(s.shape) != tuple(shape):
+            raise ValueError(f"{s.name} has shape {s.shape} (z, y, x) but {shape} was expected; "
+                             "every input must cover the same volume")
+
+
+def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip: int) -> Box:
+    """The processing box at ``mip`` from an inclusive mip-0 VAST-order box (None = all)."""
+    full = Box(0, shape[0], 0, shape[1] >> mip, 0, shape[2] >> mip)
+    if vast_box is None:
+        return full
+    if len(vast_box) != 6:
+        raise ValueError(f"a box is six numbers x0,x1,y0,y1,z0,z1 (inclusive, mip 0), "
+                         f"got {tuple(vast_box)}")
+    box = Box.from_vast(*vast_box).to_mip(mip).intersect(full)
+    if box.empty:
+        raise ValueError(f"box {tuple(vast_box)} lies outside the volume (x, y, z) = "
+                         f"({shape[2]}, {shape[1]}, {shape[0]})")
+    return box
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move a finished temporary directory onto ``path`` (an old one is removed first)."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def write_zarr(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
+    """uint32 ids as a zarr array (chunks of one section, 1024^2), written atomically."""
+    import zarr
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        chunks = (1, min(labels.shape[1], TILE_SIZE), min(labels.shape[2], TILE_SIZE))
+        arr = zarr.create_array(store=str(tmp), shape=labels.shape, chunks=chunks,
+                                dtype=labels.dtype, overwrite=True)
+        arr[...] = labels
+        arr.attrs.update(attrs)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_tiff(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
+    """uint32 ids as a multi-page TIFF (zlib), the job in the description, atomically."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack",
+                         description=json.dumps(attrs), metadata=None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_tiles(labels: np.ndarray, out_dir: str | Path, volume_shape: tuple[int, int, int],
+                box: Box, mip: int, voxel_size: tuple[float, float, float], name: str,
+                colors: str = "ids", tile: int = TILE_SIZE) -> Path:
+    """RGB tiles of ``labels`` (covering ``box`` at ``mip``) plus pyramid and ``.vsvi``.
+
+    Tiles the box touches are written whole; their parts outside the box are black.
+    Returns the descriptor path (``<out_dir>/<out_dir name>.vsvi``).
+    """
+    if colors not in COLORINGS:
+        raise ValueError(f"colors must be one of {COLORINGS}, got {colors!r}")
+    writer = TileWriter(out_dir, volume_shape, mip=mip, tile=tile, channels=3)
+    _, h, w = writer.shape
+    aligned = Box(box.z0, box.z1, box.y0 // tile * tile, min(-(-box.y1 // tile) * tile, h),
+                  box.x0 // tile * tile, min(-(-box.x1 // tile) * tile, w))
+    code = ids_to_rgb if colors == "ids" else palette_rgb
+    for z in range(box.z0, box.z1):
+        section = np.zeros(aligned.shape[1:], labels.dtype)
+        inner = box.relative_to(aligned)
+        section[inner.y0:inner.y1, inner.x0:inner.x1] = labels[z - box.z0]
+        writer.write_block(Box(z, z + 1, aligned.y0, aligned.y1, aligned.x0, aligned.x1),
+                           code(section)[None])
+    writer.build_pyramid(labels=True)
+    out_dir = Path(out_dir)
+    return writer.write_descriptor(out_dir / f"{out_dir.name}.vsvi", voxel_size, name)
+
+
+def write_instances(labels: np.ndarray, output: str | Path, *, volume_shape, box: Box, mip: int,
+                    voxel_size, name: str, colors: str = "ids", attrs: dict | None = None) -> Path:
+    """Write ids by the output's form: ``.zarr`` directory, ``.tif``/``.tiff``, else a tile
+    folder with a ``.vsvi``. Returns what to open (the descriptor for tiles).
+
+    ``voxel_size`` is that of mip 0; zarr/TIFF record it with the box and mip they hold.
+    """
+    attrs = {"box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1], "mip": mip,
+             "voxel_size_zyx": list(voxel_size), **(attrs or {})}
+    text = str(output).lower()
+    if text.endswith(".zarr"):
+        return write_zarr(labels, output, attrs)
+    if text.endswith((".tif", ".tiff")):
+        return write_tiff(labels, output, attrs)
+    return write_tiles(labels, output, volume_shape, box, mip, voxel_size, name, colors)
+
+
+# --- the `membrane instances` job ----------------------------------------------------------
+
+
+class JobSpec:
+    """JSON round trip shared by the job dataclasses (CLI, GUI and Python API build the same
+    specs); nested configs come back from dicts in each job's ``__post_init__``."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} options {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class InstanceJob(JobSpec):
+    """Probability volume(s) -> instance ids -> zarr, TIFF or RGB tiles with a .vsvi.
+
+    ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
+    are taken from ``layers`` in order. ``mode``: ``2d`` (per section), ``3d`` (2D segments
+    linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
+    inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume.
+    """
+
+    sources: list[str]
+    output: str
+    layers: list[int] = field(default_factory=lambda: [0])
+    mode: str = "2d"
+    box: list[int] | None = None
+    mip: int = 0
+    invert: bool = False
+    colors: str = "ids"
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    min_size_3d: int = 500
+
+    def __post_init__(self) -> None:
+        if isinstance(self.instances, dict):
+            self.instances = InstanceConfig(**self.instances)
+        if isinstance(self.agglomeration, dict):
+            self.agglomeration = AgglomerationConfig(**self.agglomeration)
+        self.box = None if self.box is None else [int(v) for v in self.box]
+        if not self.sources:
+            raise ValueError("give at least one probability volume")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.colors not in COLORINGS:
+            raise ValueError(f"colors must be one of {COLORINGS}, got {self.colors!r}")
+        n_vast = sum(parse_vast_address(s) is not None for s in self.sources)
+        if n_vast > len(self.layers):
+            raise ValueError(f"{n_vast} VAST sources but only {len(self.layers)} layer "
+                             "numbers: give one layer per VAST source")
+
+
+
+@dataclass
+class InstanceResult:
+    path: Path
+    box: Box
+    n_objects: int
+
+
+def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
+                   agglomeration: AgglomerationConfig, min_size_3d: int,
+                   progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> np.ndarray:
+    """Instance ids (uint32) of a (z, y, x) probability volume by ``mode`` (see MODES)."""
+    if mode == "watershed3d":
+        return watershed_3d(prob, cfg, min_size_3d)
+    labels = segment_stack(prob, cfg, progress, cancel)
+    return labels if mode == "2d" else agglomerate(labels, agglomeration, progress, cancel)
+
+
+def run_instance_job(job: InstanceJob, progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None) -> InstanceResult:
+    """Read and combine the sources over the box, segment, write the output."""
+    from membrane_py.vastapi.client import VastClient
+
+    layers = iter(job.layers)
+    sources, clients = [], []
+    try:
+        for spec in job.sources:
+            address = parse_vast_address(spec)
+            if address is None:
+                sources.append(open_source(spec))
+                continue
+            clients.append(VastClient(*address).connect())
+            sources.append(open_source(spec, next(layers), clients[-1]))
+        shape = sources[0].shape
+        check_shapes(sources, shape)
+        box = region_box(job.box, shape, job.mip)
+        prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
+    finally:
+        for c in clients:
+            c.close()
+    labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
+                            progress, cancel)
+    path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
+                           voxel_size=sources[0].voxel_size, name=f"instances ({job.mode})",
+                           colors=job.colors, attrs={"job": job.to_dict()})
+    return InstanceResult(path, box, int(labels.max(initial=0)))
