@@ -20,11 +20,11 @@ import numpy as np
 from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.transforms import AugmentConfig
+from membrane_py.predict.evaluate import predict_probabilities
 from membrane_py.progress import Cancelled, CancelToken
 from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainConfig
 from membrane_py.train.device import device_description, pick_device
-from membrane_py.train.evaluate import predict_probabilities
 from membrane_py.train.metrics import class_scores, membrane_scores
 from membrane_py.train.trainer import convert_labels, train_model
 

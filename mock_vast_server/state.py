@@ -34,6 +34,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from scipy import ndimage
 
+from membrane_py.atomic import write_text_atomic
 from membrane_py.geometry import Box
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.skeletons import Skeleton, SkelNode, load_skeletons
@@ -103,9 +104,7 @@ def default_state_dir(volume: str, labels: str | None = None) -> Path:
 
 
 def write_json_atomic(path: Path, doc: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc))
 
 
 # --- tables with VAST's sibling/child hierarchy ------------------------------------------

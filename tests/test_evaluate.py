@@ -8,8 +8,8 @@ import pytest
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNet, UNetConfig
+from membrane_py.predict.evaluate import evaluate_images, predict_probabilities
 from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
-from membrane_py.train.evaluate import evaluate_images, predict_probabilities
 from membrane_py.volumes.synthetic import make_synthetic
 
 

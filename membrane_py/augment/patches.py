@@ -10,14 +10,13 @@ pose and augmentation. Image and label files are paired by name, never by sort o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from membrane_py.atomic import write_bytes_atomic
 from membrane_py.augment import labels as L
 from membrane_py.augment.preprocess import apply_clahe
 from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch, warn_if_few
@@ -29,20 +28,6 @@ from membrane_py.volumes.base import downsample_xy
 MANIFEST = "manifest.json"
 LABEL_SUFFIXES = ("_border", "_skel", "_labels", "_label", "_gt", "_mask", "_seg")
 CONTRAST_MODES = ("none", "image", "tile")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

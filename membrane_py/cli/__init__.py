@@ -23,9 +23,9 @@ def version() -> None:
 
 def _register() -> None:
     """Attach every command module to `app` (one line per workflow step)."""
-    from membrane_py.cli import data, groundtruth, training
+    from membrane_py.cli import data, groundtruth, instances, onnx, predict, training
 
-    for module in (data, groundtruth, training):
+    for module in (data, groundtruth, instances, onnx, predict, training):
         module.register(app)
 
 

@@ -21,10 +21,14 @@ def train(
     val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
-    depth: int = typer.Option(5, help="U-Net depth (number of poolings)"),
-    base_filters: int = typer.Option(32, help="filters of the first stage (doubling per stage)"),
-    norm: str = typer.Option("batch", help="batch, group or none"),
-    dropout: float = typer.Option(0.0, help="dropout at the deepest stage and bridge"),
+    depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5, or the "
+                              "pretrained network's)"),
+    base_filters: int = typer.Option(None, help="filters of the first stage, doubling per stage "
+                                     "(default 32, or the pretrained network's)"),
+    norm: str = typer.Option(None, help="batch, group or none (default batch, or the "
+                             "pretrained network's)"),
+    dropout: float = typer.Option(None, help="dropout at the deepest stage and bridge "
+                                  "(default 0, or the pretrained network's)"),
     epochs: int = typer.Option(10),
     batch_size: int = typer.Option(8),
     lr: float = typer.Option(1e-3, help="initial learning rate"),
@@ -44,9 +48,18 @@ def train(
     workers: int = typer.Option(0, help="data-loading worker processes"),
     best_metric: str = typer.Option("val_loss", help="val_loss, val_pixel_error, val_miou, "
                                     "val_v_rand or val_v_info"),
-    clahe: bool = typer.Option(False, help="CLAHE before normalisation (repeated at prediction)"),
+    clahe: bool = typer.Option(None, "--clahe/--no-clahe", help="CLAHE before normalisation, "
+                               "repeated at prediction (default off, or as the pretrained "
+                               "network)"),
     resume: Path = typer.Option(None, help="continue an interrupted run from its _last.pt"),
-    pretrained: Path = typer.Option(None, help="start from this checkpoint's weights"),
+    pretrained: Path = typer.Option(None, help="start from this checkpoint (transfer learning; "
+                                    "a different class count gets a new output layer)"),
+    transfer_mode: str = typer.Option("continuous", help="with --pretrained: continuous (all "
+                                      "weights), last_layer, freeze_encoder or leaky"),
+    leaky_ratio: float = typer.Option(0.1, help="leaky mode: encoder lr = ratio x lr"),
+    episodic: list[str] = typer.Option(None, help="earlier data set replayed in every batch, "
+                                       "IMAGES:LABELS[:FORMAT] (repeatable)"),
+    episodic_ratio: float = typer.Option(0.25, help="share of each batch from --episodic data"),
     mip: int = typer.Option(0, help="mip level the images were taken at (recorded)"),
     config_out: Path = typer.Option(None, help="also write the job spec as JSON here"),
 ) -> None:
@@ -56,21 +69,27 @@ def train(
     from membrane_py.augment.preprocess import PreprocessConfig
     from membrane_py.train.config import TrainConfig
     from membrane_py.train.trainer import run_training
+    from membrane_py.transfer.finetune import finetune_config, parse_episodic
 
-    cfg = TrainConfig(
+    # unset architecture / preprocessing options come from the pretrained network, if any
+    inheritable = {"depth": depth, "base_filters": base_filters, "norm": norm,
+                   "dropout": dropout,
+                   "preprocess": None if clahe is None else PreprocessConfig(clahe=clahe).to_dict()}
+    options = dict(
+        {k: v for k, v in inheritable.items() if v is not None},
         image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
         label_format=label_format, n_classes=n_classes,
         class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
         patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
-        augment=augment, depth=depth, base_filters=base_filters, norm=norm, dropout=dropout,
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-        weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs,
+        augment=augment, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        momentum=momentum, weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs,
         step_factor=step_factor, loss=loss,
         class_weights=[float(w) for w in class_weights.split(",")] if class_weights else None,
         shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
-        best_metric=best_metric, resume=str(resume) if resume else None,
-        pretrained=str(pretrained) if pretrained else None,
-        preprocess=PreprocessConfig(clahe=clahe).to_dict(), mip=mip)
+        best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
+        transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
+        episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
+    cfg = finetune_config(pretrained, **options) if pretrained else TrainConfig(**options)
     if config_out is not None:
         config_out.write_text(cfg.to_json())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -91,7 +110,7 @@ def train(
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt)"),
+    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt) or an .onnx model"),
     images: list[Path] = typer.Argument(..., help="EM image files to predict"),
     labels: list[Path] = typer.Option(None, "--label", help="label file per image (repeat)"),
     label_dir: Path = typer.Option(None, help="folder of labels matched to images by name"),
@@ -106,7 +125,7 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from membrane_py.train.evaluate import evaluate_images
+    from membrane_py.predict.evaluate import evaluate_images
 
     if label_dir is not None:
         from membrane_py.augment import labels as L

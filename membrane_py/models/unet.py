@@ -109,7 +109,7 @@ class UNet(nn.Module):
         m = self.config.multiple
         if h % m or w % m:
             raise ValueError(f"input {h}x{w} is not a multiple of {m} (2**depth); pad it first "
-                             "(membrane_py.train.evaluate.predict_probabilities pads for you)")
+                             "(membrane_py.predict.evaluate.predict_probabilities pads for you)")
         skips = []
         for block in self.down:
             x = block(x)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.atomic import atomic_path
 from membrane_py.augment.labels import rgb_to_ids
 from membrane_py.geometry import Box
 from membrane_py.predict.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
@@ -163,16 +164,9 @@ def write_tiff(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack",
                          description=json.dumps(attrs), metadata=None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

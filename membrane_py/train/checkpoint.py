@@ -8,6 +8,7 @@ optimizer / scheduler state and epoch needed to resume.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 
+from membrane_py.atomic import atomic_path
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNet, UNetConfig
 
@@ -89,13 +91,18 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "optimizer": _plain(ckpt.optimizer), "scheduler": _plain(ckpt.scheduler),
         "best": _plain(ckpt.best),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file: identifies the exact parent checkpoint in a lineage."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNetConfig
+from membrane_py.transfer.modes import TRANSFER_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
@@ -25,6 +26,14 @@ class TrainConfig:
     ``codes`` (mEMbrain PNG codes: class k stored as round(255 (k-1)/(K-1))), ``isbi`` (binary,
     0 = membrane, 255 = interior -> 1 non-membrane, 2 membrane) or ``classes`` (values are
     classes, 0 = unknown). The split into training and validation is by image.
+
+    Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
+    count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
+    weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
+    encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.transfer.modes`). ``episodic``
+    lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
+    ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
+    (:mod:`membrane_py.transfer.episodic`); it combines with any mode.
     """
 
     image_dir: str = ""
@@ -67,6 +76,10 @@ class TrainConfig:
     log_every: int = 10
     resume: str | None = None
     pretrained: str | None = None
+    transfer_mode: str = "continuous"
+    leaky_ratio: float = 0.1
+    episodic: list[dict] = field(default_factory=list)
+    episodic_ratio: float = 0.25
     # provenance recorded in the checkpoint
     preprocess: dict = field(default_factory=lambda: PreprocessConfig().to_dict())
     mip: int = 0
@@ -83,6 +96,18 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.patch_size % 2**self.depth == 0,
              f"patch_size {self.patch_size} must be a multiple of 2**depth = {2**self.depth}"),
+            (self.transfer_mode in TRANSFER_MODES,
+             f"transfer_mode must be one of {TRANSFER_MODES}"),
+            (self.transfer_mode == "continuous" or bool(self.pretrained or self.resume),
+             f"transfer_mode {self.transfer_mode!r} needs a pretrained checkpoint"),
+            (0.0 < self.leaky_ratio <= 1.0, "leaky_ratio must be in (0, 1]"),
+            (0.0 < self.episodic_ratio < 1.0, "episodic_ratio must be in (0, 1)"),
+            (all(isinstance(e, dict) and {"images", "labels"} <= set(e)
+                 and set(e) <= {"images", "labels", "label_format"}
+                 and e.get("label_format", self.label_format) in LABEL_FORMATS
+                 for e in self.episodic),
+             'episodic entries must be {"images": dir, "labels": dir} with an optional '
+             f'"label_format" in {LABEL_FORMATS}'),
         ]
         for ok, msg in checks:
             if not ok:

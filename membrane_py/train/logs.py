@@ -11,6 +11,17 @@ from pathlib import Path
 from membrane_py.train.config import TrainConfig
 
 
+def transfer_summary(cfg: TrainConfig) -> str:
+    """One line: which weights train and which earlier data sets are replayed."""
+    mode = "none (new network)" if not (cfg.pretrained or cfg.resume) else cfg.transfer_mode
+    if cfg.transfer_mode == "leaky":
+        mode += f" (encoder lr x{cfg.leaky_ratio})"
+    if cfg.episodic:
+        mode += (f", episodic memory: {cfg.episodic_ratio:g} of each batch from "
+                 f"{len(cfg.episodic)} earlier data set(s)")
+    return mode
+
+
 def header_fields(cfg: TrainConfig, n_classes: int, checkpoint: Path) -> list[tuple[str, object]]:
     """The fields mEMbrain wrote at the top of its training log, plus a few of ours."""
     schedule = {"none": "No", "step": "Yes (step)", "cosine": "Yes (cosine)"}[cfg.schedule]
@@ -21,6 +32,7 @@ def header_fields(cfg: TrainConfig, n_classes: int, checkpoint: Path) -> list[tu
         ("Ground Truth Input Directory", cfg.image_dir or "(given as a dataset)"),
         ("Ground Truth Label Directory", cfg.label_dir or "(given as a dataset)"),
         ("Base Network", cfg.pretrained or cfg.resume or "none"),
+        ("Transfer mode", transfer_summary(cfg)),
         ("# of Epochs", cfg.epochs),
         ("# of Classes", n_classes),
         ("UNET Network Depth", cfg.depth),

@@ -2,13 +2,17 @@
 
 Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown.
 Each epoch writes ``<name>_last.pt`` (resumable) and, when the validation metric improves,
-``<name>.pt``; cancellation also leaves a resumable ``<name>_last.pt``.
+``<name>.pt``; cancellation also leaves a resumable ``<name>_last.pt``. A run may start from a
+pretrained checkpoint in a transfer mode and replay earlier data sets (episodic memory); the
+checkpoint's ``lineage`` then records where it came from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from membrane_py.models.unet import UNet
 from membrane_py.progress import Cancelled, CancelToken, Progress, ProgressCallback, report
-from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from membrane_py.train.config import BEST_METRICS, TrainConfig
 from membrane_py.train.device import (
     autocast,
@@ -30,6 +34,8 @@ from membrane_py.train.device import (
 from membrane_py.train.logs import TrainingLog
 from membrane_py.train.losses import class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
+from membrane_py.transfer.episodic import episodic_loader_parts
+from membrane_py.transfer.modes import load_backbone, parameter_groups, train_mode
 
 
 @dataclass
@@ -125,6 +131,42 @@ def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp
     return out
 
 
+def _class_names(cfg: TrainConfig, n_classes: int, source: Checkpoint | None) -> list[str]:
+    """The config's names, else those of the checkpoint we start from when the class count is
+    unchanged, else the defaults."""
+    if cfg.class_names:
+        names = list(cfg.class_names)
+    elif source is not None and len(source.class_names) == n_classes:
+        names = list(source.class_names)
+    else:
+        names = default_class_names(n_classes)
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    return names
+
+
+def _start_from(model: UNet, parent: Checkpoint, cfg: TrainConfig,
+                memory: Sequence[Dataset]) -> dict:
+    """Load the pretrained ``parent`` into ``model`` (a new head when the class count differs)
+    and return the lineage the new checkpoints record."""
+    mine = model.config
+    if dataclasses.replace(parent.model_config, n_classes=mine.n_classes) != mine:
+        raise ValueError(f"pretrained network {cfg.pretrained} has architecture {parent.model}, "
+                         f"not {mine.to_dict()}; match depth, filters and normalisation to it")
+    new_head = load_backbone(model, parent.state_dict)
+    return {
+        "parent": str(cfg.pretrained), "parent_sha256": file_sha256(cfg.pretrained),
+        "mode": cfg.transfer_mode,
+        "leaky_ratio": cfg.leaky_ratio if cfg.transfer_mode == "leaky" else None,
+        "new_head": new_head, "parent_classes": list(parent.class_names),
+        "data": {"images": cfg.image_dir, "labels": cfg.label_dir},
+        "episodic": ({"ratio": cfg.episodic_ratio,
+                      "data": cfg.episodic or [type(m).__name__ for m in memory]}
+                     if memory else None),
+        "parent_epochs": len(parent.history), "parent_lineage": parent.lineage,
+    }
+
+
 def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
     if value is None or not math.isfinite(value):
         return False
@@ -134,9 +176,14 @@ def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
 
 
 def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
-                n_classes: int | None = None, progress: ProgressCallback | None = None,
+                n_classes: int | None = None, memory: Sequence[Dataset] = (),
+                progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> TrainResult:
-    """Train a U-Net on ``train_ds``, validating on ``val_ds`` each epoch (see module doc)."""
+    """Train a U-Net on ``train_ds``, validating on ``val_ds`` each epoch (see module doc).
+
+    ``memory`` holds earlier data sets (same classes and preprocessing) replayed as a
+    ``cfg.episodic_ratio`` share of every batch; ``cfg.episodic``, when set, describes them.
+    """
     start = time.perf_counter()
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
@@ -144,49 +191,52 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
     if not n_classes:
         raise ValueError("number of classes unknown: set TrainConfig.n_classes or give a dataset "
                          "with an n_classes attribute")
-    ds_pre = getattr(train_ds, "preprocess", None)
-    if ds_pre is not None and hasattr(ds_pre, "to_dict") and ds_pre.to_dict() != cfg.preprocess:
-        raise ValueError(f"the dataset preprocesses with {ds_pre.to_dict()} but the config records "
-                         f"{cfg.preprocess}; build both from the same PreprocessConfig")
-    class_names = list(cfg.class_names or default_class_names(n_classes))
-    if len(class_names) != n_classes:
-        raise ValueError(f"{len(class_names)} class names for {n_classes} classes")
+    for ds in (train_ds, *memory):
+        ds_pre = getattr(ds, "preprocess", None)
+        if ds_pre is not None and hasattr(ds_pre, "to_dict") and \
+                ds_pre.to_dict() != cfg.preprocess:
+            raise ValueError(f"a dataset preprocesses with {ds_pre.to_dict()} but the config "
+                             f"records {cfg.preprocess}; build both from the same PreprocessConfig")
+    if cfg.episodic and len(cfg.episodic) != len(memory):
+        raise ValueError(f"cfg.episodic names {len(cfg.episodic)} data sets but {len(memory)} "
+                         "memory datasets were given (run_training builds them from the folders)")
+    resumed = load_checkpoint(cfg.resume) if cfg.resume else None
+    parent = load_checkpoint(cfg.pretrained) if cfg.pretrained and resumed is None else None
+    class_names = _class_names(cfg, n_classes, resumed or parent)
     model_cfg = cfg.model_config(n_classes)
     model = UNet(model_cfg)
-    lineage: dict = {}
-    if cfg.pretrained:
-        parent = load_checkpoint(cfg.pretrained)
-        if parent.model != model_cfg.to_dict():
-            raise ValueError(f"pretrained network {cfg.pretrained} has architecture "
-                             f"{parent.model}, not {model_cfg.to_dict()}; match depth, filters "
-                             "and classes to it")
-        model.load_state_dict(parent.state_dict)
-        lineage = {"parent": str(cfg.pretrained), "parent_lineage": parent.lineage,
-                   "parent_epochs": len(parent.history)}
+    lineage = _start_from(model, parent, cfg, memory) if parent is not None else {}
     fmt = memory_format(device, cfg.channels_last)
     model.to(device, memory_format=fmt)
-    opt = make_optimizer(model.parameters(), cfg)
+    opt = make_optimizer(parameter_groups(model, cfg.transfer_mode, cfg.lr, cfg.leaky_ratio), cfg)
     sched = make_scheduler(opt, cfg)
     first_epoch, history, best = 0, [], {}
-    if cfg.resume:
-        ck = load_checkpoint(cfg.resume)
-        if ck.model != model_cfg.to_dict():
-            raise ValueError(f"cannot resume {cfg.resume}: its architecture {ck.model} differs "
-                             f"from the config's {model_cfg.to_dict()}")
-        model.load_state_dict(ck.state_dict)
-        if ck.optimizer:
-            opt.load_state_dict(ck.optimizer)
-        if ck.scheduler:
-            sched.load_state_dict(ck.scheduler)
-        first_epoch, history, best, lineage = ck.epoch, list(ck.history), dict(ck.best), ck.lineage
+    if resumed is not None:
+        if resumed.model != model_cfg.to_dict():
+            raise ValueError(f"cannot resume {cfg.resume}: its architecture {resumed.model} "
+                             f"differs from the config's {model_cfg.to_dict()}")
+        model.load_state_dict(resumed.state_dict)
+        if resumed.optimizer:
+            opt.load_state_dict(resumed.optimizer)
+        if resumed.scheduler:
+            sched.load_state_dict(resumed.scheduler)
+        first_epoch, history, best = resumed.epoch, list(resumed.history), dict(resumed.best)
+        lineage = resumed.lineage
 
     weights = cfg.class_weights
     if cfg.loss == "weighted_ce" and weights is None:
         weights = class_weights_from_counts(_count_classes(train_ds, n_classes)).tolist()
     loss_fn = make_loss(cfg.loss, weights)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle, generator=gen,
-                        num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    loader_opts = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
+                   "persistent_workers": cfg.num_workers > 0}
+    if memory:
+        mixed, batches = episodic_loader_parts(train_ds, memory, cfg.batch_size,
+                                               cfg.episodic_ratio, cfg.shuffle, cfg.seed)
+        loader = DataLoader(mixed, batch_sampler=batches, **loader_opts)
+    else:
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=cfg.shuffle,
+                            generator=gen, drop_last=len(train_ds) >= cfg.batch_size,
+                            **loader_opts)
     val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
                   if val_ds is not None and len(val_ds) else None)
     metric = cfg.best_metric if val_loader is not None else "train_loss"
@@ -205,7 +255,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
             epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best)
 
     for epoch in range(first_epoch, cfg.epochs):
-        model.train()
+        train_mode(model, cfg.transfer_mode)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for i, (x, y) in enumerate(loader):
@@ -288,26 +338,26 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str,
     return [p for p, _ in pairs], images, labels, k
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, int]:
-    """Training and validation datasets from ``cfg.image_dir`` / ``cfg.label_dir``, split by
-    image. Images of exactly ``patch_size`` are used as patches (a patch folder); larger ones
-    are sampled on the fly (saturated patches with rotation)."""
+def folder_datasets(cfg: TrainConfig, image_dir: str, label_dir: str, label_format: str,
+                    val_fraction: float) -> tuple[Dataset, Dataset | None, int]:
+    """Training and validation datasets from two folders, split by image. Images of exactly
+    ``patch_size`` are used as patches (a patch folder); larger ones are sampled on the fly
+    (saturated patches with rotation)."""
     from torch.utils.data import Subset
 
     from membrane_py.augment.dataset import OnTheFlyPatchDataset, PatchDataset
     from membrane_py.augment.transforms import AugmentConfig
 
-    if not cfg.image_dir or not cfg.label_dir:
+    if not image_dir or not label_dir:
         raise ValueError("set image_dir and label_dir (folders of matching images and labels)")
     aug = AugmentConfig() if cfg.augment else None
-    paths, images, labels, k = read_pairs(cfg.image_dir, cfg.label_dir, cfg.label_format,
-                                          cfg.n_classes)
-    train_idx, val_idx = split_by_image(len(images), cfg.val_fraction, cfg.seed)
+    paths, images, labels, k = read_pairs(image_dir, label_dir, label_format, cfg.n_classes)
+    train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
     pre = cfg.preprocess_config
     if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and \
-            cfg.label_format == "codes":
-        train = Subset(PatchDataset(cfg.image_dir, cfg.label_dir, pre, aug, cfg.seed, k), train_idx)
-        val = Subset(PatchDataset(cfg.image_dir, cfg.label_dir, pre, None, cfg.seed, k), val_idx)
+            label_format == "codes":
+        train = Subset(PatchDataset(image_dir, label_dir, pre, aug, cfg.seed, k), train_idx)
+        val = Subset(PatchDataset(image_dir, label_dir, pre, None, cfg.seed, k), val_idx)
         return train, (val if val_idx else None), k
 
     def on_the_fly(idx: list[int], length: int, augment, seed: int, rotate: bool):
@@ -319,8 +369,24 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, int]:
     return train, val, k
 
 
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, list[Dataset], int]:
+    """Training, validation and episodic-memory datasets of a job, and its class count K.
+    Memory data sets are used whole (no validation split) and must have the same K."""
+    train, val, k = folder_datasets(cfg, cfg.image_dir, cfg.label_dir, cfg.label_format,
+                                    cfg.val_fraction)
+    memory = []
+    for e in cfg.episodic:
+        old, _, k_old = folder_datasets(cfg, e["images"], e["labels"],
+                                        e.get("label_format", cfg.label_format), 0.0)
+        if k_old != k:
+            raise ValueError(f"episodic data {e['labels']} has {k_old} classes, the new data {k}")
+        memory.append(old)
+    return train, val, memory, k
+
+
 def run_training(cfg: TrainConfig, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> TrainResult:
     """The whole job: read and split the data, train, write checkpoints and logs."""
-    train, val, k = build_datasets(cfg)
-    return train_model(train, val, cfg, n_classes=k, progress=progress, cancel=cancel)
+    train, val, memory, k = build_datasets(cfg)
+    return train_model(train, val, cfg, n_classes=k, memory=memory, progress=progress,
+                       cancel=cancel)

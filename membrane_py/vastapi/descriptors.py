@@ -10,11 +10,11 @@ quotes and trailing commas.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from membrane_py.atomic import write_text_atomic
 
 #: snake_case field -> VAST's key, for every key the descriptor format uses
 _KEYS: dict[str, str] = {
@@ -171,18 +171,7 @@ def format_tile_path(template: str, sequence: str, *, s: int, r: int, c: int, m:
 
 def write_vsvi(path: str | Path, vsvi: Vsvi) -> Path:
     """Write ``vsvi`` as pretty JSON, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(vsvi.to_json_dict(), indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(vsvi.to_json_dict(), indent=1) + "\n")
 
 
 def _unescape_backslash(match: re.Match) -> str:

@@ -10,11 +10,11 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
 
+from membrane_py.atomic import atomic_path
 from membrane_py.volumes.stacks import ArrayLikeVolume, is_volume_shape
 
 PREFERRED_DATASET = "stack"
@@ -37,15 +37,8 @@ def gunzip_cached(path: str | Path) -> Path:
     out = cache_dir() / f"{digest.hexdigest()[:16]}_{name}"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst, gzip.open(path, "rb") as src:
+        shutil.copyfileobj(src, dst, 1 << 20)
     return out
 
 

@@ -19,13 +19,13 @@ import math
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from membrane_py.atomic import write_bytes_atomic
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.vastapi.descriptors import Vsvi, format_tile_path, read_vsvi, write_vsvi
 from membrane_py.volumes.base import VolumeSource, downsample_xy
@@ -52,15 +52,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"cannot encode {image.dtype} {image.shape} as PNG for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def remove_stale_temporaries(out_dir: str | Path) -> int:

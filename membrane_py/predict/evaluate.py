@@ -9,55 +9,31 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.atomic import write_text_atomic
+from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNet
+from membrane_py.predict.engine import TiledPredictor, TorchBackend, load_predictor
 from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
-from membrane_py.train.checkpoint import load_checkpoint
-from membrane_py.train.device import autocast, pick_device
 from membrane_py.train.metrics import class_scores, membrane_scores
+from membrane_py.volumes.tiles import write_png
 
 # overlay colours (RGB) for classes 2..K; class 1 (background / non-membrane) stays grey
 PALETTE = np.array([[255, 40, 40], [40, 200, 40], [60, 90, 255], [255, 200, 0], [220, 0, 220],
                     [0, 220, 220]], dtype=np.float32)
 
 
-@torch.no_grad()
 def predict_probabilities(model: UNet, image: np.ndarray, cfg: PreprocessConfig,
                           device: torch.device | None = None, amp: bool = True) -> np.ndarray:
-    """Class probabilities (K, y, x) float32 of one uint8 image; pads bottom/right by
-    reflection to a multiple of 2**depth and crops back."""
-    device = device or next(model.parameters()).device
-    h, w = image.shape
-    m = model.config.multiple
-    x = torch.from_numpy(preprocess(image, cfg))[None, None].to(device)
-    pad_h, pad_w = (-h) % m, (-w) % m
-    if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-    model.eval()
-    with autocast(device, amp):
-        logits = model(x)
-    return torch.softmax(logits.float(), dim=1)[0, :, :h, :w].cpu().numpy()
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Atomic PNG write; RGB arrays are given in R, G, B order."""
-    if array.ndim == 3:
-        array = np.ascontiguousarray(array[..., ::-1])
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    """Class probabilities (K, y, x) float32 of one uint8 image of any size, through the
+    tiled PyTorch engine (for a bare network; checkpoints go through ``load_predictor``)."""
+    backend = TorchBackend(model, device or next(model.parameters()).device, amp=amp)
+    names = [f"class_{i + 1}" for i in range(backend.n_classes)]
+    return TiledPredictor(backend, names, cfg).predict(image[None])[0]
 
 
 def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,7 +58,8 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
                     device: str = "auto", threshold: float = 0.5, method: str = "watershed",
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
-    """Predict each image, write ``<stem>_{prediction,probability,overlay}.png`` to
+    """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
+    by the tiled engine), write ``<stem>_{prediction,probability,overlay}.png`` to
     ``out_dir`` and, with labels, ``metrics.json`` / ``metrics.csv`` (rows per image plus a
     ``mean`` row). Returns the metric rows (empty without labels)."""
     from membrane_py.augment import labels as L
@@ -90,12 +67,10 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
-    ck = load_checkpoint(checkpoint)
-    dev = pick_device(device)
-    model = ck.build_model().to(dev)
-    pre = ck.preprocess_config
-    k = len(ck.class_names)
-    membrane = k == 2 and ck.class_names[-1] == "membrane"
+    predictor = load_predictor(checkpoint, device=device)
+    names = predictor.class_names
+    k = predictor.n_classes
+    membrane = k == 2 and names[-1] == "membrane"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -107,7 +82,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
         if image.dtype != np.uint8 or image.ndim != 2:
             raise ValueError(f"{path}: EM images must be 8-bit grayscale, got {image.dtype} "
                              f"{image.shape}")
-        prob = predict_probabilities(model, image, pre, dev)
+        prob = predictor.predict(image[None])[0]
         for kind, pic in render(image, prob).items():
             write_png(out / f"{path.stem}_{kind}.png", pic)
         if labels is not None:
@@ -115,7 +90,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             (gt,), _ = convert_labels([raw], label_format, k)
             if gt.shape != image.shape:
                 raise ValueError(f"{labels[i]}: label shape {gt.shape} != image {image.shape}")
-            row = {"image": path.name, **class_scores(prob.argmax(0) + 1, gt, k, ck.class_names)}
+            row = {"image": path.name, **class_scores(prob.argmax(0) + 1, gt, k, names)}
             if membrane and (gt == 1).any():
                 row.update(membrane_scores(prob[1], gt, threshold, method))
             rows.append(row)
@@ -130,14 +105,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
 
 
 def _write_tables(out: Path, rows: list[dict]) -> None:
-    text = json.dumps(rows, indent=2, allow_nan=True)
-    tmp = out / f".metrics.json.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, out / "metrics.json")
+    write_text_atomic(out / "metrics.json", json.dumps(rows, indent=2, allow_nan=True))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    tmp = out / f".metrics.csv.tmp{os.getpid()}"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out / "metrics.csv")
+    write_text_atomic(out / "metrics.csv", buf.getvalue())

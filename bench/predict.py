@@ -1,0 +1,185 @@
+"""Benchmark: tiled inference of the PyTorch and ONNX Runtime engines against this machine's
+compute roofline. Prints one JSON object; every number comes from one run on one machine.
+
+``main()`` returns a dict of sections:
+
+- ``machine``: devices and thread counts;
+- ``roofline``: measured matmul FLOP/s (float32 on CPU; bf16 and float32 on CUDA);
+- ``models``: per architecture (default U-Net, light variant; random weights): FLOPs per
+  pixel (``torch.utils.flop_counter``) and per engine the model-only throughput in MB/s of
+  uint8 EM, the achieved FLOP/s and its fraction of the roofline (``utilisation`` counts the
+  output pixels, ``executed_utilisation`` also the margins the tiles compute);
+- ``end_to_end``: a whole volume through the VAST server, filled in by :func:`end_to_end`.
+
+Timings are the best of ``--repeats`` interleaved rounds (roofline re-measured each round,
+best kept), so other processes on a shared machine bias results as little as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.models.unet import UNet, UNetConfig
+from membrane_py.predict.engine import TiledPredictor, load_predictor
+from membrane_py.train.checkpoint import Checkpoint
+
+MODELS: dict[str, UNetConfig] = {"default": UNetConfig(), "light": UNetConfig.light()}
+
+
+def elapsed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of one n x n matmul (after a warm-up), synchronised on CUDA."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device.type == "cuda" else 2
+
+    def run() -> None:
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run()
+    return 2 * n**3 * reps / elapsed(run)
+
+
+def rooflines() -> dict[str, float]:
+    """Peak FLOP/s the engines are measured against, keyed by '<device>_<dtype>'."""
+    peaks = {"cpu_float32": matmul_flops(torch.device("cpu"), torch.float32, 4096)}
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        peaks["cuda_bfloat16"] = matmul_flops(cuda, torch.bfloat16, 8192)
+        peaks["cuda_float32"] = matmul_flops(cuda, torch.float32, 8192)
+    return peaks
+
+
+def flops_per_pixel(cfg: UNetConfig) -> float:
+    """Forward FLOPs per input pixel (a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    side = 16 * cfg.multiple
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        UNet(cfg).eval()(torch.zeros(1, cfg.in_channels, side, side))
+    return counter.get_total_flops() / side**2
+
+
+def random_checkpoint(cfg: UNetConfig) -> Checkpoint:
+    net = UNet(cfg).eval()
+    return Checkpoint(state_dict=net.state_dict(), model=cfg.to_dict(),
+                      class_names=[f"class_{i + 1}" for i in range(cfg.n_classes)],
+                      preprocess=PreprocessConfig().to_dict())
+
+
+def roofline_key(pred: TiledPredictor) -> str:
+    """Which roofline an engine's arithmetic runs against (bf16 autocast on CUDA for torch)."""
+    backend = pred.backend
+    if backend.device_type != "cuda":
+        return "cpu_float32"
+    return "cuda_bfloat16" if getattr(backend, "amp", False) else "cuda_float32"
+
+
+def bench_models(args: argparse.Namespace, em: np.ndarray, peaks: dict[str, float]) -> dict:
+    """Throughput and utilisation per model and engine (best of interleaved rounds)."""
+    engines = {name: {"backend": name} for name in args.backends}
+    if args.compile:
+        engines["torch_compile"] = {"backend": "torch", "compile": True}
+    out = {}
+    for model in args.models:
+        cfg = MODELS[model]
+        ck = random_checkpoint(cfg)
+        fpp = flops_per_pixel(cfg)
+        preds = {name: load_predictor(ck, device=args.device, tile=args.tile,
+                                      batch_size=args.batch_size, **kw)
+                 for name, kw in engines.items()}
+        best = {}
+        for name, pred in preds.items():  # warm-up: compilation, allocator, thread pools
+            best[name] = elapsed(lambda p=pred: p.predict(em))
+        for _ in range(args.repeats):
+            for key, value in rooflines().items():
+                peaks[key] = max(peaks.get(key, 0.0), value)
+            for name, pred in preds.items():
+                best[name] = min(best[name], elapsed(lambda p=pred: p.predict(em)))
+        rows = {}
+        for name, pred in preds.items():
+            grid = pred.grid(em.shape)
+            executed = len(grid) * grid.window[0] * grid.window[1]
+            rows[name] = {
+                "device": pred.backend.device_type, "roofline": roofline_key(pred),
+                "tile": pred.tile, "margin": pred.margin, "batch_size": pred.batch_size,
+                "seconds": round(best[name], 3), "mb_per_s": round(em.size / best[name] / 1e6, 3),
+                "gflop_per_s": round(fpp * em.size / best[name] / 1e9, 1),
+                "executed_gflop_per_s": round(fpp * executed / best[name] / 1e9, 1),
+            }
+        out[model] = {"config": cfg.to_dict(), "flops_per_pixel": round(fpp),
+                      "engines": rows}
+    return out
+
+
+def add_utilisation(models: dict, peaks: dict[str, float]) -> None:
+    """Achieved / roofline FLOP/s, with the best roofline seen over the whole run."""
+    for model in models.values():
+        for row in model["engines"].values():
+            peak = peaks[row["roofline"]] / 1e9
+            row["utilisation"] = round(row["gflop_per_s"] / peak, 3)
+            row["executed_utilisation"] = round(row["executed_gflop_per_s"] / peak, 3)
+
+
+def end_to_end(args: argparse.Namespace) -> dict:
+    """Hook for the whole-volume measurement (VAST server -> chunks -> engine -> PNG tiles +
+    .vsvi), to be added with the volume runner; until then it says so."""
+    return {"status": "not measured: add the volume-runner measurement in bench/predict.py "
+                      "end_to_end()"}
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    if torch.cuda.is_available():
+        info["cuda"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sections", type=int, default=4)
+    p.add_argument("--size", type=int, default=1024, help="section side (px)")
+    p.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
+    p.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "onnx"])
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--tile", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    em = np.random.default_rng(0).integers(0, 256, (args.sections, args.size, args.size),
+                                           dtype=np.uint8)
+    peaks: dict[str, float] = {}
+    result = {"benchmark": "predict", "input": list(em.shape), "repeats": args.repeats,
+              "machine": machine()}
+    result["models"] = bench_models(args, em, peaks)
+    add_utilisation(result["models"], peaks)
+    result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
+    result["end_to_end"] = end_to_end(args)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=1))

@@ -1,0 +1,1 @@
+"""Transfer learning: fine-tuning modes, episodic memory, lineage, and ONNX export/import."""
