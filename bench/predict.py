@@ -9,7 +9,8 @@ compute roofline. Prints one JSON object; every number comes from one run on one
   pixel (``torch.utils.flop_counter``) and per engine the model-only throughput in MB/s of
   uint8 EM, the achieved FLOP/s and its fraction of the roofline (``utilisation`` counts the
   output pixels, ``executed_utilisation`` also the margins the tiles compute);
-- ``end_to_end``: a whole volume through the VAST server, filled in by :func:`end_to_end`.
+- ``end_to_end``: a whole volume through the VAST server, and the same engine on the same
+  chunks without I/O; their ratio (:func:`end_to_end`).
 
 Timings are the best of ``--repeats`` interleaved rounds (roofline re-measured each round,
 best kept), so other processes on a shared machine bias results as little as possible.
@@ -139,10 +140,50 @@ def add_utilisation(models: dict, peaks: dict[str, float]) -> None:
 
 
 def end_to_end(args: argparse.Namespace) -> dict:
-    """Hook for the whole-volume measurement (VAST server -> chunks -> engine -> PNG tiles +
-    .vsvi), to be added with the volume runner; until then it says so."""
-    return {"status": "not measured: add the volume-runner measurement in bench/predict.py "
-                      "end_to_end()"}
+    """A whole synthetic volume through the VAST server (chunks + context -> engine -> PNG
+    tiles, pyramid, .vsvi) against the same engine on the same padded chunks with no I/O.
+
+    Both sides use one engine object (the runner's own setting: one tile per chunk plus
+    margin), so the ratio measures what reading, writing and the pipeline cost on top.
+    """
+    import tempfile
+
+    from membrane_py.predict.job import PredictJob
+    from membrane_py.predict.runner import run_prediction
+    from membrane_py.train.checkpoint import save_checkpoint
+    from membrane_py.volumes.synthetic import make_synthetic
+    from mock_vast_server.launch import start_server
+
+    z, size, margin = args.e2e_sections, args.e2e_size, 64
+    chunk = [min(16, z), 1024, 1024]
+    ck = random_checkpoint(MODELS[args.e2e_model])
+    pred = load_predictor(ck, backend=args.e2e_backend, device=args.device,
+                          tile=max(chunk[1:]) + 2 * margin, margin=0)
+    em = make_synthetic((z, size, size), seed=0).em
+    padded = [np.pad(em[z0:z0 + chunk[0], y0:y0 + chunk[1], x0:x0 + chunk[2]],
+                     ((0, 0), (margin, margin), (margin, margin)), mode="reflect")
+              for z0 in range(0, z, chunk[0]) for y0 in range(0, size, chunk[1])
+              for x0 in range(0, size, chunk[2])]
+    pred.predict(padded[0][:1])  # warm-up
+    model_s = e2e_s = float("inf")
+    with tempfile.TemporaryDirectory() as tmp, \
+            start_server(f"synthetic:{z}x{size}x{size}", state_dir=f"{tmp}/state") as srv:
+        ckpt = save_checkpoint(f"{tmp}/model.pt", ck)
+        for run in range(args.e2e_repeats):  # interleaved, best of each
+            model_s = min(model_s, elapsed(lambda: [pred.predict(p) for p in padded]))
+            job = PredictJob(checkpoint=str(ckpt), source=f"vast://{srv.host}:{srv.port}",
+                             out=f"{tmp}/out{run}", chunk=chunk, margin=margin,
+                             device=args.device)
+            result = run_prediction(job, predictor=pred)
+            e2e_s = min(e2e_s, result.seconds)
+    mb = em.nbytes / 1e6
+    return {"volume": [z, size, size], "model": args.e2e_model, "backend": args.e2e_backend,
+            "chunk": chunk, "margin": margin, "tiles_written": result.tiles_written,
+            "pyramid_tiles": result.pyramid_tiles,
+            "repeats": args.e2e_repeats, "model_only_s": round(model_s, 2),
+            "end_to_end_s": round(e2e_s, 2), "model_only_mb_per_s": round(mb / model_s, 3),
+            "end_to_end_mb_per_s": round(mb / e2e_s, 3), "ratio": round(model_s / e2e_s, 3),
+            "aim_ratio": 0.85}
 
 
 def machine() -> dict:
@@ -168,15 +209,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--e2e-sections", type=int, default=16, help="end-to-end volume depth")
+    p.add_argument("--e2e-size", type=int, default=2048, help="end-to-end section side (px)")
+    p.add_argument("--e2e-repeats", type=int, default=2)
+    p.add_argument("--e2e-model", default="light", choices=list(MODELS))
+    p.add_argument("--e2e-backend", default="onnx", choices=["torch", "onnx"])
+    p.add_argument("--skip-models", action="store_true", help="only the end-to-end run")
     args = p.parse_args(argv)
     em = np.random.default_rng(0).integers(0, 256, (args.sections, args.size, args.size),
                                            dtype=np.uint8)
     peaks: dict[str, float] = {}
     result = {"benchmark": "predict", "input": list(em.shape), "repeats": args.repeats,
               "machine": machine()}
-    result["models"] = bench_models(args, em, peaks)
-    add_utilisation(result["models"], peaks)
-    result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
+    if not args.skip_models:
+        result["models"] = bench_models(args, em, peaks)
+        add_utilisation(result["models"], peaks)
+        result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
     result["end_to_end"] = end_to_end(args)
     return result
 
