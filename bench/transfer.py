@@ -34,10 +34,10 @@ from membrane_py.predict.evaluate import predict_probabilities
 from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainConfig
 from membrane_py.train.device import device_description, pick_device
+from membrane_py.train.episodic import split_batch
 from membrane_py.train.metrics import membrane_scores, pixel_error
 from membrane_py.train.trainer import convert_labels, train_model
-from membrane_py.transfer.episodic import split_batch
-from membrane_py.transfer.modes import TRANSFER_MODES
+from membrane_py.train.transfer_modes import TRANSFER_MODES
 from membrane_py.volumes.hdf5 import gunzip_cached
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

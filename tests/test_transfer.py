@@ -16,10 +16,9 @@ from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import file_sha256, load_checkpoint
 from membrane_py.train.config import TrainConfig
+from membrane_py.train.episodic import EpisodicBatchSampler, split_batch
 from membrane_py.train.trainer import train_model
-from membrane_py.transfer.episodic import EpisodicBatchSampler, split_batch
-from membrane_py.transfer.finetune import fine_tune, parse_episodic
-from membrane_py.transfer.modes import (
+from membrane_py.train.transfer_modes import (
     DECODER,
     ENCODER,
     PARTS,
@@ -27,6 +26,7 @@ from membrane_py.transfer.modes import (
     load_backbone,
     lr_factors,
 )
+from membrane_py.transfer.finetune import fine_tune, parse_episodic
 from membrane_py.volumes.synthetic import make_synthetic
 
 PATCH = 32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNetConfig
-from membrane_py.transfer.modes import TRANSFER_MODES
+from membrane_py.train.transfer_modes import TRANSFER_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
@@ -30,10 +30,10 @@ class TrainConfig:
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
     weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
-    encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.transfer.modes`). ``episodic``
+    encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`). ``episodic``
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
-    (:mod:`membrane_py.transfer.episodic`); it combines with any mode.
+    (:mod:`membrane_py.train.episodic`); it combines with any mode.
     """
 
     image_dir: str = ""

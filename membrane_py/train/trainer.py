@@ -31,11 +31,11 @@ from membrane_py.train.device import (
     pick_device,
     seed_everything,
 )
+from membrane_py.train.episodic import episodic_loader_parts
 from membrane_py.train.logs import TrainingLog
 from membrane_py.train.losses import class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
-from membrane_py.transfer.episodic import episodic_loader_parts
-from membrane_py.transfer.modes import load_backbone, parameter_groups, train_mode
+from membrane_py.train.transfer_modes import load_backbone, parameter_groups, train_mode
 
 
 @dataclass

@@ -7,8 +7,8 @@
 
 The run takes the parent's architecture and preprocessing unless ``options`` override them
 (the weights must fit, and the pretrained features expect the same kind of input); the modes
-are described in :mod:`membrane_py.transfer.modes`, episodic memory in
-:mod:`membrane_py.transfer.episodic`.
+are described in :mod:`membrane_py.train.transfer_modes`, episodic memory in
+:mod:`membrane_py.train.episodic`.
 """
 
 from __future__ import annotations

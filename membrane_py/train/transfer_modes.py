@@ -55,7 +55,7 @@ def _part(name: str) -> str:
     part = name.split(".", 1)[0]
     if part not in PARTS:
         raise ValueError(f"{name!r} belongs to no known U-Net part {PARTS}; "
-                         "update membrane_py.transfer.modes for the new architecture")
+                         "update membrane_py.train.transfer_modes for the new architecture")
     return part
 
 
