@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--base-filters", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--loss", default="ce")
+    ap.add_argument("--loss", default="weighted_ce", help="weighted_ce measured far better "
+                    "than ce on membranes (see docs/training.md)")
     ap.add_argument("--schedule", default="cosine")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None, help="folder for checkpoints (default: temporary)")
