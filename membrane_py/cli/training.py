@@ -38,7 +38,8 @@ def train(
     schedule: str = typer.Option("none", help="none, step (drop every N epochs) or cosine"),
     step_epochs: int = typer.Option(2, help="step schedule: epochs between drops"),
     step_factor: float = typer.Option(0.1, help="step schedule: factor per drop"),
-    loss: str = typer.Option("ce", help="ce, weighted_ce, dice, ce_dice, squared or logistic"),
+    loss: str = typer.Option("ce", help="ce, weighted_ce (recommended for thin membranes), dice, "
+                             "ce_dice, squared or logistic"),
     class_weights: str = typer.Option(None, help="comma-separated weights for weighted_ce "
                                       "(default: inverse class frequency)"),
     shuffle: bool = typer.Option(True),
