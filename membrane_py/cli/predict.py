@@ -29,7 +29,8 @@ def predict(
     out: Path = typer.Option(Path("predictions"), help="output folder"),
     vast: str = typer.Option(None, help="VAST for view/skeletons/--load when the source is a "
                              "file, e.g. vast://127.0.0.1:22081"),
-    backend: str = typer.Option("auto", help="auto, torch or onnx"),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime on CPU, PyTorch on GPU), "
+                                "torch or onnx"),
     device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1"),
     mip: int = typer.Option(0, help="mip level to predict at (x and y halved mip times)"),
     region: str = typer.Option("volume", help="volume, box, view (cube around VAST's view), "
