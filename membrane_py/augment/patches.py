@@ -13,7 +13,6 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from membrane_py.atomic import write_bytes_atomic
@@ -24,17 +23,11 @@ from membrane_py.augment.transforms import AugmentConfig, augment_pair
 from membrane_py.geometry import Box
 from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
 from membrane_py.volumes.base import downsample_xy
+from membrane_py.volumes.tiles import write_png
 
 MANIFEST = "manifest.json"
 LABEL_SUFFIXES = ("_border", "_skel", "_labels", "_label", "_gt", "_mask", "_seg")
 CONTRAST_MODES = ("none", "image", "tile")
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    write_bytes_atomic(path, buf.tobytes())
 
 
 def _label_key(stem: str) -> str:
