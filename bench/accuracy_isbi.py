@@ -21,9 +21,9 @@ from scipy import ndimage as ndi
 from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.transforms import AugmentConfig
+from membrane_py.events import Cancelled, CancelToken
 from membrane_py.predict.evaluate import predict_probabilities
-from membrane_py.predict.instances import grow_into_membranes, segment_section
-from membrane_py.progress import Cancelled, CancelToken
+from membrane_py.segment.instances import grow_into_membranes, segment_section
 from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainConfig
 from membrane_py.train.device import device_description, pick_device
@@ -116,7 +116,7 @@ def main() -> None:
         "best_threshold": float(thresholds[int(sweep.argmax())]),
         "scoring": "v_rand etc.: threshold 0.5 + watershed of the membrane map; "
                    "v_rand_best_threshold: best over thresholds 0.1..0.9 (as the ISBI challenge "
-                   "reported); v_rand_hminima: membrane_py.predict.instances defaults",
+                   "reported); v_rand_hminima: membrane_py.segment.instances defaults",
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - t1, 1), "device": device,
         "epochs_completed": ck.epoch, "stopped_by_budget": stopped_early,

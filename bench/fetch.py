@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from membrane_py.geometry import Box  # noqa: E402
-from membrane_py.vastapi.chunks import iter_chunks  # noqa: E402
 from membrane_py.vastapi.client import VastClient  # noqa: E402
+from membrane_py.volumes.blocks import iter_chunks  # noqa: E402
 from mock_vast_server.launch import start_server  # noqa: E402
 
 CHUNK = (16, 1024, 1024)

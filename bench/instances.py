@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label as connected
 
-from membrane_py.predict.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
-from membrane_py.predict.instances import (
+from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
+from membrane_py.segment.instances import (
     InstanceConfig,
     grow_into_membranes,
     membrane_map_from_labels,

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.infer.engine import TiledPredictor, load_predictor
 from membrane_py.models.unet import UNet, UNetConfig
-from membrane_py.predict.engine import TiledPredictor, load_predictor
 from membrane_py.train.checkpoint import Checkpoint
 
 MODELS: dict[str, UNetConfig] = {"default": UNetConfig(), "light": UNetConfig.light()}

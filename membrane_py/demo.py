@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.events import Progress, ProgressCallback, report
 from membrane_py.geometry import Box
-from membrane_py.progress import Progress, ProgressCallback, report
 
 
 @dataclass

@@ -4,13 +4,13 @@
 import numpy as np
 import pytest
 
-from membrane_py.predict.agglomerate import (
+from membrane_py.segment.agglomerate import (
     AgglomerationConfig,
     agglomerate,
     link_sections,
     watershed_3d,
 )
-from membrane_py.predict.instances import (
+from membrane_py.segment.instances import (
     InstanceConfig,
     grow_into_membranes,
     membrane_map_from_labels,

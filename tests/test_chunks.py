@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
+from membrane_py.events import Cancelled, CancelToken
 from membrane_py.geometry import Box
-from membrane_py.progress import Cancelled, CancelToken
-from membrane_py.vastapi.chunks import Chunk, count_chunks, iter_chunks
 from membrane_py.volumes import ArrayVolume
+from membrane_py.volumes.blocks import Chunk, count_chunks, iter_chunks
 
 VOL = np.arange(5 * 40 * 50, dtype=np.uint32).reshape(5, 40, 50)
 

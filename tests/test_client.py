@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from membrane_py.geometry import Box
-from membrane_py.vastapi.chunks import iter_chunks
 from membrane_py.vastapi.client import VastClient, VastError, pack_color
 from membrane_py.volumes.base import downsample_xy
+from membrane_py.volumes.blocks import iter_chunks
 from membrane_py.volumes.synthetic import synthetic_volumes
 from membrane_py.volumes.vast import VastVolume
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.infer.engine import EngineConfig, load_predictor
+from membrane_py.infer.predictor import Predictor
+from membrane_py.infer.surgery import InferenceUNet
+from membrane_py.infer.tiling import blend_profile, plan_axis, receptive_radius
 from membrane_py.models.unet import UNet, UNetConfig
-from membrane_py.predict.base import Predictor
-from membrane_py.predict.engine import EngineConfig, InferenceUNet, load_predictor
 from membrane_py.predict.evaluate import predict_probabilities
-from membrane_py.predict.tiling import blend_profile, plan_axis, receptive_radius
 from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
 from membrane_py.volumes.synthetic import make_synthetic
 

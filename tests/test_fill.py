@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from membrane_py.edit.fill import FillJob, FillLeakWarning, run_fill
 from membrane_py.geometry import Box
-from membrane_py.predict.fill import FillJob, FillLeakWarning, fill_region, run_fill
-from membrane_py.predict.instances import membrane_map_from_labels
+from membrane_py.segment.fill import fill_region
+from membrane_py.segment.instances import membrane_map_from_labels
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.synthetic import make_synthetic
 

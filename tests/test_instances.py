@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from membrane_py.augment.labels import rgb_to_ids
 from membrane_py.cli import app
-from membrane_py.geometry import Box
-from membrane_py.predict.instance_io import (
+from membrane_py.edit.instances import (
     InstanceJob,
     ids_to_rgb,
     palette_rgb,
     run_instance_job,
     write_instances,
 )
-from membrane_py.predict.instances import (
+from membrane_py.geometry import Box
+from membrane_py.segment.instances import (
     InstanceConfig,
     combine_predictions,
     membrane_map_from_labels,

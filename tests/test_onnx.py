@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.infer.engine import load_predictor
+from membrane_py.infer.onnx_backend import METADATA_KEY, OnnxModelInfo
+from membrane_py.infer.predictor import Predictor
 from membrane_py.models.unet import UNet, UNetConfig
-from membrane_py.predict.base import Predictor
-from membrane_py.predict.engine import load_predictor
 from membrane_py.predict.evaluate import evaluate_images
 from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
-from membrane_py.transfer.onnx import METADATA_KEY, OnnxModelInfo, export_onnx
+from membrane_py.transfer.onnx import export_onnx
 from membrane_py.volumes.synthetic import make_synthetic
 
 TOLERANCE = 1e-4  # max |p_onnx - p_torch| of probabilities (float32 on CPU; seen ~1e-7)

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tifffile
 
+from membrane_py.edit.instances import palette_rgb
+from membrane_py.edit.paint import IdRemapWarning, PaintJob, compose, run_paint
 from membrane_py.geometry import Box
-from membrane_py.predict.instance_io import palette_rgb
-from membrane_py.predict.instances import (
+from membrane_py.predict.job import RegionSpec
+from membrane_py.segment.instances import (
     InstanceConfig,
     membrane_map_from_labels,
     segment_stack,
     to_probability,
 )
-from membrane_py.predict.job import RegionSpec
-from membrane_py.predict.paint import IdRemapWarning, PaintJob, compose, run_paint
 from membrane_py.vastapi.client import VastClient, pack_color
 from membrane_py.volumes.base import ArrayVolume
 from membrane_py.volumes.synthetic import make_synthetic

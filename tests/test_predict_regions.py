@@ -14,9 +14,10 @@ from predict_support import tile_keys, tiny_checkpoint
 
 from membrane_py.geometry import Box
 from membrane_py.predict.job import PredictJob, RegionSpec
-from membrane_py.predict.regions import cube_around, plan_region, plan_tiles
+from membrane_py.predict.regions import cube_around, plan_region
 from membrane_py.predict.runner import run_prediction
 from membrane_py.vastapi.client import VastClient
+from membrane_py.volumes.blocks import plan_tiles
 from mock_vast_server.launch import start_server
 
 SHAPE = (6, 256, 320)  # mip-0 (z, y, x) of the served volume
@@ -54,12 +55,12 @@ def test_whole_volume_chunks_partition_the_tiles():
     chunks = list(plan.chunks((2, 200, 100)))
     seen = [k for ch in chunks for k in ch.tiles]
     assert sorted(seen) == plan.tiles()  # every tile in exactly one chunk
-    assert [ch.block for ch in chunks] == sorted(ch.block for ch in chunks)  # z blocks first
+    assert [ch.z_block for ch in chunks] == sorted(ch.z_block for ch in chunks)  # z blocks first
     for ch in chunks:
         assert Box.full(shape0).contains(ch.core) and ch.core.shape[0] <= 2
         assert ch.core.y0 % 100 == 0 and ch.core.x0 % 100 == 0
         assert {z for z, _, _ in ch.tiles} == set(range(ch.core.z0, ch.core.z1))
-        assert ch.block == ch.core.z0 // 2
+        assert ch.z_block == ch.core.z0 // 2
     assert chunks[0].core == Box(0, 2, 0, 200, 0, 100)
     assert chunks[-1].core == Box(4, 5, 200, 250, 300, 330)  # clipped edge chunk
 

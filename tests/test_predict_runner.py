@@ -15,12 +15,12 @@ import tifffile
 import zarr
 from predict_support import folder_bytes, tile_keys, tiny_checkpoint
 
+from membrane_py.events import Cancelled, CancelToken
 from membrane_py.geometry import Box
-from membrane_py.predict.engine import load_predictor
+from membrane_py.infer.engine import load_predictor
 from membrane_py.predict.job import PredictJob, RegionSpec
 from membrane_py.predict.runner import entropy_bits, is_blank, run_prediction
 from membrane_py.predict.writers import classes_to_u8, probability_to_u8
-from membrane_py.progress import Cancelled, CancelToken
 from membrane_py.vastapi.client import VastClient
 from membrane_py.vastapi.descriptors import read_vsvi
 from membrane_py.volumes.base import downsample_xy

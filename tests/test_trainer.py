@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
-from membrane_py.progress import Cancelled, CancelToken
+from membrane_py.events import Cancelled, CancelToken
 from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint
 from membrane_py.train.config import TrainConfig
 from membrane_py.train.trainer import split_by_image, train_model

@@ -20,8 +20,8 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.preprocess import apply_clahe
 from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch, warn_if_few
 from membrane_py.augment.transforms import AugmentConfig, augment_pair
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
 from membrane_py.geometry import Box
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
 from membrane_py.volumes.base import downsample_xy
 from membrane_py.volumes.tiles import write_png
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.progress import Bar
+from membrane_py.cli.render import Bar
 
 
 def demo(

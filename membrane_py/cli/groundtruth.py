@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.progress import progress_printer
+from membrane_py.cli.render import progress_printer
 
 gt_app = typer.Typer(help="Ground-truth conversions over folders of label images or stacks.",
                      no_args_is_help=True)

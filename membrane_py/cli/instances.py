@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from membrane_py.cli.predict import _ints
-from membrane_py.cli.progress import Bar
+from membrane_py.cli.render import Bar
 
 H = typer.Option(0.05, help="h-minima depth (0..1): larger = fewer, larger segments")
 THRESHOLD = typer.Option(0.71, help="pixels with membrane probability above become 0")
@@ -41,7 +41,7 @@ CONFIG_OUT = typer.Option(None, help="also write the job spec as JSON here")
 
 def _instance_config(h: float, threshold: float, min_size: int, sigma: float, window: int,
                      halo: int, weights: str = "0.7,0.3,0"):
-    from membrane_py.predict.instances import InstanceConfig
+    from membrane_py.segment.instances import InstanceConfig
 
     try:
         w = tuple(float(v) for v in weights.split(","))
@@ -52,7 +52,7 @@ def _instance_config(h: float, threshold: float, min_size: int, sigma: float, wi
 
 
 def _agglomeration(px: int, fraction: float):
-    from membrane_py.predict.agglomerate import AgglomerationConfig
+    from membrane_py.segment.agglomerate import AgglomerationConfig
 
     try:
         return AgglomerationConfig(min_overlap_px=px, min_overlap_fraction=fraction)
@@ -102,7 +102,7 @@ def instances(
     config_out: Path = CONFIG_OUT,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
-    from membrane_py.predict.instance_io import InstanceJob, run_instance_job
+    from membrane_py.edit.instances import InstanceJob, run_instance_job
 
     try:
         job = InstanceJob(
@@ -157,8 +157,8 @@ def paint(
     config_out: Path = CONFIG_OUT,
 ) -> None:
     """Paint predictions into a VAST segmentation layer; existing paint is kept."""
+    from membrane_py.edit.paint import PaintJob, run_paint
     from membrane_py.predict.job import RegionSpec
-    from membrane_py.predict.paint import PaintJob, run_paint
 
     try:
         job = PaintJob(
@@ -204,7 +204,7 @@ def fill(
     save_path: str = SAVE_PATH,
 ) -> None:
     """Fill the non-membrane region around a seed and paint it as one segment."""
-    from membrane_py.predict.fill import FillJob, run_fill
+    from membrane_py.edit.fill import FillJob, run_fill
 
     try:
         job = FillJob(source=source, source_layer=source_layer, vast=vast,

@@ -16,9 +16,10 @@ import torch
 
 from membrane_py.atomic import write_text_atomic
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.infer.engine import TiledPredictor, load_predictor
+from membrane_py.infer.torch_backend import TorchBackend
 from membrane_py.models.unet import UNet
-from membrane_py.predict.engine import TiledPredictor, TorchBackend, load_predictor
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
 from membrane_py.train.metrics import class_scores, membrane_scores
 from membrane_py.volumes.tiles import write_png
 

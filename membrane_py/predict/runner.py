@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
 from membrane_py.geometry import Box
-from membrane_py.predict.base import Predictor
+from membrane_py.infer.predictor import Predictor
 from membrane_py.predict.job import PredictJob
-from membrane_py.predict.regions import PlannedChunk, TileKey, TilePlan, plan_region
+from membrane_py.predict.regions import plan_region
 from membrane_py.predict.writers import PredictionWriter, make_outputs
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
 from membrane_py.vastapi.address import parse_vast_address
-from membrane_py.vastapi.chunks import Chunk, read_chunks
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.blocks import Block, Chunk, TileKey, TilePlan, read_chunks
 
 TASK = "predict"
 
@@ -163,7 +163,7 @@ class _WriterThread:
                 if item[0] == "tiles":
                     _, chunk, sections, probs, keys = item
                     self.writer.write(chunk.core, sections, probs, keys)
-                    self.written[chunk.block].update(keys)
+                    self.written[chunk.z_block].update(keys)
                     self.tally.add(written=len(keys))
                 else:  # ("block", k): every chunk of z block k is done
                     k = item[1]
@@ -196,12 +196,12 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
                     cancel: CancelToken | None) -> None:
     """The read -> predict -> write pipeline over every chunk of the plan."""
     chunk_z, m = job.chunk[0], job.margin
-    planned: dict[Box, PlannedChunk] = {}
+    planned: dict[Box, Block] = {}
 
     def pending() -> Iterator[Box]:
         """Chunk cores still to read (runs in the reader thread)."""
         for pc in plan.chunks(tuple(job.chunk)):
-            if not job.overwrite and all(writer.done(k) for k in pc.tiles):
+            if not job.overwrite and pc.done(writer.done):
                 tally.add(resumed=len(pc.tiles))
                 continue
             planned[pc.core] = pc
@@ -216,7 +216,7 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
         for chunk in chunks:
             pc = planned.pop(chunk.core)
             tally.add(nbytes=chunk.data.nbytes)
-            while next_block is not None and next_block < pc.block:
+            while next_block is not None and next_block < pc.z_block:
                 out.put(("block", next_block))
                 next_block = next(blocks, None)
             blank = {k for k in pc.tiles if job.skip_blank and
@@ -247,7 +247,7 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
 
     ``predictor`` reuses a loaded engine; by default the job's checkpoint is loaded with
     one engine tile per chunk (the runner supplies the context itself). Raises
-    :class:`~membrane_py.progress.Cancelled` when ``cancel`` is set; what was written
+    :class:`~membrane_py.events.Cancelled` when ``cancel`` is set; what was written
     stays, and rerunning the same job continues from there.
     """
     start = time.perf_counter()
@@ -257,7 +257,7 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
             raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
                              "address (vast / --vast)")
         if predictor is None:
-            from membrane_py.predict.engine import load_predictor
+            from membrane_py.infer.engine import load_predictor
 
             predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
                                        tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)

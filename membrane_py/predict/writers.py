@@ -25,7 +25,7 @@ import numpy as np
 
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import PredictJob
-from membrane_py.predict.regions import TileKey
+from membrane_py.volumes.blocks import TileKey
 from membrane_py.volumes.tiles import TileWriter, remove_stale_temporaries
 
 

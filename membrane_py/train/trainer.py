@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from membrane_py.events import Cancelled, CancelToken, Progress, ProgressCallback, report
 from membrane_py.models.unet import UNet
-from membrane_py.progress import Cancelled, CancelToken, Progress, ProgressCallback, report
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from membrane_py.train.config import BEST_METRICS, TrainConfig
 from membrane_py.train.device import (

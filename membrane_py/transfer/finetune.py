@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from membrane_py.progress import CancelToken, ProgressCallback
+from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
 from membrane_py.train.config import TrainConfig
 from membrane_py.train.trainer import TrainResult, run_training

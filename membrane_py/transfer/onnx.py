@@ -1,23 +1,10 @@
-"""ONNX export of checkpoints, and an ONNX Runtime backend that also runs third-party models.
-
-The graph holds the network only: (N, 1, H, W) float input -> (N, C, H, W) logits, with
-dynamic batch, height and width. Everything else a checkpoint knows (class names, input
-normalisation and CLAHE, architecture, mip and voxel size) goes into the model's
-``metadata_props`` as one JSON string under :data:`METADATA_KEY`. Preprocessing stays outside
-the graph, so both engines run :func:`membrane_py.augment.preprocess.preprocess` and share
-the tiling code in :mod:`membrane_py.predict`.
-
-A model without that metadata (exported elsewhere) gets defaults: input ``x / 255``,
-softmax over the output channels (sigmoid when there is one channel), class names
-``class_1 .. class_C``, sides padded to multiples of 32.
-"""
+"""ONNX export of checkpoints (``membrane export-onnx``): write the model atomically, check it
+with ``onnx.checker`` and compare ONNX Runtime's logits with PyTorch's. The conversion and
+the runtime backend live in :mod:`membrane_py.infer.onnx_backend`."""
 
 from __future__ import annotations
 
-import io
-import json
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,80 +12,9 @@ import onnx
 import torch
 
 from membrane_py.atomic import atomic_path
-from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.augment.preprocess import preprocess
+from membrane_py.infer.onnx_backend import model_bytes, onnx_model
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
-from membrane_py.train.device import pick_device
-
-METADATA_KEY = "membrane_py"
-FORMAT = "membrane-py-onnx"
-VERSION = 1
-OUTPUTS = ("logits", "probabilities")
-INPUT_NAME = "em"
-OUTPUT_NAME = "logits"
-DEFAULT_MULTIPLE = 32
-
-
-@dataclass(frozen=True)
-class OnnxModelInfo:
-    """What the engine needs to know about an ONNX model beyond its graph."""
-
-    class_names: list[str]
-    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(mean=0.0,
-                                                                                  std=1.0))
-    multiple: int = DEFAULT_MULTIPLE
-    output: str = "logits"
-    architecture: dict | None = None
-    mip: int = 0
-    voxel_size: list[float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ValueError(f"ONNX metadata output must be one of {OUTPUTS}, got "
-                             f"{self.output!r}")
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["preprocess"] = self.preprocess.to_dict()
-        return json.dumps({"format": FORMAT, "version": VERSION, **d})
-
-    @classmethod
-    def from_json(cls, text: str) -> OnnxModelInfo:
-        d = json.loads(text)
-        if d.get("format") != FORMAT:
-            raise ValueError(f"ONNX metadata {METADATA_KEY!r} is not {FORMAT!r}")
-        if d.get("version", 0) > VERSION:
-            raise ValueError(f"ONNX metadata version {d['version']}; this membrane-py reads up to "
-                             f"{VERSION}: upgrade membrane-py")
-        d["preprocess"] = PreprocessConfig.from_dict(d.get("preprocess", {}))
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    @classmethod
-    def from_checkpoint(cls, ck: Checkpoint) -> OnnxModelInfo:
-        return cls(class_names=list(ck.class_names), preprocess=ck.preprocess_config,
-                   multiple=ck.model_config.multiple, output="logits",
-                   architecture=ck.model_config.to_dict(), mip=int(ck.mip),
-                   voxel_size=[float(v) for v in ck.voxel_size])
-
-
-def onnx_model(ck: Checkpoint, opset: int = 17) -> onnx.ModelProto:
-    """The checkpoint's network as an ONNX model with dynamic batch/height/width and the
-    checkpoint metadata. Uses the TorchScript exporter (no onnxscript dependency); its
-    deprecation and tracer warnings (the shape check in ``UNet.forward``) are expected."""
-    net = ck.build_model()
-    side = 2 * ck.model_config.multiple
-    axes = {0: "batch", 2: "height", 3: "width"}
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(net, (torch.zeros(1, 1, side, side),), buf, dynamo=False,
-                          opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    model = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(model, {METADATA_KEY: OnnxModelInfo.from_checkpoint(ck).to_json()})
-    model.doc_string = f"membrane-py U-Net, classes {', '.join(ck.class_names)}"
-    return model
 
 
 @dataclass(frozen=True)
@@ -145,7 +61,7 @@ def compare_with_torch(ck: Checkpoint, model: str | Path | bytes,
     import onnxruntime as ort
 
     net = ck.build_model()
-    session = ort.InferenceSession(_bytes(model), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_bytes(model), providers=["CPUExecutionProvider"])
     m = ck.model_config.multiple
     diffs = {}
     for name, image in images.items():
@@ -158,76 +74,3 @@ def compare_with_torch(ck: Checkpoint, model: str | Path | bytes,
     return diffs
 
 
-def to_probabilities(out: np.ndarray, kind: str) -> np.ndarray:
-    """(N, C, H, W) model output -> float32 probabilities: softmax over C for logits; one
-    channel is read as the foreground (sigmoid of logits) and becomes two classes."""
-    if kind not in OUTPUTS:
-        raise ValueError(f"model output must be one of {OUTPUTS}, got {kind!r}")
-    out = out.astype(np.float32, copy=False)
-    if out.shape[1] == 1:
-        p = 1.0 / (1.0 + np.exp(-out)) if kind == "logits" else out
-        return np.concatenate([1.0 - p, p], axis=1)
-    if kind == "probabilities":
-        return out
-    e = np.exp(out - out.max(axis=1, keepdims=True))
-    e /= e.sum(axis=1, keepdims=True)
-    return e
-
-
-class OnnxBackend:
-    """ONNX Runtime backend (see :class:`membrane_py.predict.engine.Backend`): full graph
-    optimisation, CPU provider, or CUDA when onnxruntime-gpu is installed and the device
-    resolves to CUDA."""
-
-    def __init__(self, model: str | Path | bytes, device: str = "auto") -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers, self.device_type = _providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(_bytes(model), opts, providers=providers)
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        if inp.type != "tensor(float)" or len(inp.shape) != 4 or (
-                isinstance(inp.shape[1], int) and inp.shape[1] != 1):
-            raise ValueError(f"ONNX model input {inp.name!r} must be float (N, 1, H, W), got "
-                             f"{inp.type} {inp.shape}")
-        self.input_name, self.output_name = inp.name, out.name
-        n, _, h, w = inp.shape
-        self.max_batch = n if isinstance(n, int) else None
-        self.window = (h, w) if isinstance(h, int) and isinstance(w, int) else None
-        channels = out.shape[1] if len(out.shape) == 4 and isinstance(out.shape[1], int) \
-            else self._probe_channels()
-        self.n_classes = max(channels, 2)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY in meta:
-            self.info = OnnxModelInfo.from_json(meta[METADATA_KEY])
-        else:
-            names = ["background", "foreground"] if channels == 1 else \
-                [f"class_{i + 1}" for i in range(channels)]
-            self.info = OnnxModelInfo(class_names=names)
-        self.multiple = self.info.multiple
-
-    def _probe_channels(self) -> int:
-        h, w = self.window or (4 * DEFAULT_MULTIPLE, 4 * DEFAULT_MULTIPLE)
-        probe = np.zeros((1, 1, h, w), np.float32)
-        return int(self.session.run([self.output_name], {self.input_name: probe})[0].shape[1])
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return to_probabilities(out, self.info.output)
-
-
-def _providers(device: str, available: list[str]) -> tuple[list, str]:
-    """ONNX Runtime providers for a device string, and the device type they amount to."""
-    gpu = "CUDAExecutionProvider" in available
-    if device.startswith("cuda") and not gpu:
-        raise ValueError(f"device {device!r} needs onnxruntime-gpu (pip install "
-                         f"membrane-py[gpu]); only {available} are available")
-    if device.startswith("cuda") or (device == "auto" and gpu and pick_device().type == "cuda"):
-        index = torch.device(device if device != "auto" else "cuda").index or 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], "cuda"
-    return ["CPUExecutionProvider"], "cpu"
-
-
-def _bytes(model: str | Path | bytes) -> bytes:
-    return model if isinstance(model, bytes) else Path(model).read_bytes()

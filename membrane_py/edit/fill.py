@@ -4,7 +4,7 @@ The fill is face-connected (4-neighbours in 2D, 6 in 3D), so a one-pixel diagona
 membrane does not let it leak into the neighbouring cell. It is bounded by a box around the
 seed; when it reaches that box's border the region may continue beyond it, which the result
 says (``touches_border``) so a caller can warn or retry with a larger box. The region is
-painted as one new segment with the rules of :mod:`membrane_py.predict.paint`.
+painted as one new segment with the rules of :mod:`membrane_py.edit.paint`.
 """
 
 from __future__ import annotations
@@ -13,36 +13,19 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from membrane_py.edit.instances import JobSpec, check_shapes, open_source, palette_rgb
+from membrane_py.edit.paint import SegmentMap, open_target_layer, vast_address, write_region
 from membrane_py.geometry import Box, size_at_mip
-from membrane_py.predict.instance_io import JobSpec, check_shapes, open_source, palette_rgb
-from membrane_py.predict.instances import to_probability
-from membrane_py.predict.paint import SegmentMap, open_target_layer, vast_address, write_region
 from membrane_py.predict.regions import cube_around
+from membrane_py.segment.fill import fill_region
+from membrane_py.segment.instances import to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST
 from membrane_py.vastapi.client import VastClient
 
 
 class FillLeakWarning(UserWarning):
     """The fill reached the border of its box: the region may continue outside it."""
-
-
-def fill_region(prob: np.ndarray, seed: tuple[int, ...], threshold: float = 0.5) -> np.ndarray:
-    """Bool mask of the face-connected region of ``prob < threshold`` holding ``seed``.
-
-    ``prob`` is a 2D (y, x) or 3D (z, y, x) membrane probability in [0, 1]; ``seed`` an index
-    into it. A seed on a membrane is an error (the fill would be empty).
-    """
-    if len(seed) != prob.ndim or any(not 0 <= s < n for s, n in zip(seed, prob.shape,
-                                                                        strict=True)):
-        raise ValueError(f"seed {seed} lies outside the probability map {prob.shape}")
-    value = float(prob[seed])
-    if value >= threshold:
-        raise ValueError(f"the seed lies on a membrane (probability {value:.2f} >= threshold "
-                         f"{threshold}); click inside a cell or raise the threshold")
-    labels, _ = ndi.label(prob < threshold)  # default structure: face connectivity
-    return labels == labels[seed]
 
 
 def touches_border(mask: np.ndarray, box: Box, full: Box) -> bool:

@@ -2,10 +2,10 @@
 
 The predictor owns everything that does not depend on the runtime (preprocessing from the
 checkpoint, reflect-padded context, the tile grid, batching across sections, stitching and
-blending; see :mod:`membrane_py.predict.tiling`). A backend only turns a batch of
-preprocessed windows into class probabilities: :class:`TorchBackend` here, and
-:class:`membrane_py.transfer.onnx.OnnxBackend` for ONNX Runtime. ``load_predictor`` builds
-either from a checkpoint or an ``.onnx`` file.
+blending; see :mod:`membrane_py.infer.tiling`). A backend only turns a batch of
+preprocessed windows into class probabilities: PyTorch in
+:mod:`membrane_py.infer.torch_backend`, ONNX Runtime in :mod:`membrane_py.infer.onnx_backend`.
+``load_predictor`` builds either from a checkpoint or an ``.onnx`` file.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
-from membrane_py.models.unet import UNet
-from membrane_py.predict.tiling import BLENDS, Stitcher, TileGrid, plan_axis
+from membrane_py.infer.tiling import BLENDS, Stitcher, TileGrid, plan_axis
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
-from membrane_py.train.device import autocast, pick_device
+from membrane_py.train.device import pick_device
 
 BACKENDS = ("auto", "torch", "onnx")
 #: default core side: one tile per 1024^2 chunk section keeps the margin overhead at 27%
@@ -78,7 +75,7 @@ class Backend(Protocol):
 
 
 class TiledPredictor:
-    """A :class:`~membrane_py.predict.base.Predictor` over any backend."""
+    """A :class:`~membrane_py.infer.predictor.Predictor` over any backend."""
 
     def __init__(self, backend: Backend, class_names: list[str], preprocessing: PreprocessConfig,
                  config: EngineConfig | None = None) -> None:
@@ -127,104 +124,6 @@ class TiledPredictor:
         return stitcher.result()
 
 
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d into the Conv2d just before it (in place): one pass
-    over memory less per layer, identical output up to rounding."""
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        for i in range(len(module) - 1):
-            conv, bn = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module[i] = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-                module[i + 1] = nn.Identity()
-    return model
-
-
-def _conv_part(conv: nn.Conv2d, channels: slice, bias: bool) -> nn.Conv2d:
-    """The convolution restricted to some input channels (with or without the bias)."""
-    weight = conv.weight.detach()[:, channels]
-    part = nn.Conv2d(weight.shape[1], conv.out_channels, conv.kernel_size, conv.stride,
-                     conv.padding, bias=bias and conv.bias is not None)
-    part.weight.data.copy_(weight)
-    if part.bias is not None:
-        part.bias.data.copy_(conv.bias.detach())
-    return part
-
-
-class InferenceUNet(nn.Module):
-    """An inference-only rewrite of a :class:`UNet` with the same output: BatchNorm folded
-    into the convolutions, and each decoder stage's ``conv(cat(up, skip))`` computed as
-    ``conv_up(up) + conv_skip(skip)``, which never materialises the concatenation (a full
-    memory pass per stage, ~15% of CPU time)."""
-
-    def __init__(self, unet: UNet) -> None:
-        super().__init__()
-        net = fuse_batchnorm(_copy_eval(unet))
-        self.config = net.config
-        self.down, self.pool, self.bridge, self.up = net.down, net.pool, net.bridge, net.up
-        self.head = net.head
-        self.up_first = nn.ModuleList()
-        self.skip_first = nn.ModuleList()
-        self.up_rest = nn.ModuleList()
-        for block in net.up_conv:
-            first, *rest = list(block)
-            half = first.in_channels // 2  # UNet.forward concatenates [up(x), skip]
-            self.up_first.append(_conv_part(first, slice(0, half), bias=True))
-            self.skip_first.append(_conv_part(first, slice(half, None), bias=False))
-            self.up_rest.append(nn.Sequential(*rest))
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bridge(x)
-        for up, a, b, rest, skip in zip(self.up, self.up_first, self.skip_first, self.up_rest,
-                                        reversed(skips), strict=True):
-            y = a(up(x))
-            y += b(skip)
-            x = rest(y)
-        return self.head(x)
-
-
-class TorchBackend:
-    """PyTorch backend: :class:`InferenceUNet` in inference mode, channels-last, bf16
-    autocast on CUDA, optionally ``torch.compile`` (with freezing: constant weights let
-    Inductor prepack them and fuse convolution + ReLU)."""
-
-    def __init__(self, model: UNet, device: str | torch.device = "auto", amp: bool = True,
-                 compile: bool = False) -> None:
-        if model.config.in_channels != 1:
-            raise ValueError(f"engines feed one EM channel; model has {model.config.in_channels}")
-        self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.device_type = self.device.type
-        self.n_classes = model.config.n_classes
-        self.multiple = model.config.multiple
-        self.window = None
-        self.max_batch = None
-        self.amp = amp
-        net = InferenceUNet(model).to(self.device, memory_format=torch.channels_last)
-        self.forward = torch.compile(net, dynamic=False, options={"freezing": True}) \
-            if compile else net
-
-    @torch.inference_mode()
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            logits = self.forward(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-
-def _copy_eval(model: UNet) -> UNet:
-    """An eval-mode copy on CPU, so rewriting never touches the caller's (maybe training) net."""
-    copy = UNet(model.config)
-    copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return copy.eval()
-
-
 def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
                    device: str = "auto", tile: int | None = None, margin: int = 64,
                    overlap: int = 0, blend: str = "none", batch_size: int | None = None,
@@ -248,13 +147,15 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     if is_onnx and backend == "torch":
         raise ValueError(f"{model} is an ONNX model: use backend='onnx' (or 'auto')")
     if backend == "onnx":
-        from membrane_py.transfer.onnx import OnnxBackend, onnx_model
+        from membrane_py.infer.onnx_backend import OnnxBackend, onnx_model
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
         source = model if is_onnx else onnx_model(_checkpoint(model)).SerializeToString()
         runtime = OnnxBackend(source, device=device)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config)
+    from membrane_py.infer.torch_backend import TorchBackend
+
     ck = _checkpoint(model)
     net = TorchBackend(ck.build_model(), device=device, compile=compile)
     return TiledPredictor(net, ck.class_names, ck.preprocess_config, config)

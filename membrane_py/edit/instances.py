@@ -9,7 +9,7 @@ Two colour codings for RGB tiles, chosen per job (``colors``):
 * ``palette``: for display, each id gets a fixed pseudo-random colour (a hash of the id, so
   the same id always has the same colour in every run and tool, with each channel in
   64..255 so no object looks black); 0 stays black. Not decodable back to ids. The segments
-  :mod:`membrane_py.predict.paint` creates in VAST get the same colours.
+  :mod:`membrane_py.edit.paint` creates in VAST get the same colours.
 
 zarr and TIFF outputs hold uint32 ids of the processed box (attributes / description give
 the box, mip and job), written atomically.
@@ -29,16 +29,16 @@ import numpy as np
 
 from membrane_py.atomic import atomic_path
 from membrane_py.augment.labels import rgb_to_ids
+from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.geometry import Box
-from membrane_py.predict.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
-from membrane_py.predict.instances import (
+from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
+from membrane_py.segment.instances import (
     InstanceConfig,
     combine_predictions,
     mix64,
     segment_stack,
     to_probability,
 )
-from membrane_py.progress import CancelToken, ProgressCallback
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
 from membrane_py.volumes.open import open_volume

@@ -32,7 +32,7 @@ class Bar:
 
 def progress_printer():
     """A callback that prints each Progress event as one line on stderr."""
-    from membrane_py.progress import Progress
+    from membrane_py.events import Progress
 
     def show(event: Progress) -> None:
         typer.echo(f"{event.task}: {event.done}/{event.total} {event.message}", err=True)

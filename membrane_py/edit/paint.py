@@ -30,19 +30,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from membrane_py.geometry import Box, size_at_mip
-from membrane_py.predict.agglomerate import AgglomerationConfig, agglomerate
-from membrane_py.predict.instance_io import (
+from membrane_py.edit.instances import (
     JobSpec,
     check_shapes,
     decode_ids,
     open_source,
     palette_rgb,
 )
-from membrane_py.predict.instances import InstanceConfig, segment_stack, to_probability
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import RegionSpec
 from membrane_py.predict.regions import region_boxes
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
+from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate
+from membrane_py.segment.instances import InstanceConfig, segment_stack, to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource

@@ -20,8 +20,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from membrane_py.predict.instances import InstanceConfig, finish, flood, seeds, smooth
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.segment.instances import InstanceConfig, finish, flood, seeds, smooth
 
 
 @dataclass

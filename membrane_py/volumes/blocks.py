@@ -1,4 +1,12 @@
-"""Walk a region chunk by chunk, reading each chunk with a margin, while the next one loads.
+"""Blocks: the units that block-wise jobs (prediction, and Dask on top of it) plan, read,
+process and check as done.
+
+A :class:`TilePlan` lists the output tiles a job writes (merged z runs per tile column, so
+overlapping regions never compute a tile twice); :meth:`TilePlan.chunks` groups them into
+:class:`Block` s on a global grid (z blocks outermost); :meth:`Block.done` is the
+done-check a rerun uses to skip finished work.
+
+Reading: cores tile a region chunk by chunk, each read with a margin while the next one loads.
 
 Cores tile the region on a grid anchored at its start (z outermost, then y, then x); each
 core is read grown by a margin and clipped to the volume, so a network sees context at
@@ -11,15 +19,122 @@ bounded. Works with any reader ``read(box) -> array``: ``lambda b: vol.read(b, m
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from membrane_py.geometry import Box
-from membrane_py.progress import CancelToken
+from membrane_py.events import CancelToken
+from membrane_py.geometry import Box, size_at_mip
+
+TileKey = tuple[int, int, int]  # (z, row, col) at the plan's mip
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: a tile-aligned ``core`` box (read with context around it) and
+    the planned tiles inside it. ``z_block`` is ``core.z0 // chunk z``."""
+
+    z_block: int
+    core: Box
+    tiles: tuple[TileKey, ...]
+
+    def done(self, tile_done: Callable[[TileKey], bool]) -> bool:
+        """The done-check: every planned tile of the block is finished per ``tile_done``."""
+        return all(tile_done(k) for k in self.tiles)
+
+
+@dataclass(frozen=True, eq=False)
+class TilePlan:
+    """The tiles to predict at ``mip``: merged z runs (half-open) per tile column."""
+
+    mip: int
+    shape: tuple[int, int, int]  # volume size at ``mip``
+    tile: int
+    columns: dict[tuple[int, int], tuple[tuple[int, int], ...]]
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(z1 - z0 for runs in self.columns.values() for z0, z1 in runs)
+
+    def tiles(self, z0: int = 0, z1: int | None = None) -> list[TileKey]:
+        """The planned tiles with z in [z0, z1), sorted (z, row, col)."""
+        z1 = self.shape[0] if z1 is None else z1
+        return sorted((z, r, c) for (r, c), runs in self.columns.items() for a, b in runs
+                      for z in range(max(a, z0), min(b, z1)))
+
+    def sections(self) -> list[int]:
+        """Every section that holds at least one planned tile."""
+        return sorted({z for runs in self.columns.values() for a, b in runs
+                       for z in range(a, b)})
+
+    def blocks(self, chunk_z: int) -> list[int]:
+        """The z blocks (``z // chunk_z``) that hold planned tiles, in order."""
+        return sorted({k for runs in self.columns.values() for a, b in runs
+                       for k in range(a // chunk_z, (b - 1) // chunk_z + 1)})
+
+    def chunks(self, chunk: tuple[int, int, int]) -> Iterator[Block]:
+        """Chunk reads on the global grid of ``chunk`` (z, y, x): z blocks outermost, then
+        rows, then columns; each core is the bounding box of its planned tiles."""
+        cz, cy, cx = chunk
+        gy, gx = max(1, cy // self.tile), max(1, cx // self.tile)
+        cells: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for r, c in self.columns:
+            cells[(r // gy, c // gx)].append((r, c))
+        _, h, w = self.shape
+        t = self.tile
+        for k in self.blocks(cz):
+            lo, hi = k * cz, (k + 1) * cz
+            for cell in sorted(cells):
+                tiles = sorted((z, r, c) for r, c in cells[cell] for a, b in self.columns[(r, c)]
+                               for z in range(max(a, lo), min(b, hi)))
+                if not tiles:
+                    continue
+                zs = [z for z, _, _ in tiles]
+                rs = [r for _, r, _ in tiles]
+                cs = [c for _, _, c in tiles]
+                core = Box(min(zs), max(zs) + 1, min(rs) * t, min((max(rs) + 1) * t, h),
+                           min(cs) * t, min((max(cs) + 1) * t, w))
+                yield Block(k, core, tuple(tiles))
+
+
+def _merge(runs: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Union of half-open intervals, sorted and with touching ones joined."""
+    out: list[list[int]] = []
+    for a, b in sorted(runs):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return tuple((a, b) for a, b in out)
+
+
+def plan_tiles(boxes: Iterable[Box], shape0: tuple[int, int, int], mip: int,
+               tile: int = 1024) -> TilePlan:
+    """Tiles at ``mip`` that cover the mip-0 ``boxes`` (clipped to the volume), merged."""
+    shape = size_at_mip(shape0, mip)
+    if min(shape) < 1:
+        raise ValueError(f"the volume {shape0} (z, y, x) is empty at mip {mip}; "
+                         "choose a lower mip")
+    full = Box.full(shape)
+    found: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for box0 in boxes:
+        box = box0.to_mip(mip).intersect(full)
+        if box.empty:
+            continue
+        for r in range(box.y0 // tile, math.ceil(box.y1 / tile)):
+            for c in range(box.x0 // tile, math.ceil(box.x1 / tile)):
+                found[(r, c)].append((box.z0, box.z1))
+    if not found:
+        raise ValueError(f"the region lies outside the volume (mip-0 size x={shape0[2]}, "
+                         f"y={shape0[1]}, z={shape0[0]}); nothing to predict")
+    return TilePlan(mip, shape, tile, {k: _merge(v) for k, v in sorted(found.items())})
+
+
 
 
 @dataclass

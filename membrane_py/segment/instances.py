@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import local_minima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
-from membrane_py.progress import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Progress, ProgressCallback, report
 
 #: 8-bit probability tiles reserve 0 for "missing"; missing pixels count as membrane.
 MISSING_U8 = 0
