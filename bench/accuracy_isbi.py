@@ -25,7 +25,7 @@ from membrane_py.events import Cancelled, CancelToken
 from membrane_py.predict.evaluate import predict_probabilities
 from membrane_py.segment.instances import grow_into_membranes, segment_section
 from membrane_py.train.checkpoint import load_checkpoint
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.device import device_description, pick_device
 from membrane_py.train.metrics import class_scores, membrane_scores, rand_info_scores
 from membrane_py.train.trainer import convert_labels, train_model
@@ -61,7 +61,7 @@ def main() -> None:
     train_im, train_lab = load(range(0, 15))
     val_im, val_lab = load(range(15, 20))
     out = Path(args.out or tempfile.mkdtemp(prefix="isbi_bench_"))
-    cfg = TrainConfig(out_dir=str(out), name="isbi", patch_size=args.patch,
+    cfg = TrainJob(out_dir=str(out), name="isbi", patch_size=args.patch,
                       batch_size=args.batch, epochs=args.epochs, depth=args.depth,
                       base_filters=args.base_filters, lr=args.lr, loss=args.loss,
                       schedule=args.schedule, device=args.device, voxel_size=[50.0, 4.0, 4.0],

@@ -32,7 +32,7 @@ from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.predict.evaluate import predict_probabilities
 from membrane_py.train.checkpoint import load_checkpoint
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.device import device_description, pick_device
 from membrane_py.train.episodic import split_batch
 from membrane_py.train.metrics import membrane_scores, pixel_error
@@ -110,7 +110,7 @@ def main() -> None:
     base = dict(out_dir=str(out), patch_size=args.patch, batch_size=args.batch, epochs=1,
                 depth=args.depth, base_filters=args.base_filters, lr=args.lr, device=args.device,
                 log_every=20)
-    pre = TrainConfig(**base).preprocess_config
+    pre = TrainJob(**base).preprocess_config
 
     def patches(data: tuple[list, list], n: int, seed: int) -> OnTheFlyPatchDataset:
         return OnTheFlyPatchDataset(*data, args.patch, n, pre, AugmentConfig(), seed=seed)
@@ -122,7 +122,7 @@ def main() -> None:
     load_seconds = time.perf_counter() - t0
 
     def train(name: str, new, memory=(), voxel_size=(50.0, 4.0, 4.0), **kw) -> dict:
-        cfg = TrainConfig(**base, name=name, voxel_size=list(voxel_size), **kw)
+        cfg = TrainJob(**base, name=name, voxel_size=list(voxel_size), **kw)
         t = time.perf_counter()
         res = train_model(new, None, cfg, n_classes=2, memory=memory)
         return {"train_seconds": round(time.perf_counter() - t, 1), "checkpoint": res.last_path}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from membrane_py.events import Progress, ProgressCallback, report
+from membrane_py.events import Event, ProgressCallback, report
 from membrane_py.geometry import Box
 
 
@@ -58,7 +58,7 @@ def train_demo_model(cfg: DemoConfig, progress: ProgressCallback | None = None) 
     """Train the demo U-Net on a synthetic volume's exact membranes; returns the checkpoint."""
     from membrane_py.augment.dataset import OnTheFlyPatchDataset
     from membrane_py.augment.preprocess import PreprocessConfig
-    from membrane_py.train.config import TrainConfig
+    from membrane_py.train.config import TrainJob
     from membrane_py.train.trainer import train_model
     from membrane_py.volumes.synthetic import make_synthetic
 
@@ -66,7 +66,7 @@ def train_demo_model(cfg: DemoConfig, progress: ProgressCallback | None = None) 
     patches = OnTheFlyPatchDataset(list(data.em), list(data.membranes), cfg.patch_size,
                                    cfg.iterations * cfg.batch_size, PreprocessConfig(),
                                    seed=cfg.train_seed, rotate=False)
-    train_cfg = TrainConfig(out_dir=str(cfg.out.resolve() / "model"), name="demo_unet",
+    train_cfg = TrainJob(out_dir=str(cfg.out.resolve() / "model"), name="demo_unet",
                             class_names=["non-membrane", "membrane"], depth=cfg.depth,
                             base_filters=cfg.base_filters, patch_size=cfg.patch_size, epochs=1,
                             batch_size=cfg.batch_size, lr=cfg.lr,
@@ -108,12 +108,12 @@ def run_demo(cfg: DemoConfig, progress: ProgressCallback | None = None) -> DemoR
         whole = Box.full(client.get_info().data_size)
         served = client.get_em_image(layer_nr, whole)
         identical = bool(np.array_equal(served, VsviVolume(descriptor).read(whole)))
-        report(progress, Progress("demo: score against the ground truth", 0, 1))
+        report(progress, Event.progress("demo: score against the ground truth", 0, 1))
         names = client.get_layer_names()
         client.set_api_layers_enabled(True)
         client.set_selected_api_layer(names.index("ground truth"))
         v_rand, error = score_membranes(served, client.get_seg_image_rle(whole))
-        report(progress, Progress("demo: score against the ground truth", 1, 1))
+        report(progress, Event.progress("demo: score against the ground truth", 1, 1))
     return DemoResult(checkpoint, train_seconds, result.out / "probability", descriptor, layer_nr,
                       result.tiles_written, result.megabytes_read, result.seconds, identical,
                       v_rand, error)

@@ -7,6 +7,7 @@ are the only places where the two meet. Mip m halves x and y m times; z is never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -41,16 +42,19 @@ class Box:
         return cls(minz, maxz + 1, miny, maxy + 1, minx, maxx + 1)
 
     @classmethod
-    def parse_vast(cls, text: str) -> Box:
-        """'minx,maxx,miny,maxy,minz,maxz' (inclusive, as VAST shows boxes) -> Box."""
-        try:
-            values = [int(v) for v in text.replace(" ", "").split(",")]
-            if len(values) != 6:
-                raise ValueError
-            return cls.from_vast(*values)
-        except ValueError:
-            raise ValueError(f"a box is six integers 'minx,maxx,miny,maxy,minz,maxz' (inclusive, "
-                             f"with min <= max), got {text!r}") from None
+    def from_vast_list(cls, values: Sequence[int], mip: int = 0) -> Box:
+        """A box as specs and the CLI give it, VAST's inclusive mip-0 ``[minx, maxx, miny,
+        maxy, minz, maxz]``, at mip ``mip`` (see :meth:`to_mip`)."""
+        values = list(values)
+        if len(values) != 6 or any(isinstance(v, bool) or not isinstance(v, int)
+                                   for v in values):
+            raise ValueError(f"a box is six integers [minx, maxx, miny, maxy, minz, maxz] "
+                             f"(mip 0, inclusive), got {values}")
+        minx, maxx, miny, maxy, minz, maxz = values
+        if minx > maxx or miny > maxy or minz > maxz or min(values) < 0:
+            raise ValueError(f"box {values} needs 0 <= min <= max on every axis "
+                             "(minx, maxx, miny, maxy, minz, maxz)")
+        return cls.from_vast(*values).to_mip(mip)
 
     def to_vast(self) -> tuple[int, int, int, int, int, int]:
         """To VAST's inclusive ``minx,maxx,miny,maxy,minz,maxz``; the box must not be empty."""
@@ -106,3 +110,15 @@ class Box:
         """A box at mip ``mip`` in mip-0 voxels."""
         f = 1 << mip
         return Box(self.z0, self.z1, self.y0 * f, self.y1 * f, self.x0 * f, self.x1 * f)
+
+
+def parse_ints(text: str, n: int, what: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]: exactly ``n`` comma-separated integers, else a ValueError naming
+    ``what`` (the one parser for boxes, points and chunk sizes typed by people)."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise ValueError(f"{what} must be {n} comma-separated integers, got {text!r}")
+    return values

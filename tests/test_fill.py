@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from membrane_py.edit.fill import FillJob, FillLeakWarning, run_fill
+from membrane_py.edit.fill import FillJob, run_fill
+from membrane_py.events import JobWarning
 from membrane_py.geometry import Box
 from membrane_py.segment.fill import fill_region
 from membrane_py.segment.instances import membrane_map_from_labels
@@ -72,7 +73,7 @@ def test_fill_in_vast_2d_and_3d(vast_server, truth, prob_file):
         assert seg[z, y, x] == flat.segment  # not overwritten
         assert len(np.unique(np.nonzero(seg == deep.segment)[0])) >= 3  # several sections
         # a small box: the fill reaches its border and says so
-        with pytest.warns(FillLeakWarning):
+        with pytest.warns(JobWarning):
             small = run_fill(FillJob(prob_file, vast=vast, seed=(x, y, 0), max_size=16,
                                      save=False), client=c)
         assert small.touches_border and small.box.shape == (1, 16, 16)

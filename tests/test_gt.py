@@ -216,7 +216,7 @@ def test_cli_gt_import_modes(tmp_path):
     assert not list(tmp_path.glob("o3/*.png"))
     r = CliRunner().invoke(app, ["gt", "import", str(tmp_path / "ids"), str(tmp_path / "o4"),
                                  "--box", "1,2,3"])
-    assert r.exit_code == 2 and "six integers" in r.output
+    assert r.exit_code == 2 and "6 comma-separated integers" in r.output
 
 
 def test_cli_gt_membrane_from_vast_box(tmp_path, vast_server):

@@ -17,7 +17,7 @@ from membrane_py.edit.instances import (
     InstanceJob,
     ids_to_rgb,
     palette_rgb,
-    run_instance_job,
+    run_instances,
     write_instances,
 )
 from membrane_py.geometry import Box
@@ -143,7 +143,7 @@ def test_instances_job_and_cli(tmp_path, synthetic):
                       instances=InstanceConfig(h=0.1, window=128, halo=32))
     again = InstanceJob.from_dict(json.loads(job.to_json()))
     assert again == job
-    result = run_instance_job(job)
+    result = run_instances(job)
     assert result.box == Box(0, 2, 0, 150, 0, 200)
     written = open_volume(result.path, labels=True)
     assert written.shape == (2, 150, 200) and written.read(Box.full(written.shape)).max() > 10

@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 from membrane_py.edit.instances import palette_rgb
-from membrane_py.edit.paint import IdRemapWarning, PaintJob, compose, run_paint
+from membrane_py.edit.paint import PaintJob, compose, run_paint
+from membrane_py.events import JobWarning
 from membrane_py.geometry import Box
 from membrane_py.predict.job import RegionSpec
 from membrane_py.segment.instances import (
@@ -202,7 +203,7 @@ def test_large_ids_remapped_with_warning(server, client, tmp_path):
     ids[0, 40:60, 10:30] = 123_456
     ids[0, 70:90, 10:30] = 5
     tifffile.imwrite(tmp_path / "ids.tif", ids, photometric="minisblack")
-    with pytest.warns(IdRemapWarning, match="123456"):
+    with pytest.warns(JobWarning, match="123456"):
         result = run_paint(job(server, str(tmp_path / "ids.tif"), mode="labels",
                                region=RegionSpec("box", [0, 99, 0, 99, 0, 0])), client=client)
     assert sorted(result.mapping) == [5, 70_000, 123_456]

@@ -14,7 +14,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.geometry import Box
 from membrane_py.predict.job import PredictJob, RegionSpec
 from membrane_py.predict.runner import run_prediction
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.trainer import train_model
 from membrane_py.vastapi.client import VastClient
 from membrane_py.vastapi.descriptors import read_vsvi
@@ -32,7 +32,7 @@ def test_isbi2012_prediction_through_the_server(shared_data, tmp_path):
               for p in sorted((root / "labels").glob("*.png"))]
     patches = OnTheFlyPatchDataset(images[:16], labels[:16], 64, 8 * 10, PreprocessConfig(),
                                    rotate=False)  # 10 iterations
-    cfg = TrainConfig(out_dir=str(tmp_path / "model"), name="isbi", depth=TINY.depth,
+    cfg = TrainJob(out_dir=str(tmp_path / "model"), name="isbi", depth=TINY.depth,
                       base_filters=TINY.base_filters, norm="batch", patch_size=64, epochs=1,
                       batch_size=8, lr=1e-2, voxel_size=[50.0, 4.0, 4.0])
     checkpoint = train_model(patches, None, cfg, n_classes=2).best_path

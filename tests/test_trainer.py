@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.events import Cancelled, CancelToken
 from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.trainer import split_by_image, train_model
 from membrane_py.volumes.synthetic import make_synthetic
 
@@ -43,7 +43,7 @@ class SectionPatches(Dataset):
 def _cfg(tmp_path, **kw):
     base = dict(out_dir=str(tmp_path), name="t", depth=2, base_filters=8, patch_size=PATCH,
                 batch_size=4, epochs=3, lr=3e-3, log_every=1, seed=1)
-    return TrainConfig(**{**base, **kw})
+    return TrainJob(**{**base, **kw})
 
 
 def test_split_by_image_is_disjoint_and_seeded():
@@ -59,12 +59,13 @@ def test_training_lowers_loss_and_checkpoint_round_trips(tmp_path):
     cfg = _cfg(tmp_path, schedule="step", step_epochs=2, step_factor=0.5)
     res = train_model(SectionPatches([0, 1, 2], 32, 0), SectionPatches([3], 8, 1), cfg,
                       progress=events.append)
-    iter_losses = [e.metrics["loss"] for e in events if e.message == "iteration"]
+    iter_losses = [e.data["loss"] for e in events
+                   if e.kind == "metric" and e.message == "iteration"]
     assert len(iter_losses) == 24
     assert np.mean(iter_losses[-4:]) < 0.8 * np.mean(iter_losses[:4])
-    epochs = [e for e in events if e.message == "epoch"]
-    assert [e.metrics["epoch"] for e in epochs] == [1, 2, 3]
-    assert all("val_loss" in e.metrics and "val_v_rand" in e.metrics for e in epochs)
+    epochs = [e for e in events if e.kind == "metric" and e.message == "epoch"]
+    assert [e.data["epoch"] for e in epochs] == [1, 2, 3]
+    assert all("val_loss" in e.data and "val_v_rand" in e.data for e in epochs)
     assert res.history[-1]["lr"] == pytest.approx(3e-3 * 0.5)  # stepped after epoch 2
     assert (tmp_path / "t.log").read_text().count("epoch ") == 3
     assert "UNET Network Depth: 2" in (tmp_path / "t.log").read_text()
@@ -88,7 +89,7 @@ def test_cancel_saves_resumable_checkpoint_and_resume_finishes(tmp_path):
     token = CancelToken()
 
     def cancel_in_epoch_two(event):
-        if event.message == "iteration" and event.done == 3:
+        if event.kind == "metric" and event.message == "iteration" and event.done == 3:
             token.cancel()
 
     cfg = _cfg(tmp_path, epochs=2, optimizer="sgd", schedule="cosine")
@@ -97,7 +98,7 @@ def test_cancel_saves_resumable_checkpoint_and_resume_finishes(tmp_path):
         train_model(ds, None, cfg, progress=cancel_in_epoch_two, cancel=token)
     ck = load_checkpoint(cfg.last_path)
     assert ck.epoch == 1 and len(ck.history) == 1 and ck.optimizer is not None
-    resumed = TrainConfig(**{**cfg.to_dict(), "resume": str(cfg.last_path)})
+    resumed = TrainJob.from_dict({**cfg.to_dict(), "resume": str(cfg.last_path)})
     res = train_model(ds, None, resumed)
     assert [h["epoch"] for h in res.history] == [1, 2]
     assert load_checkpoint(res.last_path).epoch == 2
@@ -109,4 +110,4 @@ def test_config_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="multiple"):
         _cfg(tmp_path, patch_size=90)
     cfg = _cfg(tmp_path)
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainJob.from_dict(cfg.to_dict()) == cfg

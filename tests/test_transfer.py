@@ -14,7 +14,7 @@ from membrane_py.augment.labels import encode_label_png
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import file_sha256, load_checkpoint
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.episodic import EpisodicBatchSampler, split_batch
 from membrane_py.train.trainer import train_model
 from membrane_py.train.transfer_modes import (
@@ -57,10 +57,10 @@ class Sections(Dataset):
         return torch.from_numpy(preprocess(img, self.preprocess)[None]), torch.from_numpy(lab)
 
 
-def _cfg(tmp_path, name: str, **kw) -> TrainConfig:
+def _cfg(tmp_path, name: str, **kw) -> TrainJob:
     base = dict(out_dir=str(tmp_path), name=name, depth=2, base_filters=4, patch_size=PATCH,
                 batch_size=4, epochs=1, lr=1e-2, log_every=1, seed=1, device="cpu", amp=False)
-    return TrainConfig(**{**base, **kw})
+    return TrainJob(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_cli_train_from_pretrained_with_episodic_memory(tmp_path, parent):
             "--leaky-ratio", "0.3", "--episodic", f"{old_im}:{old_lab}:codes",
             "--episodic-ratio", "0.5", "--patch-size", str(PATCH), "--patches-per-epoch", "4",
             "--val-fraction", "0", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
-            "--config-out", str(tmp_path / "job.json")]
+            "--save-job", str(tmp_path / "job.json")]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     job = json.loads((tmp_path / "job.json").read_text())
@@ -240,7 +240,7 @@ def test_config_validates_transfer_options(tmp_path, parent):
         parse_episodic("only_one")
     cfg = _cfg(tmp_path, "x", pretrained=str(parent), transfer_mode="leaky",
                episodic=[{"images": "a", "labels": "b", "label_format": "isbi"}])
-    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert TrainJob.from_dict(json.loads(cfg.to_json())) == cfg
     assert set(PARTS) == {n for n, m in UNet(UNetConfig(depth=2, base_filters=4)).named_children()
                           if any(True for _ in m.parameters())}
     assert set(DECODER) | set(ENCODER) == set(PARTS)

@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
 from membrane_py.geometry import Box
-from membrane_py.volumes.open import open_volume
+from membrane_py.volumes.open import open_source
 from membrane_py.volumes.stacks import list_sections, read_image, rgb_to_ids
 
 NON_MEMBRANE, MEMBRANE = 1, 2
@@ -181,13 +181,13 @@ def read_label_stack(spec: str | Path, box: Box | None = None, mip: int = 0) -> 
     """Ground truth (z, y, x) int64 from any volume spec (image folder, TIFF, 'file.h5:dataset',
     'vast://HOST:PORT' for a VAST segmentation layer), optionally only ``box`` (at ``mip``)."""
     try:
-        volume = open_volume(spec, labels=True)
-    except (FileNotFoundError, ValueError) as e:
+        with open_source(spec, labels=True) as volume:
+            full = Box.full(volume.shape_at(mip))
+            if box is not None and box.intersect(full) != box:
+                raise ValueError(f"box {box} reaches outside the volume {full} at mip {mip}")
+            return read_volume_labels(volume, box or full, mip)
+    except FileNotFoundError as e:
         raise ValueError(f"unknown ground-truth source {str(spec)!r}: {e}") from e
-    full = Box.full(volume.shape_at(mip))
-    if box is not None and box.intersect(full) != box:
-        raise ValueError(f"box {box} reaches outside the volume {full} at mip {mip}")
-    return read_volume_labels(volume, box or full, mip)
 
 
 def read_volume_labels(source, box: Box, mip: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Job specs and folder drivers: ground-truth conversion over folders and PNG patch writing.
+"""The patches job: cut saturated training patches from paired EM and label folders.
 
 Patch folders keep mEMbrain's layout: ``<name>_%05d.png`` (counting from 1 per source) in an
 image folder and a label folder, labels stored as ``round(255 (k - 1) / (K - 1))``. Patches
@@ -10,18 +10,19 @@ pose and augmentation. Image and label files are paired by name, never by sort o
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from membrane_py.atomic import write_bytes_atomic
 from membrane_py.augment import labels as L
 from membrane_py.augment.preprocess import apply_clahe
-from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch, warn_if_few
+from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch
 from membrane_py.augment.transforms import AugmentConfig, augment_pair
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
-from membrane_py.geometry import Box
+from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report, warn
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.volumes.base import downsample_xy
 from membrane_py.volumes.tiles import write_png
 
@@ -100,8 +101,15 @@ def _contrast(image: np.ndarray, mode: str, tile: int) -> np.ndarray:
 
 
 @dataclass
-class PatchJob:
-    """Cut saturated training patches from paired EM and label folders into PNG patch folders."""
+class PatchJob(JobSpec):
+    """Cut saturated training patches from paired EM and label folders into PNG patch folders.
+
+    ``label_map`` maps raw label values to classes (e.g. ISBI ``{0: 2, 255: 1}``);
+    ``augment`` (None = none) is applied while writing; ``contrast`` bakes CLAHE into the
+    EM (``image`` or per ``tile``).
+    """
+
+    kind: ClassVar[str] = "patches"
 
     images: str
     labels: str
@@ -125,21 +133,18 @@ class PatchJob:
         if self.patch_size < 2 or self.downsample < 1:
             raise ValueError("patch_size must be >= 2 and downsample >= 1")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["augment"] = self.augment.to_dict() if self.augment else None
-        if self.label_map:
-            d["label_map"] = {str(k): v for k, v in self.label_map.items()}
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> PatchJob:
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        if kw.get("augment"):
-            kw["augment"] = AugmentConfig.from_dict(kw["augment"])
-        if kw.get("label_map"):
-            kw["label_map"] = {int(k): int(v) for k, v in kw["label_map"].items()}
-        return cls(**kw)
+@dataclass
+class PatchResult(Result):
+    """Where the patches went: the manifest (a copy sits in both folders) and counts."""
+
+    manifest: Path
+    n_patches: int
+    n_classes: int
+
+    def summary(self) -> str:
+        return (f"wrote {self.n_patches} patch pairs ({self.n_classes} classes); manifest "
+                f"{self.manifest}")
 
 
 @dataclass
@@ -198,9 +203,8 @@ def generate_patches(job: PatchJob, progress: ProgressCallback | None = None,
                                       "empty folder or pass overwrite")
     records, summary = [], []
     for i, src in enumerate(sources):
-        if cancel is not None:
-            cancel.check()
-        report(progress, Progress("patches", i, len(sources), f"{src.name}"))
+        check_cancel(cancel)
+        report(progress, Event.progress("patches", i, len(sources), f"{src.name}"))
         rng = np.random.default_rng([job.seed, i])
         summary_entry = {"name": src.name, "image": src.image_path, "label": src.label_path,
                          "n_patches": 0, "n_valid_centres": 0}
@@ -210,9 +214,10 @@ def generate_patches(job: PatchJob, progress: ProgressCallback | None = None,
         sampler = SaturatedSampler(src.label, job.patch_size, job.rotate, job.angle_step)
         summary_entry["n_valid_centres"] = sampler.n_valid
         if sampler.n_valid == 0:
-            warn_if_few(0, src.n_wanted, src.name)
             continue
-        warn_if_few(sampler.n_valid, src.n_wanted, src.name)
+        if sampler.n_valid < src.n_wanted:
+            warn(progress, f"{src.name}: only {sampler.n_valid} valid patch centres for "
+                 f"{src.n_wanted} patches; centres will repeat (at other angles)", "patches")
         for j, pose in enumerate(sampler.sample(src.n_wanted, rng), start=1):
             image = cut_patch(src.image, pose, job.patch_size, nearest=False)
             label = cut_patch(src.label, pose, job.patch_size, nearest=True)
@@ -224,7 +229,7 @@ def generate_patches(job: PatchJob, progress: ProgressCallback | None = None,
             write_png(out_lab / fname, L.encode_label_png(label, n_classes))
             records.append({"file": fname, "source": i, **pose.to_dict(), "augment": applied})
         summary_entry["n_patches"] = src.n_wanted
-    report(progress, Progress("patches", len(sources), len(sources), "done"))
+    report(progress, Event.progress("patches", len(sources), len(sources), "done"))
     if not records:
         raise ValueError("no patch was written: no annotated region is large enough for a "
                          f"{job.patch_size}^2 patch (or density too low)")
@@ -247,89 +252,10 @@ def read_manifest(*folders: str | Path) -> dict | None:
     return None
 
 
-GT_KINDS = ("membrane", "skeleton", "import")
-IMPORT_MODES = ("binary", "map", "values")
-_GT_SUFFIX = {"membrane": "_border", "skeleton": "_skel", "import": "_label"}
-
-
-@dataclass
-class GtJob:
-    """Convert a folder or stack of ground truth.
-
-    kinds: 'membrane' (instances -> membrane labels), 'skeleton' (membrane -> skeleton labels),
-    'import' (any label encoding -> class PNGs, 0 = unknown and 1..K, read by `membrane train
-    --label-format classes` and `membrane patches`: mode 'binary' (a two-valued mask,
-    ``membrane_value`` = membrane -> 2, the other value -> 1), 'map' (``label_map`` value ->
-    class; every value present needs a class, 0 = unknown) or 'values' (sorted distinct
-    non-zero values -> 1..K)).
-    ``box`` / ``mip`` restrict reading a volume (e.g. a VAST segmentation layer) to a region.
-    """
-
-    kind: str
-    input: str
-    output: str
-    thickness: int = 3
-    fill_ecs: bool = False
-    unknown_id: int | None = None
-    has_unknown: bool = True
-    filter_size: int = 3
-    label_map: dict[int, int] | None = None
-    mode: str = "binary"
-    membrane_value: int = 0
-    box: Box | None = None
-    mip: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in GT_KINDS:
-            raise ValueError(f"kind must be one of {GT_KINDS}, got {self.kind!r}")
-        if self.kind == "import" and self.mode not in IMPORT_MODES:
-            raise ValueError(f"import mode must be one of {IMPORT_MODES}, got {self.mode!r}")
-        if self.kind == "import" and self.mode == "map" and not self.label_map:
-            raise ValueError("import mode 'map' needs a label map such as '0:2,255:1'")
-
-    def convert(self, labels: np.ndarray) -> np.ndarray:
-        """One 2D label image -> the uint8 PNG this job writes."""
-        if self.kind == "import":
-            return self._import(labels)
-        if self.label_map:
-            labels = L.map_values(labels, self.label_map)
-        if self.kind == "membrane":
-            return L.instances_to_membrane(labels, self.thickness, self.fill_ecs, self.unknown_id)
-        return L.membrane_to_skeleton(labels, self.has_unknown, self.filter_size)
-
-    def _import(self, labels: np.ndarray) -> np.ndarray:
-        if self.mode == "binary":
-            return L.binary_to_classes(labels, self.membrane_value)
-        if self.mode == "map":
-            classes = L.map_values(labels, self.label_map)
-            return classes.astype(np.uint8 if classes.max(initial=0) < 256 else np.uint16)
-        return L.values_to_classes(labels, [int(v) for v in np.unique(labels) if v != 0])
-
-
-def _gt_inputs(job: GtJob) -> list[tuple[str, np.ndarray | Path]]:
-    """(output stem, 2D label source) for a folder of images or every slice of a stack."""
-    path = Path(job.input)
-    if path.is_dir() and job.box is None:
-        return [(p.stem, p) for p in L.list_images(path)]
-    stack = L.read_label_stack(job.input, job.box, job.mip)
-    stem = "vast" if job.input.startswith("vast") else Path(job.input.partition(":")[0]).stem
-    z0 = job.box.z0 if job.box is not None else 0
-    return [(f"{stem}_{z0 + z:04d}", stack[z]) for z in range(stack.shape[0])]
-
-
-def run_gt_job(job: GtJob, progress: ProgressCallback | None = None,
-               cancel: CancelToken | None = None) -> list[Path]:
-    """Convert every image (or slice); write ``<stem>_border|_skel|_label.png`` atomically."""
-    suffix = _GT_SUFFIX[job.kind]
-    inputs = _gt_inputs(job)
-    written = []
-    for i, (stem, item) in enumerate(inputs):
-        if cancel is not None:
-            cancel.check()
-        report(progress, Progress(f"gt {job.kind}", i, len(inputs), stem))
-        labels = L.read_label_image(item) if isinstance(item, Path) else item
-        out = Path(job.output) / f"{stem}{suffix}.png"
-        write_png(out, job.convert(labels))
-        written.append(out)
-    report(progress, Progress(f"gt {job.kind}", len(inputs), len(inputs), "done"))
-    return written
+def run_patches(job: PatchJob, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None) -> PatchResult:
+    """The patches job (see :func:`generate_patches`)."""
+    manifest = generate_patches(job, progress, cancel)
+    path = Path(job.out_images) / MANIFEST
+    report(progress, Event.artifact(path, "patches", "patch manifest"))
+    return PatchResult(path, len(manifest["patches"]), manifest["n_classes"])

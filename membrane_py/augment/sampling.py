@@ -14,7 +14,6 @@ on the cut label patch: a pose is accepted only when the patch holds no unknown 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -182,10 +181,3 @@ class SaturatedSampler:
                 else:
                     poses.append(pose)
         return poses
-
-
-def warn_if_few(n_valid: int, n_wanted: int, source: str) -> None:
-    """Warn (with the counts) when patches must repeat centres."""
-    if 0 < n_valid < n_wanted:
-        warnings.warn(f"{source}: only {n_valid} valid patch centres for {n_wanted} patches; "
-                      "centres will repeat (at other angles)", stacklevel=2)

@@ -13,6 +13,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="show the full traceback of errors")
+         ) -> None:
+    """membrane-py: membrane, organelle and neuron segmentation of EM volumes with VAST."""
+    from membrane_py.cli.render import set_debug
+
+    set_debug(debug)
+
+
 @app.command()
 def version() -> None:
     """Print the membrane-py version."""
@@ -23,9 +32,9 @@ def version() -> None:
 
 def _register() -> None:
     """Attach every command module to `app` (one line per workflow step)."""
-    from membrane_py.cli import data, groundtruth, instances, onnx, predict, training
+    from membrane_py.cli import data, groundtruth, instances, onnx, predict, run, training
 
-    for module in (data, groundtruth, instances, onnx, predict, training):
+    for module in (data, groundtruth, instances, onnx, predict, run, training):
         module.register(app)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.render import Bar
+from membrane_py.cli.render import Renderer
 
 
 def demo(
@@ -16,7 +16,7 @@ def demo(
     into the server, score) and print where the results are."""
     from membrane_py.demo import DemoConfig, run_demo
 
-    with Bar() as bar:
+    with Renderer() as bar:
         r = run_demo(DemoConfig(out=out), progress=bar)
     typer.echo(f"trained a small U-Net in {r.train_seconds:.0f} s: {r.checkpoint}")
     typer.echo(f"predicted {r.n_tiles} tiles through the VAST protocol in "

@@ -6,29 +6,21 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.render import progress_printer
+from membrane_py.cli.options import BOX, SAVE_JOB, box_option, label_map_option, spec_or_exit
+from membrane_py.cli.render import execute
 
 gt_app = typer.Typer(help="Ground-truth conversions over folders of label images or stacks.",
                      no_args_is_help=True)
 
-
 SOURCE_HELP = ("folder of label images, .tif, .h5[:dataset], .zarr, or vast://HOST:PORT for the "
                "segmentation layer of a running VAST")
-BOX_HELP = "read only this box: minx,maxx,miny,maxy,minz,maxz (inclusive, at --mip)"
+MIP = typer.Option(0, min=0, help="mip level to read a volume at")
 
 
-def _run(job_kwargs: dict, box: str | None, what: str) -> None:
-    """Build a GtJob, run it with progress, report or turn bad input into a clear error."""
-    from membrane_py.augment.patches import GtJob, run_gt_job
-    from membrane_py.geometry import Box
+def _gt(save_job: Path | None, **fields) -> None:
+    from membrane_py.augment.groundtruth import GtJob
 
-    try:
-        job = GtJob(**job_kwargs, box=Box.parse_vast(box) if box else None)
-        written = run_gt_job(job, progress_printer())
-    except (ValueError, FileNotFoundError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    typer.echo(f"wrote {len(written)} {what} images to {job.output}")
+    execute(spec_or_exit(GtJob, **fields), save_job)
 
 
 @gt_app.command("membrane")
@@ -38,12 +30,13 @@ def gt_membrane(
     thickness: int = typer.Option(3, min=1, help="membrane band width in pixels"),
     fill_ecs: bool = typer.Option(False, help="label-0 pixels (extracellular space) -> membrane"),
     unknown_id: int = typer.Option(None, help="input id that means unknown; stays 0 in output"),
-    box: str = typer.Option(None, help=BOX_HELP),
-    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
+    box: str = BOX,
+    mip: int = MIP,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Neuron instance labels -> membrane labels (1 non-membrane, 2 membrane, 0 unknown)."""
-    _run(dict(kind="membrane", input=input, output=str(output), thickness=thickness,
-              fill_ecs=fill_ecs, unknown_id=unknown_id, mip=mip), box, "membrane label")
+    _gt(save_job, conversion="membrane", input=input, output=str(output), thickness=thickness,
+        fill_ecs=fill_ecs, unknown_id=unknown_id, box=box_option(box), mip=mip)
 
 
 @gt_app.command("import")
@@ -54,15 +47,14 @@ def gt_import(
                              "(--label-map value:class) or values (each non-zero value a class)"),
     membrane_value: int = typer.Option(0, help="binary mode: the value that marks membrane"),
     label_map: str = typer.Option(None, help="map mode: value:class pairs, e.g. '0:2,255:1'"),
-    box: str = typer.Option(None, help=BOX_HELP),
-    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
+    box: str = BOX,
+    mip: int = MIP,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Any label encoding -> class PNGs (0 unknown, 1..K) for `train --label-format classes`."""
-    from membrane_py.augment.patches import parse_label_map
-
-    _run(dict(kind="import", input=input, output=str(output), mode=mode,
-              membrane_value=membrane_value, label_map=parse_label_map(label_map), mip=mip),
-         box, "class label")
+    _gt(save_job, conversion="import", input=input, output=str(output), mode=mode,
+        membrane_value=membrane_value, label_map=label_map_option(label_map),
+        box=box_option(box), mip=mip)
 
 
 @gt_app.command("skeleton")
@@ -71,12 +63,13 @@ def gt_skeleton(
     output: Path = typer.Argument(..., help="output folder for <name>_skel.png"),
     unknown: bool = typer.Option(True, help="the input uses 0 for unknown pixels"),
     filter_size: int = typer.Option(3, help="Gaussian smoothing size: 1 (none), 3 or 5"),
-    box: str = typer.Option(None, help=BOX_HELP),
-    mip: int = typer.Option(0, min=0, help="mip level to read a volume at"),
+    box: str = BOX,
+    mip: int = MIP,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Membrane labels -> skeleton labels (1 background, 2 near the skeleton, 0 unknown)."""
-    _run(dict(kind="skeleton", input=input, output=str(output), has_unknown=unknown,
-              filter_size=filter_size, mip=mip), box, "skeleton label")
+    _gt(save_job, conversion="skeleton", input=input, output=str(output), has_unknown=unknown,
+        filter_size=filter_size, box=box_option(box), mip=mip)
 
 
 def patches(
@@ -94,23 +87,18 @@ def patches(
     augment: bool = typer.Option(False, help="apply all augmentations while writing"),
     seed: int = typer.Option(0, help="random seed (same seed, same patches)"),
     overwrite: bool = typer.Option(False, help="replace patches already in the output folders"),
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Cut saturated training patches (mEMbrain layout plus manifest.json)."""
-    from membrane_py.augment.patches import PatchJob, generate_patches, parse_label_map
+    from membrane_py.augment.patches import PatchJob
     from membrane_py.augment.transforms import AugmentConfig
 
-    job = PatchJob(str(images), str(labels), str(out_images), str(out_labels),
-                   patch_size=patch_size, density=density, rotate=rotate, downsample=downsample,
-                   contrast=contrast, label_map=parse_label_map(label_map), n_classes=n_classes,
-                   augment=AugmentConfig.all_on() if augment else None, seed=seed,
-                   overwrite=overwrite)
-    try:
-        manifest = generate_patches(job, progress_printer())
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    typer.echo(f"wrote {len(manifest['patches'])} patch pairs ({manifest['n_classes']} classes) "
-               f"to {out_images} and {out_labels}")
+    execute(spec_or_exit(
+        PatchJob, images=str(images), labels=str(labels), out_images=str(out_images),
+        out_labels=str(out_labels), patch_size=patch_size, density=density, rotate=rotate,
+        downsample=downsample, contrast=contrast, label_map=label_map_option(label_map),
+        n_classes=n_classes, augment=AugmentConfig.all_on() if augment else None, seed=seed,
+        overwrite=overwrite), save_job)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,13 +10,20 @@ mip-0 voxels, as VAST shows them; regions are those of `membrane predict`.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import typer
 
-from membrane_py.cli.predict import _ints
-from membrane_py.cli.render import Bar
+from membrane_py.cli.options import (
+    BOX,
+    POINT,
+    SAVE_JOB,
+    box_option,
+    ints_option,
+    points_option,
+    spec_or_exit,
+)
+from membrane_py.cli.render import execute
 
 H = typer.Option(0.05, help="h-minima depth (0..1): larger = fewer, larger segments")
 THRESHOLD = typer.Option(0.71, help="pixels with membrane probability above become 0")
@@ -26,8 +33,6 @@ WINDOW = typer.Option(2048, help="section windows: core side (px)")
 HALO = typer.Option(256, help="section windows: context on each side (px)")
 OVERLAP_PX = typer.Option(20, help="3D linking: minimum shared pixels")
 OVERLAP_FRACTION = typer.Option(0.5, help="3D linking: minimum overlap / smaller segment")
-BOX = typer.Option(None, help="minx,maxx,miny,maxy,minz,maxz (mip 0, inclusive); "
-                   "default: the whole volume")
 MIP = typer.Option(0, min=0, help="mip level to read the probabilities at")
 INVERT = typer.Option(False, help="the maps show membrane dark")
 VAST = typer.Option("vast://127.0.0.1:22081", help="the VAST to paint into (vast://HOST:PORT)")
@@ -36,44 +41,31 @@ LAYER = typer.Option(None, help="target segmentation layer number (default: a ne
 SAVE = typer.Option(True, help="save the layer (SAVELAYER) at the end")
 SAVE_PATH = typer.Option("", help="file name for SAVELAYER (default: VAST's own)")
 OVERWRITE = typer.Option(False, help="also paint over voxels that are already painted")
-CONFIG_OUT = typer.Option(None, help="also write the job spec as JSON here")
 
 
 def _instance_config(h: float, threshold: float, min_size: int, sigma: float, window: int,
                      halo: int, weights: str = "0.7,0.3,0"):
     from membrane_py.segment.instances import InstanceConfig
 
+    w = tuple(float(v) for v in ints_or_floats(weights))
+    return spec_or_exit(InstanceConfig, h=h, membrane_threshold=threshold, min_size=min_size,
+                        sigma=sigma, window=window, halo=halo, weights=w)
+
+
+def ints_or_floats(text: str) -> list[float]:
+    """'0.7,0.3,0' -> [0.7, 0.3, 0.0]; bad text exits with one line."""
+    from membrane_py.cli.render import fail
+
     try:
-        w = tuple(float(v) for v in weights.split(","))
-        return InstanceConfig(h=h, membrane_threshold=threshold, min_size=min_size,
-                              sigma=sigma, window=window, halo=halo, weights=w)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise fail(f"--weights must be comma-separated numbers, got {text!r}") from None
 
 
 def _agglomeration(px: int, fraction: float):
     from membrane_py.segment.agglomerate import AgglomerationConfig
 
-    try:
-        return AgglomerationConfig(min_overlap_px=px, min_overlap_fraction=fraction)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-
-
-def _run(fn, *args, **kwargs):
-    """Run a job, turning its input errors into clean CLI errors and showing warnings."""
-    from membrane_py.vastapi.client import VastError
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, ConnectionError, VastError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
-    return result
+    return spec_or_exit(AgglomerationConfig, min_overlap_px=px, min_overlap_fraction=fraction)
 
 
 def instances(
@@ -99,26 +91,17 @@ def instances(
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
     min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
-    config_out: Path = CONFIG_OUT,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
-    from membrane_py.edit.instances import InstanceJob, run_instance_job
+    from membrane_py.edit.instances import InstanceJob
 
-    try:
-        job = InstanceJob(
-            sources=list(sources), output=str(output), layers=list(layer or [0]), mode=mode,
-            box=_ints(box, 6, "--box") if box else None, mip=mip, invert=invert,
-            colors=colors,
-            instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
-            agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
-            min_size_3d=min_size_3d)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if config_out is not None:
-        config_out.write_text(job.to_json())
-    with Bar() as bar:
-        result = _run(run_instance_job, job, bar)
-    typer.echo(f"{result.n_objects} objects ({mode}) in box {result.box} -> {result.path}")
+    execute(spec_or_exit(
+        InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
+        mode=mode, box=box_option(box), mip=mip, invert=invert, colors=colors,
+        instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
+        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
+        min_size_3d=min_size_3d), save_job)
 
 
 def paint(
@@ -127,13 +110,13 @@ def paint(
     source_layer: int = SOURCE_LAYER,
     vast: str = VAST,
     mode: str = typer.Option("instances2d", help="mask, instances2d, instances3d or labels"),
-    region: str = typer.Option("volume", help="volume, box, view (cube around VAST's view), "
-                               "anchors (cube per skeleton anchor) or nodes (per skeleton node)"),
+    region: str = typer.Option(None, help="volume, box, view (cube around VAST's view), anchors "
+                               "(cube per skeleton anchor) or nodes (per skeleton node); "
+                               "default: box when --box is given, else volume"),
     box: str = BOX,
     size: int = typer.Option(1024, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
     depth: int = typer.Option(1, help="cube depth in sections for view/anchors/nodes"),
-    point: list[str] = typer.Option(None, help="x,y,z (mip 0) to use instead of asking VAST; "
-                                    "repeat for several cubes"),
+    point: list[str] = POINT,
     anno_layer: int = typer.Option(None, help="VAST annotation layer with the skeletons "
                                    "(default: the selected one)"),
     mip: int = MIP,
@@ -154,34 +137,25 @@ def paint(
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
     mapping_out: Path = typer.Option(None, help="write source id -> VAST segment id as JSON"),
-    config_out: Path = CONFIG_OUT,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Paint predictions into a VAST segmentation layer; existing paint is kept."""
-    from membrane_py.edit.paint import PaintJob, run_paint
+    from membrane_py.edit.paint import PaintJob
     from membrane_py.predict.job import RegionSpec
 
-    try:
-        job = PaintJob(
-            source=source, source_layer=source_layer, vast=vast, mode=mode,
-            region=RegionSpec(mode=region, box=_ints(box, 6, "--box") if box else None,
-                              size_xy=size, depth=depth, anno_layer=anno_layer,
-                              points=[_ints(p, 3, "--point") for p in point or []] or None),
-            mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,
-            layer=layer, layer_name=layer_name, overwrite=overwrite, save=save,
-            save_path=save_path,
-            instances=_instance_config(h, threshold, min_size, sigma, window, halo),
-            agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if config_out is not None:
-        config_out.write_text(job.to_json())
-    with Bar() as bar:
-        result = _run(run_paint, job, bar)
+    regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
+                           box=box_option(box), size_xy=size, depth=depth,
+                           anno_layer=anno_layer, points=points_option(point))
+    result = execute(spec_or_exit(
+        PaintJob, source=source, source_layer=source_layer, vast=vast, mode=mode,
+        region=regions, mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,
+        layer=layer, layer_name=layer_name, overwrite=overwrite, save=save, save_path=save_path,
+        instances=_instance_config(h, threshold, min_size, sigma, window, halo),
+        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction)), save_job)
     if mapping_out is not None:
-        mapping_out.write_text(json.dumps({str(k): v for k, v in result.mapping.items()}))
-    typer.echo(f"painted {result.voxels_written} voxels in {len(result.regions)} region(s) of "
-               f"layer {result.layer}; {result.segments_created} new segments; "
-               f"{result.voxels_kept} voxels left to existing paint")
+        from membrane_py.atomic import write_text_atomic
+
+        write_text_atomic(mapping_out, json.dumps({str(k): v for k, v in result.mapping.items()}))
 
 
 def fill(
@@ -202,22 +176,16 @@ def fill(
     overwrite: bool = OVERWRITE,
     save: bool = SAVE,
     save_path: str = SAVE_PATH,
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Fill the non-membrane region around a seed and paint it as one segment."""
-    from membrane_py.edit.fill import FillJob, run_fill
+    from membrane_py.edit.fill import FillJob
 
-    try:
-        job = FillJob(source=source, source_layer=source_layer, vast=vast,
-                      seed=_ints(seed, 3, "--seed") if seed else None, threshold=threshold,
-                      three_d=three_d, max_size=max_size, max_depth=max_depth, mip=mip,
-                      invert=invert, name=name, layer=layer, layer_name=layer_name,
-                      overwrite=overwrite, save=save, save_path=save_path)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    result = _run(run_fill, job)
-    typer.echo(f"filled {result.voxels} voxels from {result.seed} as segment {result.segment} "
-               f"of layer {result.layer}"
-               + ("; it reached the box border" if result.touches_border else ""))
+    execute(spec_or_exit(
+        FillJob, source=source, source_layer=source_layer, vast=vast,
+        seed=ints_option(seed, 3, "--seed"), threshold=threshold, three_d=three_d,
+        max_size=max_size, max_depth=max_depth, mip=mip, invert=invert, name=name, layer=layer,
+        layer_name=layer_name, overwrite=overwrite, save=save, save_path=save_path), save_job)
 
 
 def register(app: typer.Typer) -> None:

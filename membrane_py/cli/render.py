@@ -1,40 +1,117 @@
-"""Progress renderers shared by the commands: rich bars for Progress events."""
+"""Event rendering and job execution shared by every command.
+
+Each command turns its options into a job spec and calls :func:`execute`: it saves the spec
+when asked (``--save-job``), runs it through the job registry with a renderer for its
+events (rich progress bars, warnings, epoch metrics), prints the result's summary, and turns
+user mistakes into one line and a non-zero exit. ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from membrane_py.events import Event
 
-class Bar:
-    """Renders Progress events as rich progress bars, one per task name."""
+#: exit codes: bad input or a failed job, and an interrupted (Ctrl-C / cancelled) one
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
-    def __enter__(self):
+_state = {"debug": False}
+
+
+def set_debug(on: bool) -> None:
+    _state["debug"] = on
+
+
+class Renderer:
+    """Draws progress events as rich bars (one per task), prints warnings, logs and epoch
+    metrics as lines; keeps the last progress event per task for the interruption note."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Event] = {}
+
+    def __enter__(self) -> Renderer:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         self._rich = Progress("[progress.description]{task.description}", BarColumn(),
                               MofNCompleteColumn(), TimeRemainingColumn(),
-                              "{task.fields[message]}", transient=False)
+                              "{task.fields[message]}", transient=False,
+                              console=Console(stderr=True))
         self._tasks: dict[str, int] = {}
         self._rich.__enter__()
         return self
 
-    def __call__(self, event) -> None:
-        if event.task not in self._tasks:
-            self._tasks[event.task] = self._rich.add_task(event.task, total=event.total,
-                                                          message="")
-        self._rich.update(self._tasks[event.task], completed=event.done, total=event.total,
-                          message=event.message)
+    def __call__(self, event: Event) -> None:
+        if event.kind == "progress":
+            self.last[event.task] = event
+            if event.task not in self._tasks:
+                self._tasks[event.task] = self._rich.add_task(event.task, total=event.total,
+                                                              message="")
+            self._rich.update(self._tasks[event.task], completed=event.done,
+                              total=event.total, message=event.message)
+        elif event.kind == "metric" and event.message == "epoch":
+            values = " ".join(f"{k}={v:.4g}" for k, v in event.data.items()
+                              if isinstance(v, float))
+            self._rich.console.print(f"epoch {event.data.get('epoch')}: {values}")
+        elif event.kind in ("warning", "error"):
+            self._rich.console.print(f"{event.kind}: {event.message}", style="yellow",
+                                     markup=False, highlight=False)
+        elif event.kind == "log":
+            self._rich.console.print(event.message, markup=False, highlight=False)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._rich.__exit__(*exc)
 
+    def finished(self) -> str:
+        """What was done when the run stopped, e.g. 'predict: 12/40'."""
+        return ", ".join(f"{t}: {e.done}/{e.total}" for t, e in self.last.items()) or "nothing"
 
 
-def progress_printer():
-    """A callback that prints each Progress event as one line on stderr."""
-    from membrane_py.events import Progress
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print one ``error:`` line on stderr; raise the returned Exit."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
 
-    def show(event: Progress) -> None:
-        typer.echo(f"{event.task}: {event.done}/{event.total} {event.message}", err=True)
 
-    return show
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or an unreachable service, not a bug."""
+    from membrane_py.vastapi.client import VastError
+
+    return (ValueError, OSError, VastError, KeyError)
+
+
+def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object:
+    """Save (optionally) and run ``spec``; print its summary; exit cleanly on errors."""
+    from membrane_py.events import Cancelled
+    from membrane_py.jobs import run
+
+    if save_job is not None:
+        from membrane_py.atomic import write_text_atomic
+
+        write_text_atomic(save_job, spec.to_json() + "\n")
+        typer.echo(f"job saved to {save_job} (run it again with: membrane run {save_job})",
+                   err=True)
+    renderer = Renderer()
+    try:
+        with renderer:
+            result = run(spec, progress=renderer)
+    except (KeyboardInterrupt, Cancelled):
+        hint = resume_hint or "rerunning the same command continues from there"
+        typer.echo(f"interrupted; done so far: {renderer.finished()}; {hint}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except user_errors() as e:
+        if _state["debug"]:
+            raise
+        raise fail(one_line(e)) from None
+    typer.echo(result.summary())
+    return result
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, KeyError):
+        text = f"missing {text}"
+    return " ".join(text.split())

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from membrane_py.cli.options import SAVE_JOB, spec_or_exit
+from membrane_py.cli.render import execute, fail, one_line
+
 
 def train(
     images: Path = typer.Option(..., help="folder of 8-bit EM images (whole sections or patches)"),
@@ -62,52 +65,37 @@ def train(
                                        "IMAGES:LABELS[:FORMAT] (repeatable)"),
     episodic_ratio: float = typer.Option(0.25, help="share of each batch from --episodic data"),
     mip: int = typer.Option(0, help="mip level the images were taken at (recorded)"),
-    config_out: Path = typer.Option(None, help="also write the job spec as JSON here"),
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Train a 2D U-Net; writes the best and last checkpoints, a .log and a metrics .jsonl."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from membrane_py.augment.preprocess import PreprocessConfig
-    from membrane_py.train.config import TrainConfig
-    from membrane_py.train.trainer import run_training
+    from membrane_py.train.config import TrainJob
     from membrane_py.transfer.finetune import finetune_config, parse_episodic
 
     # unset architecture / preprocessing options come from the pretrained network, if any
     inheritable = {"depth": depth, "base_filters": base_filters, "norm": norm,
                    "dropout": dropout,
                    "preprocess": None if clahe is None else PreprocessConfig(clahe=clahe).to_dict()}
-    options = dict(
-        {k: v for k, v in inheritable.items() if v is not None},
-        image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
-        label_format=label_format, n_classes=n_classes,
-        class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
-        patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
-        augment=augment, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        momentum=momentum, weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs,
-        step_factor=step_factor, loss=loss,
-        class_weights=[float(w) for w in class_weights.split(",")] if class_weights else None,
-        shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
-        best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
-        transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
-        episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
-    cfg = finetune_config(pretrained, **options) if pretrained else TrainConfig(**options)
-    if config_out is not None:
-        config_out.write_text(cfg.to_json())
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task("train", total=None, info="")
-
-        def show(event) -> None:
-            m = event.metrics
-            if event.message == "epoch":
-                parts = [f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, float)]
-                bar.console.print(f"epoch {m['epoch']}: " + " ".join(parts))
-            bar.update(task, completed=event.done, total=event.total,
-                       info=f"epoch {m.get('epoch')} loss {m.get('loss', m.get('train_loss')):.4f}")
-
-        result = run_training(cfg, progress=show)
-    typer.echo(f"best checkpoint: {result.best_path} (device {result.device}, "
-               f"{result.seconds:.0f} s)")
+    try:
+        options = dict(
+            {k: v for k, v in inheritable.items() if v is not None},
+            image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
+            label_format=label_format, n_classes=n_classes,
+            class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
+            patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
+            augment=augment, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+            step_epochs=step_epochs,
+            step_factor=step_factor, loss=loss,
+            class_weights=[float(w) for w in class_weights.split(",")] if class_weights else None,
+            shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
+            best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
+            transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
+            episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
+        cfg = finetune_config(pretrained, **options) if pretrained else TrainJob(**options)
+    except (ValueError, OSError) as e:
+        raise fail(one_line(e)) from None
+    execute(cfg, save_job, resume_hint=f"resume with --resume {cfg.last_path}")
 
 
 def evaluate(
@@ -120,24 +108,21 @@ def evaluate(
     device: str = typer.Option("auto"),
     threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),
     method: str = typer.Option("watershed", help="instances: watershed or components"),
+    save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict sample images, write prediction / probability / overlay PNGs and, with labels,
     print and save the metric table."""
     from rich.console import Console
     from rich.table import Table
 
-    from membrane_py.predict.evaluate import evaluate_images
+    from membrane_py.predict.evaluate import EvaluateJob
 
-    if label_dir is not None:
-        from membrane_py.augment import labels as L
-        from membrane_py.augment.patches import pair_by_name
-
-        by_image = dict(pair_by_name(list(images), L.list_images(label_dir)))
-        labels = [by_image[p] for p in images]
-    rows = evaluate_images(checkpoint, list(images), out, labels=labels or None,
-                           label_format=label_format, device=device, threshold=threshold,
-                           method=method)
-    typer.echo(f"pictures written to {out}")
+    result = execute(spec_or_exit(
+        EvaluateJob, checkpoint=str(checkpoint), images=[str(p) for p in images], out=str(out),
+        labels=[str(p) for p in labels] if labels else None,
+        label_dir=str(label_dir) if label_dir else None, label_format=label_format,
+        device=device, threshold=threshold, method=method), save_job)
+    rows = result.rows
     if rows:
         keys = [k for k in ("pixel_error", "v_rand", "v_info", "adapted_rand_error", "vi_split",
                             "vi_merge") if k in rows[0]]
@@ -146,7 +131,6 @@ def evaluate(
         for r in rows:
             table.add_row(r["image"], *(f"{r[k]:.4f}" for k in keys))
         Console().print(table)
-        typer.echo(f"metrics saved to {out / 'metrics.json'} and metrics.csv")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,23 +9,30 @@ painted as one new segment with the rules of :mod:`membrane_py.edit.paint`.
 
 from __future__ import annotations
 
-import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.edit.instances import JobSpec, check_shapes, open_source, palette_rgb
+from membrane_py.edit.instances import check_shapes, palette_rgb
 from membrane_py.edit.paint import SegmentMap, open_target_layer, vast_address, write_region
+from membrane_py.events import (
+    CancelToken,
+    Event,
+    ProgressCallback,
+    check_cancel,
+    report,
+    warn,
+)
 from membrane_py.geometry import Box, size_at_mip
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.predict.regions import cube_around
 from membrane_py.segment.fill import fill_region
 from membrane_py.segment.instances import to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST
 from membrane_py.vastapi.client import VastClient
-
-
-class FillLeakWarning(UserWarning):
-    """The fill reached the border of its box: the region may continue outside it."""
+from membrane_py.volumes.open import open_source
 
 
 def touches_border(mask: np.ndarray, box: Box, full: Box) -> bool:
@@ -47,12 +54,15 @@ def touches_border(mask: np.ndarray, box: Box, full: Box) -> bool:
 class FillJob(JobSpec):
     """Fill from ``seed`` (mip-0 x, y, z; None = the VAST view centre) in one section or,
     with ``three_d``, in 3D, within a box ``max_size`` mip-0 px wide and ``max_depth``
-    sections deep around the seed, at ``mip``. ``source`` as for :class:`PaintJob`."""
+    sections deep around the seed, at ``mip``. ``source`` as for
+    :class:`~membrane_py.edit.paint.PaintJob`."""
+
+    kind: ClassVar[str] = "fill"
 
     source: str
     source_layer: int = 0
     vast: str = DEFAULT_VAST
-    seed: tuple[int, int, int] | None = None
+    seed: list[int] | None = None
     threshold: float = 0.5
     three_d: bool = False
     max_size: int = 1024
@@ -71,11 +81,15 @@ class FillJob(JobSpec):
             raise ValueError(f"threshold must lie in (0, 1], got {self.threshold}")
         if self.max_size < 1 or self.max_depth < 1 or self.mip < 0:
             raise ValueError("max_size and max_depth must be >= 1 and mip >= 0")
+        if self.seed is not None and len(self.seed) != 3:
+            raise ValueError(f"seed is [x, y, z] at mip 0, got {self.seed}")
         vast_address(self.vast, self.source)
 
 
 @dataclass
-class FillResult:
+class FillResult(Result):
+    """The segment painted and where; ``touches_border``: the region may continue."""
+
     layer: int
     segment: int  # the VAST segment id (0 when nothing could be written)
     seed: tuple[int, int, int]
@@ -84,14 +98,20 @@ class FillResult:
     voxels_written: int  # mip-0 voxels painted
     touches_border: bool
 
+    def summary(self) -> str:
+        return (f"filled {self.voxels} voxels from {list(self.seed)} as segment {self.segment} "
+                f"of layer {self.layer}" + ("; it reached the box border" if self.touches_border
+                                             else ""))
 
-def run_fill(job: FillJob, client: VastClient | None = None) -> FillResult:
+
+def run_fill(job: FillJob, progress: ProgressCallback | None = None,
+             cancel: CancelToken | None = None, client: VastClient | None = None) -> FillResult:
     """Fill from the seed in the probability source and paint the region as one segment."""
-    own = client is None
-    client = client or VastClient(*vast_address(job.vast, job.source)).connect()
-    try:
+    with ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(VastClient(*vast_address(job.vast, job.source)))
         info = client.get_info()
-        source = open_source(job.source, job.source_layer, client)
+        source = stack.enter_context(open_source(job.source, job.source_layer, client=client))
         check_shapes([source], info.data_size)
         seed = tuple(int(v) for v in (job.seed or client.get_view_coordinates()))
         z, y, x = info.data_size
@@ -107,12 +127,13 @@ def run_fill(job: FillJob, client: VastClient | None = None) -> FillResult:
         mask = fill_region(prob, local, job.threshold)
         leaks = touches_border(mask, box, full)
         if leaks:
-            warnings.warn(FillLeakWarning(
-                f"the fill from {seed} reached the border of its {box.shape} box; the region "
-                "may continue: raise max_size/max_depth or the threshold"), stacklevel=2)
+            warn(progress, f"the fill from {list(seed)} reached the border of its box "
+                 f"{list(box.to_vast())}; the region may continue: raise max_size/max_depth "
+                 "or lower the threshold", "fill")
         layer = open_target_layer(client, job.layer, job.layer_name, reuse=True)
         name = job.name or f"fill at {seed[0]},{seed[1]},{seed[2]}"
         segments = SegmentMap(client, None, lambda _: name)
+        check_cancel(cancel)
         written, _ = write_region(client, box, job.mip, mask.astype(np.uint32), segments,
                                   job.overwrite)
         segment = segments.mapping.get(1, 0)
@@ -120,8 +141,5 @@ def run_fill(job: FillJob, client: VastClient | None = None) -> FillResult:
             client.set_segment_color_rgb(segment, tuple(int(v) for v in palette_rgb(segment)))
         if job.save:
             client.save_layer(layer, job.save_path)
-        return FillResult(layer, segment, seed, box, int(np.count_nonzero(mask)), written,
-                          leaks)
-    finally:
-        if own:
-            client.close()
+    report(progress, Event.progress("fill", 1, 1, f"segment {segment}"))
+    return FillResult(layer, segment, seed, box, int(np.count_nonzero(mask)), written, leaks)

@@ -22,15 +22,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from membrane_py.atomic import atomic_path
 from membrane_py.augment.labels import rgb_to_ids
-from membrane_py.events import CancelToken, ProgressCallback
+from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.geometry import Box
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
     InstanceConfig,
@@ -41,7 +44,7 @@ from membrane_py.segment.instances import (
 )
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
-from membrane_py.volumes.open import open_volume
+from membrane_py.volumes.open import open_source
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
 RGB_ID_LIMIT = 1 << 24
@@ -82,19 +85,6 @@ def decode_ids(data: np.ndarray) -> np.ndarray:
 # --- reading inputs ------------------------------------------------------------------------
 
 
-def open_source(spec: str, layer: int = 0, client=None, labels: bool = False) -> VolumeSource:
-    """A volume for ``spec``: any :func:`open_volume` form, or a VAST address (``vast``,
-    ``vast://host:port``), then image layer ``layer`` of that VAST through ``client`` (e.g. a
-    prediction ``.vsvi`` loaded there)."""
-    if parse_vast_address(spec) is None:
-        return open_volume(spec, labels=labels)
-    from membrane_py.volumes.vast import VastVolume
-
-    if client is None:
-        raise ValueError(f"{spec!r} is a VAST address but no VAST connection was given")
-    return VastVolume(client, layer)
-
-
 def read_probability(sources: Sequence[VolumeSource], box: Box, mip: int,
                      weights: Sequence[float], invert: bool = False) -> np.ndarray:
     """Combined membrane probability (float32, [0, 1]) of ``box`` at ``mip`` from all sources."""
@@ -115,10 +105,7 @@ def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip:
     full = Box(0, shape[0], 0, shape[1] >> mip, 0, shape[2] >> mip)
     if vast_box is None:
         return full
-    if len(vast_box) != 6:
-        raise ValueError(f"a box is six numbers x0,x1,y0,y1,z0,z1 (inclusive, mip 0), "
-                         f"got {tuple(vast_box)}")
-    box = Box.from_vast(*vast_box).to_mip(mip).intersect(full)
+    box = Box.from_vast_list(vast_box, mip).intersect(full)
     if box.empty:
         raise ValueError(f"box {tuple(vast_box)} lies outside the volume (x, y, z) = "
                          f"({shape[2]}, {shape[1]}, {shape[0]})")
@@ -216,28 +203,6 @@ def write_instances(labels: np.ndarray, output: str | Path, *, volume_shape, box
 # --- the `membrane instances` job ----------------------------------------------------------
 
 
-class JobSpec:
-    """JSON round trip shared by the job dataclasses (CLI, GUI and Python API build the same
-    specs); nested configs come back from dicts in each job's ``__post_init__``."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} options {sorted(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
-
-
 @dataclass
 class InstanceJob(JobSpec):
     """Probability volume(s) -> instance ids -> zarr, TIFF or RGB tiles with a .vsvi.
@@ -247,6 +212,8 @@ class InstanceJob(JobSpec):
     linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
     inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume.
     """
+
+    kind: ClassVar[str] = "instances"
 
     sources: list[str]
     output: str
@@ -261,11 +228,8 @@ class InstanceJob(JobSpec):
     min_size_3d: int = 500
 
     def __post_init__(self) -> None:
-        if isinstance(self.instances, dict):
-            self.instances = InstanceConfig(**self.instances)
-        if isinstance(self.agglomeration, dict):
-            self.agglomeration = AgglomerationConfig(**self.agglomeration)
-        self.box = None if self.box is None else [int(v) for v in self.box]
+        if self.box is not None:
+            Box.from_vast_list(self.box)
         if not self.sources:
             raise ValueError("give at least one probability volume")
         if self.mode not in MODES:
@@ -280,10 +244,16 @@ class InstanceJob(JobSpec):
 
 
 @dataclass
-class InstanceResult:
+class InstanceResult(Result):
+    """What was written (the descriptor for tiles), the box processed (at the job's mip)
+    and the number of objects."""
+
     path: Path
     box: Box
     n_objects: int
+
+    def summary(self) -> str:
+        return f"{self.n_objects} objects in box {list(self.box.to_vast())} -> {self.path}"
 
 
 def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
@@ -297,31 +267,22 @@ def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
     return labels if mode == "2d" else agglomerate(labels, agglomeration, progress, cancel)
 
 
-def run_instance_job(job: InstanceJob, progress: ProgressCallback | None = None,
-                     cancel: CancelToken | None = None) -> InstanceResult:
+def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
+                  cancel: CancelToken | None = None) -> InstanceResult:
     """Read and combine the sources over the box, segment, write the output."""
-    from membrane_py.vastapi.client import VastClient
-
     layers = iter(job.layers)
-    sources, clients = [], []
-    try:
-        for spec in job.sources:
-            address = parse_vast_address(spec)
-            if address is None:
-                sources.append(open_source(spec))
-                continue
-            clients.append(VastClient(*address).connect())
-            sources.append(open_source(spec, next(layers), clients[-1]))
+    with ExitStack() as stack:
+        sources = [stack.enter_context(open_source(
+            spec, next(layers) if parse_vast_address(spec) else None)) for spec in job.sources]
         shape = sources[0].shape
         check_shapes(sources, shape)
         box = region_box(job.box, shape, job.mip)
         prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
-    finally:
-        for c in clients:
-            c.close()
+        voxel_size = sources[0].voxel_size
     labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
                             progress, cancel)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
-                           voxel_size=sources[0].voxel_size, name=f"instances ({job.mode})",
+                           voxel_size=voxel_size, name=f"instances ({job.mode})",
                            colors=job.colors, attrs={"job": job.to_dict()})
+    report(progress, Event.artifact(path, "instances", "instance segmentation"))
     return InstanceResult(path, box, int(labels.max(initial=0)))

@@ -24,21 +24,17 @@ Rules that keep the user's work safe and the layer consistent:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.edit.instances import (
-    JobSpec,
-    check_shapes,
-    decode_ids,
-    open_source,
-    palette_rgb,
-)
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.edit.instances import check_shapes, decode_ids, palette_rgb
+from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report, warn
 from membrane_py.geometry import Box, size_at_mip
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.predict.job import RegionSpec
 from membrane_py.predict.regions import region_boxes
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate
@@ -46,16 +42,13 @@ from membrane_py.segment.instances import InstanceConfig, segment_stack, to_prob
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.open import open_source
 
 SEG_MAX_ID = 0xFFFF
 SEGMENTATION_LAYER = 2  # ADDNEWLAYER type: segmentation with XY mipmapping
 PAINT_MODES = ("mask", "instances2d", "instances3d", "labels")
 _NAMES = {"mask": "{class_name}", "instances2d": "cell {id}", "instances3d": "neuron {id}",
           "labels": "label {id}"}
-
-
-class IdRemapWarning(UserWarning):
-    """Source ids above 65535 were given other (uint16) segment numbers in VAST."""
 
 
 @dataclass
@@ -66,6 +59,8 @@ class PaintJob(JobSpec):
     image layer ``source_layer`` is read). ``region``: as for prediction (mip-0 boxes or
     cubes around the view, skeleton anchors or nodes), processed at ``mip``.
     """
+
+    kind: ClassVar[str] = "paint"
 
     source: str
     source_layer: int = 0
@@ -85,12 +80,6 @@ class PaintJob(JobSpec):
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.region, dict):
-            self.region = RegionSpec(**self.region)
-        if isinstance(self.instances, dict):
-            self.instances = InstanceConfig(**self.instances)
-        if isinstance(self.agglomeration, dict):
-            self.agglomeration = AgglomerationConfig(**self.agglomeration)
         if self.mode not in PAINT_MODES:
             raise ValueError(f"mode must be one of {PAINT_MODES}, got {self.mode!r}")
         if self.mip < 0:
@@ -111,13 +100,20 @@ def vast_address(vast: str, source: str) -> tuple[str, int]:
 
 
 @dataclass
-class PaintResult:
+class PaintResult(Result):
+    """The layer painted, the regions (at the job's mip), counts and the id mapping."""
+
     layer: int
     regions: list[Box]  # at the job's mip
     segments_created: int
     voxels_written: int  # mip-0 voxels painted
     voxels_kept: int  # mip-0 voxels we had ids for but left to the user's paint
     mapping: dict[int, int]  # source id -> VAST segment id
+
+    def summary(self) -> str:
+        return (f"painted {self.voxels_written} voxels in {len(self.regions)} region(s) of "
+                f"layer {self.layer}; {self.segments_created} new segments; "
+                f"{self.voxels_kept} voxels left to existing paint")
 
 
 # --- the target layer and its segments ------------------------------------------------------
@@ -203,7 +199,8 @@ def compose(existing: np.ndarray, new: np.ndarray, overwrite: bool = False) -> n
 
 
 def write_region(client: VastClient, box: Box, mip: int, labels: np.ndarray, segments: SegmentMap,
-                 overwrite: bool = False) -> tuple[int, int]:
+                 overwrite: bool = False,
+                 progress: ProgressCallback | None = None) -> tuple[int, int]:
     """Paint ``labels`` (source ids of ``box`` at ``mip``) section by section at mip 0.
 
     Returns (voxels written, voxels left to existing paint), both at mip 0.
@@ -212,10 +209,9 @@ def write_region(client: VastClient, box: Box, mip: int, labels: np.ndarray, seg
         raise ValueError(f"labels shaped {labels.shape} do not match box {box.shape}")
     top = int(labels.max(initial=0))
     if top > SEG_MAX_ID:
-        warnings.warn(IdRemapWarning(
-            f"region {box} (mip {mip}): source ids up to {top} exceed VAST's 16-bit range; "
-            "they are painted as new segments numbered within 1..65535 (see the mapping)"),
-            stacklevel=2)
+        warn(progress, f"region {list(box.to_vast())} (mip {mip}): source ids up to {top} exceed "
+             "VAST's 16-bit range; they are painted as new segments numbered within 1..65535 "
+             "(see the mapping)", "paint")
     f = 1 << mip
     written = kept = 0
     for iz, z in enumerate(range(box.z0, box.z1)):
@@ -260,11 +256,12 @@ def region_ids(source: VolumeSource, box: Box, job: PaintJob) -> np.ndarray:
 def run_paint(job: PaintJob, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, client: VastClient | None = None) -> PaintResult:
     """Paint every region of the job into the target layer, then save the layer."""
-    own = client is None
-    client = client or VastClient(*vast_address(job.vast, job.source)).connect()
-    try:
+    with ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(VastClient(*vast_address(job.vast, job.source)))
         info = client.get_info()
-        source = open_source(job.source, job.source_layer, client, labels=job.mode == "labels")
+        source = stack.enter_context(open_source(job.source, job.source_layer,
+                                                 labels=job.mode == "labels", client=client))
         check_shapes([source], info.data_size)
         regions = paint_regions(client, job, info.data_size)
         layer = open_target_layer(client, job.layer, job.layer_name)
@@ -273,20 +270,16 @@ def run_paint(job: PaintJob, progress: ProgressCallback | None = None,
         written = kept = 0
         offset = 0  # computed instances: ids unique over all regions of the job
         for k, box in enumerate(regions, 1):
-            if cancel is not None:
-                cancel.check()
+            check_cancel(cancel)
             ids = region_ids(source, box, job)
             if job.mode in ("instances2d", "instances3d"):
                 top = int(ids.max(initial=0))
                 ids = np.where(ids > 0, ids.astype(np.int64) + offset, 0)
                 offset += top
-            w, kp = write_region(client, box, job.mip, ids, segments, job.overwrite)
+            w, kp = write_region(client, box, job.mip, ids, segments, job.overwrite, progress)
             written, kept = written + w, kept + kp
-            report(progress, Progress("paint", k, len(regions), f"{w} voxels"))
+            report(progress, Event.progress("paint", k, len(regions), f"{w} voxels"))
         if job.save:
             client.save_layer(layer, job.save_path)
-        return PaintResult(layer, regions, len(segments.mapping) + (segments.folder is not None),
-                           written, kept, dict(segments.mapping))
-    finally:
-        if own:
-            client.close()
+    return PaintResult(layer, regions, len(segments.mapping) + (segments.folder is not None),
+                       written, kept, dict(segments.mapping))

@@ -9,16 +9,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from membrane_py.atomic import write_text_atomic
 from membrane_py.augment.preprocess import PreprocessConfig
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
 from membrane_py.infer.engine import TiledPredictor, load_predictor
 from membrane_py.infer.torch_backend import TorchBackend
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.metrics import class_scores, membrane_scores
 from membrane_py.volumes.tiles import write_png
@@ -76,8 +79,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, path in enumerate(images):
-        if cancel is not None:
-            cancel.check()
+        check_cancel(cancel)
         path = Path(path)
         image = L.read_image(path)
         if image.dtype != np.uint8 or image.ndim != 2:
@@ -95,7 +97,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             if membrane and (gt == 1).any():
                 row.update(membrane_scores(prob[1], gt, threshold, method))
             rows.append(row)
-        report(progress, Progress("evaluate", i + 1, len(images), path.name))
+        report(progress, Event.progress("evaluate", i + 1, len(images), path.name))
     if rows:
         keys = [key for key in rows[0] if key != "image"]
         mean = {"image": "mean", **{key: float(np.nanmean([r.get(key, np.nan) for r in rows]))
@@ -112,3 +114,63 @@ def _write_tables(out: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "metrics.csv", buf.getvalue())
+
+
+@dataclass
+class EvaluateJob(JobSpec):
+    """Evaluate ``checkpoint`` (``.pt`` or ``.onnx``) on EM ``images``, writing pictures and,
+    with labels, metrics to ``out``. Labels come from ``labels`` (one file per image, in
+    order) or from ``label_dir`` (paired with the images by file name)."""
+
+    kind: ClassVar[str] = "evaluate"
+    checkpoint: str
+    images: list[str]
+    out: str = "evaluation"
+    labels: list[str] | None = None
+    label_dir: str | None = None
+    label_format: str = "codes"
+    device: str = "auto"
+    threshold: float = 0.5
+    method: str = "watershed"
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("give at least one EM image to evaluate")
+        if self.labels and self.label_dir:
+            raise ValueError("give labels either file by file or as a folder (label_dir), "
+                             "not both")
+
+    def label_files(self) -> list[str] | None:
+        """One label file per image, or None when the job has no labels."""
+        if self.label_dir is None:
+            return self.labels or None
+        from membrane_py.augment import labels as L
+        from membrane_py.augment.patches import pair_by_name
+
+        by_image = dict(pair_by_name([Path(p) for p in self.images],
+                                     L.list_images(self.label_dir)))
+        return [str(by_image[Path(p)]) for p in self.images]
+
+
+@dataclass
+class EvaluateResult(Result):
+    """The folder of pictures and the metric rows (one per image plus ``mean``; empty
+    without labels)."""
+
+    out: Path
+    rows: list[dict]
+
+    def summary(self) -> str:
+        tables = f"; metrics in {self.out / 'metrics.json'} and metrics.csv" if self.rows else ""
+        return f"pictures written to {self.out}{tables}"
+
+
+def run_evaluation(job: EvaluateJob, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> EvaluateResult:
+    """The evaluate job (see :func:`evaluate_images`)."""
+    rows = evaluate_images(job.checkpoint, list(job.images), job.out, labels=job.label_files(),
+                           label_format=job.label_format, device=job.device,
+                           threshold=job.threshold, method=job.method, progress=progress,
+                           cancel=cancel)
+    report(progress, Event.artifact(job.out, "evaluate", "evaluation pictures"))
+    return EvaluateResult(Path(job.out), rows)

@@ -1,15 +1,17 @@
-"""The prediction job spec shared by the CLI, the GUI and the Python API.
+"""The prediction job spec shared by the CLI, the GUI, the worker and the Python API.
 
-A :class:`PredictJob` is plain data (JSON via ``to_json`` / ``from_json``): where the EM
+A :class:`PredictJob` is plain data (a :class:`~membrane_py.jobs.spec.JobSpec`): where the EM
 comes from, which network, which part of the volume, what to write and how. All user-facing
 coordinates are mip 0 and in VAST's x, y, z order, as VAST displays them.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from membrane_py.geometry import Box
+from membrane_py.jobs.spec import JobSpec
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 
 #: what can be written: the probability of one class (8-bit, 1..255), the class map,
@@ -43,9 +45,11 @@ class RegionSpec:
     def __post_init__(self) -> None:
         if self.mode not in REGION_MODES:
             raise ValueError(f"region mode must be one of {REGION_MODES}, got {self.mode!r}")
-        if self.mode == "box" and (self.box is None or len(self.box) != 6):
+        if self.mode == "box" and self.box is None:
             raise ValueError("region 'box' needs box = [minx, maxx, miny, maxy, minz, maxz] "
                              "(mip 0, inclusive)")
+        if self.box is not None:
+            Box.from_vast_list(self.box)
         if self.size_xy < 1 or self.depth < 1:
             raise ValueError(f"cube size must be >= 1, got size_xy={self.size_xy}, "
                              f"depth={self.depth}")
@@ -54,7 +58,7 @@ class RegionSpec:
 
 
 @dataclass
-class PredictJob:
+class PredictJob(JobSpec):
     """Everything one prediction run needs.
 
     ``source``: ``vast://host:port`` (EM layer ``layer`` of a running VAST or mock server),
@@ -65,6 +69,8 @@ class PredictJob:
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
     ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout).
     """
+
+    kind: ClassVar[str] = "predict"
 
     checkpoint: str
     source: str = DEFAULT_VAST
@@ -90,9 +96,6 @@ class PredictJob:
     prefetch: int = 2
 
     def __post_init__(self) -> None:
-        if isinstance(self.region, dict):
-            self.region = RegionSpec(**self.region)
-        self.chunk = [int(c) for c in self.chunk]
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
         checks = [
             (bool(self.outputs) and not bad,
@@ -119,20 +122,3 @@ class PredictJob:
         """The VAST to talk to (the source when it is VAST, else ``vast``), or None."""
         return parse_vast_address(self.source) or (
             parse_vast_address(self.vast) if self.vast else None)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PredictJob:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown prediction options {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> PredictJob:
-        return cls.from_dict(json.loads(text))

@@ -22,22 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.geometry import Box
 from membrane_py.infer.predictor import Predictor
+from membrane_py.jobs.spec import Result
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.regions import plan_region
 from membrane_py.predict.writers import PredictionWriter, make_outputs
-from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource
 from membrane_py.volumes.blocks import Block, Chunk, TileKey, TilePlan, read_chunks
+from membrane_py.volumes.open import open_source
 
 TASK = "predict"
 
 
 @dataclass
-class PredictResult:
+class PredictResult(Result):
     """What a run wrote (paths absolute) and how it went; tile counts are at the predicted
     mip and add up to ``tiles_total``."""
 
@@ -53,6 +54,17 @@ class PredictResult:
     megabytes_read: float
     seconds: float
 
+    def summary(self) -> str:
+        lines = [f"{self.tiles_written} tiles written, {self.tiles_blank} blank, "
+                 f"{self.tiles_resumed} already done, {self.pyramid_tiles} pyramid tiles; "
+                 f"{self.megabytes_read:.0f} MB read in {self.seconds:.1f} s",
+                 f"output folder: {self.out}"]
+        lines += [f"VAST descriptor: {p}" for p in self.descriptors]
+        lines += [f"OME-Zarr: {p}" for p in self.zarr]
+        if self.layers:
+            lines.append(f"loaded into VAST as layer(s) {', '.join(map(str, self.layers))}")
+        return "\n".join(lines)
+
 
 def entropy_bits(image: np.ndarray) -> float:
     """Shannon entropy (bits) of the 256-bin grey-level histogram of a uint8 image."""
@@ -66,18 +78,12 @@ def is_blank(image: np.ndarray, min_entropy: float) -> bool:
     return not image.any() or entropy_bits(image) < min_entropy
 
 
-def open_source(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient | None]:
-    """The job's EM volume and, when one is named, a connected VAST client (closed with
-    ``stack``)."""
-    from membrane_py.volumes import open_volume
-    from membrane_py.volumes.vast import VastVolume
-
+def open_em(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient | None]:
+    """The job's EM volume and, when one is named, a connected VAST client (both closed
+    with ``stack``)."""
     address = job.vast_address
     client = stack.enter_context(VastClient(*address)) if address else None
-    if parse_vast_address(job.source) is not None:
-        volume: VolumeSource = VastVolume(client, job.layer)
-    else:
-        volume = open_volume(job.source)
+    volume = stack.enter_context(open_source(job.source, job.layer, client=client))
     if volume.channels != 1 or np.dtype(volume.dtype) != np.uint8:
         raise ValueError(f"{volume.name} is {np.dtype(volume.dtype).name} with {volume.channels} "
                          "channel(s); prediction needs 8-bit grayscale EM (pick the EM layer "
@@ -95,7 +101,7 @@ def _clock(seconds: float) -> str:
 
 
 class _Tally:
-    """Thread-safe tile counters; every change becomes one Progress event."""
+    """Thread-safe tile counters; every change becomes one progress event."""
 
     def __init__(self, total: int, progress: ProgressCallback | None) -> None:
         self.total, self.progress = total, progress
@@ -119,10 +125,10 @@ class _Tally:
             eta = (self.total - done) * seconds / processed if processed else float("nan")
             mb_s = self.nbytes / 1e6 / seconds
             when = f"ETA {_clock(eta)}" if processed else "ETA ?"
-            report(self.progress, Progress(
+            report(self.progress, Event.progress(
                 TASK, done, self.total, f"{done}/{self.total} tiles, {mb_s:.1f} MB/s, {when}",
-                {"mb_s": mb_s, "eta_s": eta, "written": self.written, "blank": self.blank,
-                 "resumed": self.resumed, "pyramid": self.pyramid}))
+                mb_s=mb_s, eta_s=eta, written=self.written, blank=self.blank,
+                resumed=self.resumed, pyramid=self.pyramid))
 
 
 class _WriterThread:
@@ -252,7 +258,7 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
     """
     start = time.perf_counter()
     with ExitStack() as stack:
-        volume, client = open_source(job, stack)
+        volume, client = open_em(job, stack)
         if job.load_in_vast and client is None:
             raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
                              "address (vast / --vast)")
@@ -273,6 +279,8 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
         tally = _Tally(plan.n_tiles, progress)
         _predict_chunks(job, volume, plan, writer, predictor, tally, cancel)
         descriptors = writer.write_descriptors(sections)
+    for path in descriptors:
+        report(progress, Event.artifact(path.resolve(), TASK, "VAST descriptor"))
     return PredictResult(
         out=Path(job.out).resolve(), descriptors=[p.resolve() for p in descriptors],
         zarr=[z.path.resolve() for z in writer.zarr.values()], layers=layers,

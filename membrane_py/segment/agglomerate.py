@@ -20,7 +20,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.segment.instances import InstanceConfig, finish, flood, seeds, smooth
 
 
@@ -78,7 +78,7 @@ def agglomerate(labels: np.ndarray, cfg: AgglomerationConfig | None = None,
         if cancel is not None:
             cancel.check()
         links.append(link_sections(labels[z], labels[z + 1], cfg))
-        report(progress, Progress("3D linking", z + 1, labels.shape[0] - 1))
+        report(progress, Event.progress("3D linking", z + 1, labels.shape[0] - 1))
     if ids.size == 0:
         return np.zeros(labels.shape, np.uint32)
     edges = np.searchsorted(ids, np.concatenate(links or [np.zeros((0, 2), np.int64)]))

@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import local_minima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
-from membrane_py.events import CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import CancelToken, Event, ProgressCallback, report
 
 #: 8-bit probability tiles reserve 0 for "missing"; missing pixels count as membrane.
 MISSING_U8 = 0
@@ -293,7 +293,7 @@ def segment_stack(prob: np.ndarray, cfg: InstanceConfig | None = None,
                              "volume in smaller boxes")
         out[z] = np.where(lab > 0, lab + np.uint32(offset), 0)
         offset += n
-        report(progress, Progress("2D instances", z + 1, prob.shape[0], f"{n} segments"))
+        report(progress, Event.progress("2D instances", z + 1, prob.shape[0], f"{n} segments"))
     return out
 
 

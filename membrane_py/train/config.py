@@ -1,12 +1,13 @@
-"""The training job spec shared by the CLI, the GUI and the Python API."""
+"""The training job spec shared by the CLI, the GUI, the worker and the Python API."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 
@@ -19,7 +20,7 @@ BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "
 
 
 @dataclass
-class TrainConfig:
+class TrainJob(JobSpec):
     """Everything a training run needs; JSON-serialisable (``to_dict`` / ``from_dict``).
 
     Data: ``image_dir`` / ``label_dir`` hold matching image files (sorted by name). Labels are
@@ -35,6 +36,8 @@ class TrainConfig:
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
     (:mod:`membrane_py.train.episodic`); it combines with any mode.
     """
+
+    kind: ClassVar[str] = "train"
 
     image_dir: str = ""
     label_dir: str = ""
@@ -128,16 +131,3 @@ class TrainConfig:
     @property
     def last_path(self) -> Path:
         return Path(self.out_dir) / f"{self.name}_last.pt"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)

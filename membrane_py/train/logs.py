@@ -8,10 +8,10 @@ import math
 import time
 from pathlib import Path
 
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 
 
-def transfer_summary(cfg: TrainConfig) -> str:
+def transfer_summary(cfg: TrainJob) -> str:
     """One line: which weights train and which earlier data sets are replayed."""
     mode = "none (new network)" if not (cfg.pretrained or cfg.resume) else cfg.transfer_mode
     if cfg.transfer_mode == "leaky":
@@ -22,7 +22,7 @@ def transfer_summary(cfg: TrainConfig) -> str:
     return mode
 
 
-def header_fields(cfg: TrainConfig, n_classes: int, checkpoint: Path) -> list[tuple[str, object]]:
+def header_fields(cfg: TrainJob, n_classes: int, checkpoint: Path) -> list[tuple[str, object]]:
     """The fields mEMbrain wrote at the top of its training log, plus a few of ours."""
     schedule = {"none": "No", "step": "Yes (step)", "cosine": "Yes (cosine)"}[cfg.schedule]
     drop = (f"x{cfg.step_factor} every {cfg.step_epochs} epochs" if cfg.schedule == "step"
@@ -53,7 +53,7 @@ def header_fields(cfg: TrainConfig, n_classes: int, checkpoint: Path) -> list[tu
 class TrainingLog:
     """Appends to ``<name>.log`` and ``<name>.metrics.jsonl`` next to the checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, n_classes: int, device: str) -> None:
+    def __init__(self, cfg: TrainJob, n_classes: int, device: str) -> None:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.text_path = out / f"{cfg.name}.log"

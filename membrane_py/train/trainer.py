@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from membrane_py.events import Cancelled, CancelToken, Progress, ProgressCallback, report
+from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report
+from membrane_py.jobs.spec import Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
-from membrane_py.train.config import BEST_METRICS, TrainConfig
+from membrane_py.train.config import BEST_METRICS, TrainJob
 from membrane_py.train.device import (
     autocast,
     device_description,
@@ -39,12 +40,18 @@ from membrane_py.train.transfer_modes import load_backbone, parameter_groups, tr
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Result):
+    """The checkpoints written, the per-epoch history, the device and the time taken."""
+
     best_path: Path
     last_path: Path
     history: list[dict]
     device: str
     seconds: float
+
+    def summary(self) -> str:
+        return (f"best checkpoint: {self.best_path} (device {self.device}, "
+                f"{self.seconds:.0f} s)")
 
 
 def split_by_image(n_images: int, val_fraction: float = 0.3,
@@ -65,7 +72,7 @@ def default_class_names(n_classes: int) -> list[str]:
         f"class{k}" for k in range(1, n_classes + 1)]
 
 
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainJob) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -77,7 +84,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainJob):
     """Per-epoch schedule: constant, step drop (mEMbrain's 'piecewise') or cosine to 0."""
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, cfg.step_epochs, gamma=cfg.step_factor)
@@ -131,7 +138,7 @@ def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp
     return out
 
 
-def _class_names(cfg: TrainConfig, n_classes: int, source: Checkpoint | None) -> list[str]:
+def _class_names(cfg: TrainJob, n_classes: int, source: Checkpoint | None) -> list[str]:
     """The config's names, else those of the checkpoint we start from when the class count is
     unchanged, else the defaults."""
     if cfg.class_names:
@@ -145,7 +152,7 @@ def _class_names(cfg: TrainConfig, n_classes: int, source: Checkpoint | None) ->
     return names
 
 
-def _start_from(model: UNet, parent: Checkpoint, cfg: TrainConfig,
+def _start_from(model: UNet, parent: Checkpoint, cfg: TrainJob,
                 memory: Sequence[Dataset]) -> dict:
     """Load the pretrained ``parent`` into ``model`` (a new head when the class count differs)
     and return the lineage the new checkpoints record."""
@@ -175,7 +182,7 @@ def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
     return value > best["value"] if higher_better else value < best["value"]
 
 
-def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
+def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                 n_classes: int | None = None, memory: Sequence[Dataset] = (),
                 progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> TrainResult:
@@ -189,7 +196,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
     gen = seed_everything(cfg.seed)
     n_classes = n_classes or getattr(train_ds, "n_classes", None) or cfg.n_classes
     if not n_classes:
-        raise ValueError("number of classes unknown: set TrainConfig.n_classes or give a dataset "
+        raise ValueError("number of classes unknown: set TrainJob.n_classes or give a dataset "
                          "with an n_classes attribute")
     for ds in (train_ds, *memory):
         ds_pre = getattr(ds, "preprocess", None)
@@ -281,7 +288,9 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
                 its = {"loss": value, "epoch": epoch + 1, "iteration": done,
                        "lr": opt.param_groups[0]["lr"]}
                 log.record("iter", its)
-                report(progress, Progress("train", done, total, "iteration", its))
+                report(progress, Event.progress("train", done, total,
+                                                f"epoch {epoch + 1}, loss {value:.4f}"))
+                report(progress, Event.metric("train", done, total, "iteration", **its))
         record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, iters),
                   "lr": opt.param_groups[0]["lr"]}
         sched.step()
@@ -297,9 +306,11 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainConfig, *,
         if improved:
             save_checkpoint(cfg.best_path, ck)
         log.epoch(record)
-        report(progress, Progress("train", (epoch + 1) * iters, total, "epoch", dict(record)))
+        report(progress, Event.metric("train", (epoch + 1) * iters, total, "epoch", **record))
+        report(progress, Event.artifact(cfg.last_path, "train", "last checkpoint"))
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
         save_checkpoint(cfg.best_path, snapshot(cfg.epochs))
+    report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))
     return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start)
 
 
@@ -338,7 +349,7 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str,
     return [p for p, _ in pairs], images, labels, k
 
 
-def folder_datasets(cfg: TrainConfig, image_dir: str, label_dir: str, label_format: str,
+def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format: str,
                     val_fraction: float) -> tuple[Dataset, Dataset | None, int]:
     """Training and validation datasets from two folders, split by image. Images of exactly
     ``patch_size`` are used as patches (a patch folder); larger ones are sampled on the fly
@@ -369,7 +380,7 @@ def folder_datasets(cfg: TrainConfig, image_dir: str, label_dir: str, label_form
     return train, val, k
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, list[Dataset], int]:
+def build_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None, list[Dataset], int]:
     """Training, validation and episodic-memory datasets of a job, and its class count K.
     Memory data sets are used whole (no validation split) and must have the same K."""
     train, val, k = folder_datasets(cfg, cfg.image_dir, cfg.label_dir, cfg.label_format,
@@ -384,7 +395,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, list[Data
     return train, val, memory, k
 
 
-def run_training(cfg: TrainConfig, progress: ProgressCallback | None = None,
+def run_training(cfg: TrainJob, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> TrainResult:
     """The whole job: read and split the data, train, write checkpoints and logs."""
     train, val, memory, k = build_datasets(cfg)

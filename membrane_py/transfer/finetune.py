@@ -19,12 +19,12 @@ from pathlib import Path
 
 from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
-from membrane_py.train.config import TrainConfig
+from membrane_py.train.config import TrainJob
 from membrane_py.train.trainer import TrainResult, run_training
 
 
 def inherited_settings(parent: Checkpoint) -> dict:
-    """The TrainConfig fields a fine-tuning run takes from its parent by default: the
+    """The TrainJob fields a fine-tuning run takes from its parent by default: the
     architecture and the preprocessing."""
     arch = parent.model_config
     return {"depth": arch.depth, "base_filters": arch.base_filters, "norm": arch.norm,
@@ -33,7 +33,7 @@ def inherited_settings(parent: Checkpoint) -> dict:
 
 def episodic_entry(images: str | Path, labels: str | Path,
                    label_format: str | None = None) -> dict:
-    """One ``TrainConfig.episodic`` item: an earlier data set's image and label folders."""
+    """One ``TrainJob.episodic`` item: an earlier data set's image and label folders."""
     entry = {"images": str(images), "labels": str(labels)}
     if label_format is not None:
         entry["label_format"] = label_format
@@ -50,10 +50,10 @@ def parse_episodic(spec: str) -> dict:
     return episodic_entry(*parts)
 
 
-def finetune_config(pretrained: str | Path, **options) -> TrainConfig:
-    """A TrainConfig starting from ``pretrained`` with its inherited settings, then ``options``."""
+def finetune_config(pretrained: str | Path, **options) -> TrainJob:
+    """A TrainJob starting from ``pretrained`` with its inherited settings, then ``options``."""
     parent = load_checkpoint(pretrained)
-    return TrainConfig(**{**inherited_settings(parent), "pretrained": str(pretrained),
+    return TrainJob(**{**inherited_settings(parent), "pretrained": str(pretrained),
                           **options})
 
 
@@ -64,7 +64,7 @@ def fine_tune(pretrained: str | Path, image_dir: str | Path, label_dir: str | Pa
               **options) -> TrainResult:
     """Fine-tune ``pretrained`` on matching image / label folders in transfer ``mode``,
     replaying each ``episodic`` data set, ``(images, labels[, label_format])``, as part of an
-    ``episodic_ratio`` share of every batch. ``options`` are further TrainConfig fields."""
+    ``episodic_ratio`` share of every batch. ``options`` are further TrainJob fields."""
     cfg = finetune_config(pretrained, image_dir=str(image_dir), label_dir=str(label_dir),
                           transfer_mode=mode, leaky_ratio=leaky_ratio,
                           episodic=[episodic_entry(*e) for e in episodic],

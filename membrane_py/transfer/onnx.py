@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -13,18 +14,39 @@ import torch
 
 from membrane_py.atomic import atomic_path
 from membrane_py.augment.preprocess import preprocess
+from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
 from membrane_py.infer.onnx_backend import model_bytes, onnx_model
+from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
 
 
-@dataclass(frozen=True)
-class ExportReport:
+@dataclass
+class ExportOnnxJob(JobSpec):
+    """Export ``checkpoint`` to the ONNX model ``out``; with ``check``, compare ONNX Runtime
+    with PyTorch on random and synthetic input and on ``sample`` (an 8-bit EM image)."""
+
+    kind: ClassVar[str] = "export-onnx"
+    checkpoint: str
+    out: str
+    opset: int = 17
+    check: bool = True
+    sample: str | None = None
+
+
+@dataclass
+class ExportReport(Result):
     """Where the model went and how far ONNX Runtime's logits are from PyTorch's, per input
     (empty when the check was skipped)."""
 
     path: Path
     opset: int
     max_abs_diff: dict[str, float]
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} (opset {self.opset})"]
+        lines += [f"max abs difference of logits vs PyTorch, {name} input: {diff:.3g}"
+                  for name, diff in self.max_abs_diff.items()]
+        return "\n".join(lines)
 
 
 def export_onnx(checkpoint: str | Path | Checkpoint, path: str | Path, opset: int = 17,
@@ -74,3 +96,21 @@ def compare_with_torch(ck: Checkpoint, model: str | Path | bytes,
     return diffs
 
 
+
+
+def run_export_onnx(job: ExportOnnxJob, progress: ProgressCallback | None = None,
+                    cancel: CancelToken | None = None) -> ExportReport:
+    """The export-onnx job (see :func:`export_onnx`)."""
+    image = None
+    if job.sample is not None:
+        from membrane_py.volumes.stacks import read_image
+
+        image = read_image(job.sample)
+        if image.dtype.name != "uint8" or image.ndim != 2:
+            raise ValueError(f"sample {job.sample} is {image.dtype} {image.shape}, not 8-bit "
+                             "grayscale")
+    check_cancel(cancel)
+    result = export_onnx(job.checkpoint, job.out, opset=job.opset, check=job.check,
+                         sample=image)
+    report(progress, Event.artifact(result.path, "export-onnx", "ONNX model"))
+    return result

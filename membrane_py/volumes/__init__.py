@@ -2,7 +2,7 @@
 
 from membrane_py.volumes.base import ArrayVolume, VolumeSource
 from membrane_py.volumes.hdf5 import Hdf5Volume
-from membrane_py.volumes.open import open_volume
+from membrane_py.volumes.open import open_source, open_volume
 from membrane_py.volumes.stacks import ImageFolderVolume, TiffVolume
 from membrane_py.volumes.synthetic import SyntheticEM, make_synthetic, synthetic_volumes
 from membrane_py.volumes.tiles import TileWriter, VsviVolume, tile_path
@@ -19,6 +19,7 @@ __all__ = [
     "VsviVolume",
     "ZarrVolume",
     "make_synthetic",
+    "open_source",
     "open_volume",
     "synthetic_volumes",
     "tile_path",

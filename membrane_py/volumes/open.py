@@ -1,11 +1,22 @@
-"""Open any supported volume from one text spec (CLI arguments, job specs, GUI fields)."""
+"""Open any supported volume from one text spec (CLI arguments, job specs, GUI fields).
+
+:func:`open_source` is what jobs use: it accepts every form including a running VAST and
+owns the VAST connection for the lifetime of the ``with`` block. :func:`open_volume` opens
+files and the synthetic volume only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
+
+if TYPE_CHECKING:
+    from membrane_py.vastapi.client import VastClient
 
 ACCEPTED_FORMS = (
     "synthetic | synthetic:ZxYxX | synthetic:ZxYxX:SEED, "
@@ -45,14 +56,6 @@ def _split_inner(spec: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def _open_vast(address: tuple[str, int], labels: bool) -> VolumeSource:
-    """A running VAST: its first EM layer, or for labels its selected segmentation layer."""
-    from membrane_py.vastapi.client import VastClient
-    from membrane_py.volumes.vast import VastVolume
-
-    return VastVolume(VastClient(*address), segmentation=labels)
-
-
 def open_volume(spec: str | Path, *, labels: bool = False,
                 voxel_size: tuple[float, float, float] | None = None) -> VolumeSource:
     """A volume source for ``spec`` (see ACCEPTED_FORMS); ``labels`` marks a label volume."""
@@ -66,9 +69,9 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     if text == "synthetic" or text.startswith("synthetic:"):
         em, gt = synthetic_volumes(*_parse_synthetic(text))
         return gt if labels else em
-    address = parse_vast_address(text)
-    if address is not None:
-        return _open_vast(address, labels)
+    if parse_vast_address(text) is not None:
+        raise ValueError(f"{text!r} is a running VAST: open it with open_source(), which "
+                         "owns the connection")
     path, inner = _split_inner(text)
     if not path.exists():
         raise FileNotFoundError(f"volume not found: {text!r}; accepted forms: {ACCEPTED_FORMS}")
@@ -89,3 +92,29 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     if name.endswith(".vsvi"):
         return VsviVolume(path, is_label=labels)
     raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
+
+
+@contextmanager
+def open_source(spec: str | Path, layer: int | None = None, *, labels: bool = False,
+                client: VastClient | None = None) -> Iterator[VolumeSource]:
+    """The volume of ``spec`` for the duration of a ``with`` block.
+
+    A VAST address (``vast``, ``vast://HOST:PORT``) reads image layer ``layer`` of that VAST
+    (e.g. prediction tiles loaded there); without a layer, the segmentation layer selected in
+    VAST when ``labels``, else layer 0. The connection is opened here and closed on exit unless
+    the caller passes its own ``client``. Every other form goes to :func:`open_volume`.
+    """
+    address = parse_vast_address(str(spec))
+    if address is None:
+        yield open_volume(spec, labels=labels)
+        return
+    from membrane_py.vastapi.client import VastClient
+    from membrane_py.volumes.vast import VastVolume
+
+    own = client is None
+    client = client or VastClient(*address).connect()
+    try:
+        yield VastVolume(client, layer or 0, segmentation=labels and layer is None)
+    finally:
+        if own:
+            client.close()

@@ -1,0 +1,127 @@
+"""The ground-truth job: convert a folder or stack of labels into the PNGs training reads.
+
+Conversions: ``membrane`` (neuron instances -> membrane labels, 1 non-membrane, 2 membrane),
+``skeleton`` (membrane labels -> skeleton labels) and ``import`` (any label encoding ->
+class PNGs, 0 = unknown and 1..K). Inputs are a folder of label images, or any label volume
+(:func:`~membrane_py.volumes.open_source`: .tif, .h5, .zarr, a VAST segmentation layer),
+read in a mip-0 box at ``mip``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from membrane_py.augment import labels as L
+from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
+from membrane_py.geometry import Box
+from membrane_py.jobs.spec import JobSpec, Result
+from membrane_py.volumes.tiles import write_png
+
+CONVERSIONS = ("membrane", "skeleton", "import")
+IMPORT_MODES = ("binary", "map", "values")
+_SUFFIX = {"membrane": "_border", "skeleton": "_skel", "import": "_label"}
+
+
+@dataclass
+class GtJob(JobSpec):
+    """Convert ground truth from ``input`` into PNGs in the folder ``output``.
+
+    ``conversion``: ``membrane`` (``thickness`` px bands between instances; ``fill_ecs``
+    turns label-0 pixels into membrane; ``unknown_id`` stays unknown), ``skeleton``
+    (``has_unknown``, ``filter_size``) or ``import`` with ``mode`` ``binary`` (a two-valued
+    mask; ``membrane_value`` -> 2, the other value -> 1), ``map`` (``label_map`` value ->
+    class; 0 = unknown) or ``values`` (sorted distinct non-zero values -> 1..K).
+    ``box``: mip-0 ``minx, maxx, miny, maxy, minz, maxz`` (inclusive, as VAST shows it) to
+    read from a volume, at ``mip``.
+    """
+
+    kind: ClassVar[str] = "gt"
+    conversion: str
+    input: str
+    output: str
+    thickness: int = 3
+    fill_ecs: bool = False
+    unknown_id: int | None = None
+    has_unknown: bool = True
+    filter_size: int = 3
+    label_map: dict[int, int] | None = None
+    mode: str = "binary"
+    membrane_value: int = 0
+    box: list[int] | None = None
+    mip: int = 0
+
+    def __post_init__(self) -> None:
+        if self.conversion not in CONVERSIONS:
+            raise ValueError(f"conversion must be one of {CONVERSIONS}, got {self.conversion!r}")
+        if self.conversion == "import" and self.mode not in IMPORT_MODES:
+            raise ValueError(f"import mode must be one of {IMPORT_MODES}, got {self.mode!r}")
+        if self.conversion == "import" and self.mode == "map" and not self.label_map:
+            raise ValueError("import mode 'map' needs a label map such as '0:2,255:1'")
+        if self.mip < 0:
+            raise ValueError(f"mip must be >= 0, got {self.mip}")
+        if self.box is not None:
+            Box.from_vast_list(self.box)
+
+    def convert(self, labels: np.ndarray) -> np.ndarray:
+        """One 2D label image -> the uint8 PNG this job writes."""
+        if self.conversion == "import":
+            return self._import(labels)
+        if self.label_map:
+            labels = L.map_values(labels, self.label_map)
+        if self.conversion == "membrane":
+            return L.instances_to_membrane(labels, self.thickness, self.fill_ecs, self.unknown_id)
+        return L.membrane_to_skeleton(labels, self.has_unknown, self.filter_size)
+
+    def _import(self, labels: np.ndarray) -> np.ndarray:
+        if self.mode == "binary":
+            return L.binary_to_classes(labels, self.membrane_value)
+        if self.mode == "map":
+            classes = L.map_values(labels, self.label_map)
+            return classes.astype(np.uint8 if classes.max(initial=0) < 256 else np.uint16)
+        return L.values_to_classes(labels, [int(v) for v in np.unique(labels) if v != 0])
+
+
+@dataclass
+class GtResult(Result):
+    """The folder written and the files in it."""
+
+    output: Path
+    files: list[Path]
+
+    def summary(self) -> str:
+        return f"wrote {len(self.files)} label images to {self.output}"
+
+
+def _inputs(job: GtJob) -> list[tuple[str, np.ndarray | Path]]:
+    """(output stem, 2D label source) for a folder of images or every slice of a stack."""
+    path = Path(job.input)
+    if path.is_dir() and job.box is None:
+        return [(p.stem, p) for p in L.list_images(path)]
+    box = None if job.box is None else Box.from_vast_list(job.box).to_mip(job.mip)
+    stack = L.read_label_stack(job.input, box, job.mip)
+    stem = "vast" if job.input.startswith("vast") else Path(job.input.partition(":")[0]).stem
+    z0 = box.z0 if box is not None else 0
+    return [(f"{stem}_{z0 + z:04d}", stack[z]) for z in range(stack.shape[0])]
+
+
+def run_gt(job: GtJob, progress: ProgressCallback | None = None,
+           cancel: CancelToken | None = None) -> GtResult:
+    """Convert every image (or slice); write ``<stem>_border|_skel|_label.png`` atomically."""
+    suffix = _SUFFIX[job.conversion]
+    inputs = _inputs(job)
+    task = f"gt {job.conversion}"
+    written = []
+    for i, (stem, item) in enumerate(inputs):
+        check_cancel(cancel)
+        report(progress, Event.progress(task, i, len(inputs), stem))
+        labels = L.read_label_image(item) if isinstance(item, Path) else item
+        out = Path(job.output) / f"{stem}{suffix}.png"
+        write_png(out, job.convert(labels))
+        written.append(out)
+    report(progress, Event.progress(task, len(inputs), len(inputs), "done"))
+    report(progress, Event.artifact(job.output, task, "label folder"))
+    return GtResult(Path(job.output), written)

@@ -1,0 +1,59 @@
+"""Options several commands share, and the parsers that turn typed text into spec values.
+
+Coordinates are typed as VAST shows them: boxes ``minx,maxx,miny,maxy,minz,maxz`` and
+points ``x,y,z``, inclusive, at mip 0, whatever mip a job works at.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from membrane_py.cli.render import fail, one_line
+
+BOX = typer.Option(None, help="minx,maxx,miny,maxy,minz,maxz (mip 0, inclusive, as VAST shows "
+                   "them); default: the whole volume")
+POINT = typer.Option(None, help="x,y,z (mip 0) to use instead of asking VAST; repeat for "
+                     "several cubes")
+SAVE_JOB = typer.Option(None, help="also write the job spec as JSON here (run it again with "
+                        "`membrane run FILE`)")
+
+
+def _parsed(parse, *args):
+    try:
+        return parse(*args)
+    except ValueError as e:
+        raise fail(one_line(e)) from None
+
+
+def ints_option(text: str | None, n: int, what: str) -> list[int] | None:
+    """'1,2,3' -> [1, 2, 3] (exactly ``n``), None stays None; bad text exits with one line."""
+    from membrane_py.geometry import parse_ints
+
+    return None if text is None else _parsed(parse_ints, text, n, what)
+
+
+def box_option(text: str | None) -> list[int] | None:
+    """A ``--box`` value as the spec stores it (VAST order, mip 0, inclusive), checked."""
+    from membrane_py.geometry import Box
+
+    values = ints_option(text, 6, "--box")
+    if values is not None:
+        _parsed(Box.from_vast_list, values)
+    return values
+
+
+def points_option(texts: list[str] | None) -> list[list[int]] | None:
+    """Repeated ``--point x,y,z`` values, or None."""
+    return [ints_option(t, 3, "--point") for t in texts] if texts else None
+
+
+def label_map_option(text: str | None) -> dict[int, int] | None:
+    """'0:2,255:1' -> {0: 2, 255: 1}."""
+    from membrane_py.augment.patches import parse_label_map
+
+    return _parsed(parse_label_map, text)
+
+
+def spec_or_exit(spec_cls, **fields):
+    """Build a job spec; an invalid combination of options exits with one line."""
+    return _parsed(lambda: spec_cls(**fields))
