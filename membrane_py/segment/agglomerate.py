@@ -21,12 +21,15 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
-from membrane_py.segment.instances import InstanceConfig, finish, flood, seeds, smooth
+from membrane_py.segment.instances import InstanceConfig, _finish, _flood, _seeds, _smooth
 
 
 @dataclass
 class AgglomerationConfig:
-    """Thresholds for linking 2D segments of neighbouring sections."""
+    """Thresholds for linking 2D segments of neighbouring sections (see :func:`link_sections`).
+
+    Invalid values raise ``ValueError``.
+    """
 
     min_overlap_px: int = 20  # pixels two segments must share
     min_overlap_fraction: float = 0.5  # of the smaller segment's area
@@ -41,7 +44,26 @@ class AgglomerationConfig:
 
 def link_sections(a: np.ndarray, b: np.ndarray,
                   cfg: AgglomerationConfig | None = None) -> np.ndarray:
-    """(k, 2) pairs of ids (id in ``a``, id in ``b``) of 2D segments that continue each other."""
+    """Pairs of 2D segments in two neighbouring sections that belong to one 3D object.
+
+    Segment ``i`` of ``a`` and ``j`` of ``b`` are linked when they share at least
+    ``cfg.min_overlap_px`` pixels and that overlap is at least ``cfg.min_overlap_fraction``
+    of the smaller of the two segments' areas. Measuring against the smaller segment lets a
+    branch (one segment covering two in the next section, or two joining into one) link to
+    both pieces, while a thin contact from misalignment between neighbouring cells does not.
+
+    Parameters
+    ----------
+    a, b : ndarray (y, x) of integer ids, one shape
+        Sections z and z + 1; 0 is background and never links.
+    cfg : AgglomerationConfig, optional
+
+    Returns
+    -------
+    pairs : ndarray (k, 2), int64
+        Rows ``(id in a, id in b)``, sorted by the id in ``a``, then the id in ``b``; k may
+        be 0. An id may appear in several rows (splits and joins).
+    """
     cfg = cfg or AgglomerationConfig()
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"link_sections takes two (y, x) sections of one shape, got "
@@ -67,7 +89,27 @@ def _sizes(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def agglomerate(labels: np.ndarray, cfg: AgglomerationConfig | None = None,
                 progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> np.ndarray:
-    """3D ids (uint32, 1..n, 0 stays 0) from 2D segments whose ids are unique in the volume."""
+    """3D objects from 2D segments: link overlapping segments of neighbouring sections.
+
+    Links come from :func:`link_sections` for every pair of sections z, z + 1; the connected
+    components of the links are the 3D objects, so a neurite that splits and rejoins stays
+    one object. Sections are never linked across a gap (z to z + 2).
+
+    Parameters
+    ----------
+    labels : ndarray (z, y, x) of integer ids
+        2D segments whose ids are unique in the volume (as :func:`segment_stack` returns).
+    cfg : AgglomerationConfig, optional
+    progress : callable, optional
+        Receives one :class:`membrane_py.events.Progress` per pair of sections.
+    cancel : CancelToken, optional
+        Checked before each pair; raises ``Cancelled`` when set.
+
+    Returns
+    -------
+    objects : ndarray (z, y, x), uint32
+        Ids 1..m, numbered in the order of each object's smallest 2D id; 0 stays 0.
+    """
     cfg = cfg or AgglomerationConfig()
     if labels.ndim != 3:
         raise ValueError(f"expected (z, y, x) 2D segments, got shape {labels.shape}")
@@ -97,16 +139,31 @@ def agglomerate(labels: np.ndarray, cfg: AgglomerationConfig | None = None,
 
 def watershed_3d(prob: np.ndarray, cfg: InstanceConfig | None = None,
                  min_size: int = 500) -> np.ndarray:
-    """3D instance ids (uint32) of a (z, y, x) membrane probability volume in [0, 1].
+    """3D instance segmentation of a membrane probability volume by one 3D watershed.
 
-    Seeds are the 3D h-minima (``cfg.h``), flooding is 26-connected; voxels above
-    ``cfg.membrane_threshold`` become 0 and objects under ``min_size`` voxels are dropped.
-    ``cfg.sigma`` smooths in 3D. Window settings do not apply: the volume is processed whole.
+    The 3D counterpart of :func:`segment_section` for near-isotropic data (FIB-SEM), where
+    cells are better separated in 3D than by linking sections. Seeds are the 3D h-minima
+    (depth ``cfg.h``), the flood is 26-connected, voxels above ``cfg.membrane_threshold``
+    become 0 and objects under ``min_size`` voxels are dropped. ``cfg.sigma`` smooths in 3D;
+    the window settings do not apply (the volume is processed whole, so keep it small).
+
+    Parameters
+    ----------
+    prob : ndarray (z, y, x)
+        Membrane probability in [0, 1] (float), membrane bright.
+    cfg : InstanceConfig, optional
+    min_size : int
+        Voxels; smaller objects become 0.
+
+    Returns
+    -------
+    labels : ndarray (z, y, x), uint32
+        Ids 1..n, 0 for membrane and removed voxels.
     """
     cfg = cfg or InstanceConfig()
     if prob.ndim != 3:
         raise ValueError(f"expected a (z, y, x) probability volume, got shape {prob.shape}")
-    prob = smooth(prob.astype(np.float32, copy=False), cfg.sigma)
-    markers, _ = seeds(prob, cfg.h)
-    labels = flood(prob, markers)
-    return finish(labels, prob, cfg.membrane_threshold, min_size)
+    prob = _smooth(prob.astype(np.float32, copy=False), cfg.sigma)
+    markers, _ = _seeds(prob, cfg.h)
+    labels = _flood(prob, markers)
+    return _finish(labels, prob, cfg.membrane_threshold, min_size)

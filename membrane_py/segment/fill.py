@@ -11,10 +11,29 @@ from scipy import ndimage as ndi
 
 
 def fill_region(prob: np.ndarray, seed: tuple[int, ...], threshold: float = 0.5) -> np.ndarray:
-    """Bool mask of the face-connected region of ``prob < threshold`` holding ``seed``.
+    """The cell around a click: the face-connected non-membrane region holding ``seed``.
 
-    ``prob`` is a 2D (y, x) or 3D (z, y, x) membrane probability in [0, 1]; ``seed`` an index
-    into it. A seed on a membrane is an error (the fill would be empty).
+    This is the paint-bucket of a proofreading tool: it selects every pixel reachable from
+    the seed without crossing a pixel at or above ``threshold``. Connectivity is by faces
+    (4 neighbours in 2D, 6 in 3D) so a one-pixel membrane drawn diagonally still closes.
+
+    Parameters
+    ----------
+    prob : ndarray (y, x) or (z, y, x)
+        Membrane probability in [0, 1], membrane bright.
+    seed : tuple of int
+        Index into ``prob``, one entry per axis, e.g. (y, x) or (z, y, x).
+    threshold : float
+        Pixels with ``prob >= threshold`` are walls.
+
+    Returns
+    -------
+    mask : ndarray of bool, the shape of ``prob``
+
+    Raises
+    ------
+    ValueError
+        When the seed lies outside the map or on a membrane (the fill would be empty).
     """
     if len(seed) != prob.ndim or any(not 0 <= s < n for s, n in zip(seed, prob.shape,
                                                                         strict=True)):

@@ -41,7 +41,11 @@ _TIE_AMPLITUDE = 1e-5  # far below the 1/255 step of 8-bit maps, far above float
 
 @dataclass
 class InstanceConfig:
-    """Parameters of 2D instance segmentation (defaults as mEMbrain's compute2dsegs)."""
+    """Parameters of 2D instance segmentation (defaults as mEMbrain's compute2dsegs).
+
+    Probabilities (``h``, ``membrane_threshold``) are on the 0..1 scale, sizes in pixels of
+    the section at the mip it is processed at. Invalid values raise ``ValueError``.
+    """
 
     h: float = 0.05  # h-minima depth on the 0..1 scale: larger = fewer, larger seeds
     membrane_threshold: float = 0.71  # pixels with p above become 0 (membrane)
@@ -65,10 +69,10 @@ class InstanceConfig:
         if self.halo < 16:
             raise ValueError(f"halo must be at least 16 px so windows can be joined, got "
                              f"{self.halo}; use a window larger than the section instead")
-        check_weights(self.weights)
+        _check_weights(self.weights)
 
 
-def check_weights(weights: Sequence[float]) -> None:
+def _check_weights(weights: Sequence[float]) -> None:
     """Combination weights (max, min, mean): three non-negative numbers summing to 1."""
     if len(weights) != 3 or min(weights) < 0 or not math.isclose(sum(weights), 1, abs_tol=1e-6):
         raise ValueError(f"weights (max, min, mean) must be three numbers >= 0 summing to 1 "
@@ -76,39 +80,83 @@ def check_weights(weights: Sequence[float]) -> None:
 
 
 def to_probability(data: np.ndarray, invert: bool = False) -> np.ndarray:
-    """Membrane probability in [0, 1] (float32) from uint8/uint16 tiles or float maps.
+    """Membrane probability in [0, 1] (float32, membrane = 1) from a stored prediction.
 
-    8-bit maps: value / 255, and 0 (missing tile) becomes 1 (membrane), as mEMbrain fills
-    missing tiles with 255. ``invert`` is for maps where membrane is dark.
+    Predictions arrive as 8-bit PNG tiles, 16-bit images or float arrays; every algorithm
+    in this package works on one scale, so they are converted here first.
+
+    Parameters
+    ----------
+    data : ndarray, uint8, uint16 or float, any 2D/3D shape such as (y, x) or (z, y, x)
+        uint8: probability * 255 with 0 reserved for "missing" (no tile written there);
+        uint16: probability * 65535; float: probability in [0, 1] (NaN = missing).
+    invert : bool
+        True for maps where membrane is dark (high values mean cell interior).
+
+    Returns
+    -------
+    prob : ndarray, float32, same shape as ``data``
+        uint8 ``v`` gives ``v / 255``, uint16 ``v / 65535``, float values are kept; with
+        ``invert`` the result is ``1 - p``. Missing pixels (uint8 0, float NaN) become 1
+        (membrane) in either case, as mEMbrain fills missing tiles with 255, so no segment
+        grows across a gap in the prediction.
+
+    Raises
+    ------
+    ValueError
+        For RGB (4D) arrays, other dtypes, or float values outside [0, 1].
     """
     if data.ndim == 4:
         raise ValueError(f"expected a grayscale probability map, got an RGB array {data.shape}; "
                          "pass the probability tiles of one class")
     if data.dtype == np.uint8:
         prob = data.astype(np.float32) / 255
-        prob[data == MISSING_U8] = 1.0
+        missing = data == MISSING_U8
     elif data.dtype == np.uint16:
         prob = data.astype(np.float32) / 65535
+        missing = None
     elif np.issubdtype(data.dtype, np.floating):
         prob = data.astype(np.float32)
-        if prob.size and (np.nanmin(prob) < -1e-3 or np.nanmax(prob) > 1 + 1e-3):
+        missing = np.isnan(prob)
+        known = prob[~missing]
+        if known.size and (known.min() < -1e-3 or known.max() > 1 + 1e-3):
             raise ValueError(f"float probabilities must lie in [0, 1], got "
-                             f"{np.nanmin(prob):.3g}..{np.nanmax(prob):.3g}")
+                             f"{known.min():.3g}..{known.max():.3g}")
         prob = np.clip(np.nan_to_num(prob, nan=1.0), 0, 1)
     else:
         raise ValueError(f"probability maps must be uint8, uint16 or float, got {data.dtype}")
-    return 1 - prob if invert else prob
+    if invert:
+        prob = 1 - prob
+    if missing is not None:
+        prob[missing] = 1.0  # after inverting: a missing pixel is membrane on either scale
+    return prob
 
 
 def combine_predictions(probs: Sequence[np.ndarray],
                         weights: Sequence[float] = (0.7, 0.3, 0.0)) -> np.ndarray:
-    """Combine several runs' membrane maps: w_max * max + w_min * min + w_mean * mean.
+    """One membrane map from several prediction runs, pixel by pixel.
 
-    Max keeps a membrane any run saw (fewer merges), min and mean damp single-run noise.
+    Different networks (or test-time augmentations) miss different membranes. The maximum
+    keeps a membrane any run saw (fewer merges), the minimum and mean damp one run's noise
+    (fewer splits); mEMbrain's default mixes them as ``0.7 * max + 0.3 * min``.
+
+    Parameters
+    ----------
+    probs : sequence of ndarray, all of one shape
+        Membrane probabilities in [0, 1] (see :func:`to_probability`).
+    weights : (w_max, w_min, w_mean)
+        Non-negative and summing to 1, so the result stays in [0, 1] and thresholds such
+        as ``InstanceConfig.membrane_threshold`` keep their meaning.
+
+    Returns
+    -------
+    prob : ndarray, float32, the shape of each input
+        ``w_max * max + w_min * min + w_mean * mean`` over the runs; one run is returned
+        as it is (cast to float32).
     """
     if not probs:
         raise ValueError("no probability maps to combine")
-    check_weights(weights)
+    _check_weights(weights)
     shapes = {p.shape for p in probs}
     if len(shapes) > 1:
         raise ValueError(f"probability maps differ in shape: {sorted(shapes)}")
@@ -121,7 +169,22 @@ def combine_predictions(probs: Sequence[np.ndarray],
 
 
 def mix64(values: np.ndarray) -> np.ndarray:
-    """A fixed 64-bit hash (splitmix64 finaliser) of unsigned integers, elementwise."""
+    """A fixed 64-bit hash of non-negative integers, elementwise (the splitmix64 finaliser).
+
+    Used where something must look random yet be reproducible and independent of array
+    layout: breaking watershed ties by global pixel position, and picking display colours
+    for consecutive segment ids (neighbouring ids get unrelated colours).
+
+    Parameters
+    ----------
+    values : array_like of non-negative integers (any shape)
+
+    Returns
+    -------
+    hashed : ndarray, uint64, same shape
+        The same input always gives the same output, on every machine; distinct inputs give
+        distinct outputs (the finaliser is a bijection of 64-bit integers).
+    """
     k = np.asarray(values, dtype=np.uint64).copy()
     k ^= k >> np.uint64(30)
     k *= np.uint64(0xBF58476D1CE4E5B9)
@@ -131,7 +194,7 @@ def mix64(values: np.ndarray) -> np.ndarray:
     return k
 
 
-def tie_breaker(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+def _tie_breaker(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Tiny float64 offsets that depend only on global pixel position (y, x).
 
     Added to the map before flooding, they make every value distinct, so the watershed
@@ -143,7 +206,7 @@ def tie_breaker(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return u * _TIE_AMPLITUDE
 
 
-def seeds(prob: np.ndarray, h: float) -> tuple[np.ndarray, int]:
+def _seeds(prob: np.ndarray, h: float) -> tuple[np.ndarray, int]:
     """Seed labels (int32) and count: the regional minima of the h-minima transform of a 2D
     or 3D map (fully connected), as MATLAB's ``imregionalmin(imhmin(p, h))``.
 
@@ -160,19 +223,34 @@ def seeds(prob: np.ndarray, h: float) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(n)
 
 
-def flood(prob: np.ndarray, markers: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
+def _flood(prob: np.ndarray, markers: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
     """Watershed of the map from markers over every pixel (full connectivity)."""
     image = prob.astype(np.float64) if tie is None else prob + tie
     return watershed(image, markers, connectivity=prob.ndim)
 
 
-def smooth(prob: np.ndarray, sigma: float) -> np.ndarray:
+def _smooth(prob: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing within sections (2D) or in 3D; sigma 0 returns the map unchanged."""
     return prob if sigma <= 0 else ndi.gaussian_filter(prob, sigma, mode="nearest")
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero every id covering fewer than ``min_size`` pixels (in place) and return labels."""
+    """Drop small segments: every id covering fewer than ``min_size`` pixels becomes 0.
+
+    Sizes count all pixels carrying an id anywhere in ``labels`` (not connected pieces),
+    so a segment is kept or dropped as a whole. Tiny watershed basins are usually noise.
+
+    Parameters
+    ----------
+    labels : ndarray of integer ids, any shape; 0 is background and is never counted
+        Modified in place.
+    min_size : int
+        Pixels (voxels in 3D); ids with exactly ``min_size`` pixels stay. 0 or 1 keeps all.
+
+    Returns
+    -------
+    labels : the same array, for chaining.
+    """
     if min_size > 1 and labels.any():
         ids, counts = np.unique(labels, return_counts=True)
         small = ids[(counts < min_size) & (ids != 0)]
@@ -181,7 +259,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return labels
 
 
-def finish(labels: np.ndarray, prob: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
+def _finish(labels: np.ndarray, prob: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
     """Cleanup shared by 2D and 3D: pixels above ``threshold`` to 0, segments under
     ``min_size`` dropped, ids renumbered 1..n (uint32) in the order of the input ids."""
     labels[prob > threshold] = 0
@@ -190,21 +268,36 @@ def finish(labels: np.ndarray, prob: np.ndarray, threshold: float, min_size: int
 
 
 def grow_into_membranes(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """Segments grown over the 0 (membrane / removed) pixels of each section, by flooding
-    the map, so they tile the section: the form ISBI-style scores expect (benchmarks)."""
+    """Grow segments over the 0 (membrane or removed) pixels of each section.
+
+    Each section is flooded from its segments over the membrane map, so every 0 pixel
+    joins the segment whose basin reaches it first and the segments tile the section: the
+    form that ISBI-style scores (adapted Rand, VI) expect, used by the benchmarks.
+
+    Parameters
+    ----------
+    labels : ndarray (z, y, x) of integer ids, 0 = unassigned
+    prob : ndarray (z, y, x), membrane probability in [0, 1]
+
+    Returns
+    -------
+    grown : ndarray of ``labels``' dtype, (z, y, x)
+        Non-zero ids are unchanged; 0 pixels take a neighbouring id. A section without any
+        segment stays all 0. ``labels`` is not modified.
+    """
     out = labels.copy()
     for z in range(labels.shape[0]):
         if labels[z].any():
-            out[z] = flood(prob[z], labels[z])
+            out[z] = _flood(prob[z], labels[z])
     return out
 
 
 def _segment_window(prob: np.ndarray, origin: tuple[int, int], h: float) -> np.ndarray:
     """Seeds and watershed of one window (no cleanup), with position-based tie breaking."""
-    markers, _ = seeds(prob, h)
+    markers, _ = _seeds(prob, h)
     y0, x0 = origin
-    tie = tie_breaker(y0, y0 + prob.shape[0], x0, x0 + prob.shape[1])
-    return flood(prob, markers, tie)
+    tie = _tie_breaker(y0, y0 + prob.shape[0], x0, x0 + prob.shape[1])
+    return _flood(prob, markers, tie)
 
 
 def _cores(size: int, window: int) -> list[tuple[int, int]]:
@@ -229,11 +322,32 @@ def _links(view: np.ndarray, assembled: np.ndarray, n_ids: int) -> np.ndarray:
 
 
 def segment_section(prob: np.ndarray, cfg: InstanceConfig | None = None) -> np.ndarray:
-    """2D instance ids (uint32, 1..n, 0 = membrane/removed) of one membrane map (y, x)."""
+    """2D instance segmentation of one section: one id per cell profile.
+
+    Seeds are the h-minima of the membrane map (basins deeper than ``cfg.h``), a watershed
+    floods the map from them, pixels above ``cfg.membrane_threshold`` become 0 and segments
+    under ``cfg.min_size`` px are dropped (mEMbrain's ``compute2dsegs``). Large sections are
+    processed in windows of ``cfg.window`` px with ``cfg.halo`` px of context and joined,
+    with the same result as one window up to the numbering (see the module docstring).
+
+    Parameters
+    ----------
+    prob : ndarray (y, x)
+        Membrane probability, membrane bright: uint8/uint16 tiles or floats in [0, 1]
+        (converted by :func:`to_probability`).
+    cfg : InstanceConfig, optional
+        Defaults as mEMbrain.
+
+    Returns
+    -------
+    labels : ndarray (y, x), uint32
+        Ids 1..n (consecutive; the order carries no meaning); 0 marks membrane and
+        removed pixels.
+    """
     cfg = cfg or InstanceConfig()
     if prob.ndim != 2:
         raise ValueError(f"segment_section takes one (y, x) section, got shape {prob.shape}")
-    prob = smooth(to_probability(prob), cfg.sigma)
+    prob = _smooth(to_probability(prob), cfg.sigma)
     ny, nx = prob.shape
     rows, cols = _cores(ny, cfg.window), _cores(nx, cfg.window)
     assembled = np.zeros(prob.shape, np.uint32)
@@ -257,7 +371,7 @@ def segment_section(prob: np.ndarray, cfg: InstanceConfig | None = None) -> np.n
     if len(strips) > 1:
         links = np.concatenate([_links(ring, assembled[sl], next_id) for sl, ring in strips])
         assembled = _join(assembled, links, next_id)
-    return finish(assembled, prob, cfg.membrane_threshold, cfg.min_size)
+    return _finish(assembled, prob, cfg.membrane_threshold, cfg.min_size)
 
 
 def _join(labels: np.ndarray, links: np.ndarray, n_ids: int) -> np.ndarray:
@@ -277,7 +391,28 @@ def _join(labels: np.ndarray, links: np.ndarray, n_ids: int) -> np.ndarray:
 def segment_stack(prob: np.ndarray, cfg: InstanceConfig | None = None,
                   progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None) -> np.ndarray:
-    """2D instances of every section of a (z, y, x) map; ids (uint32) unique in the volume."""
+    """2D instances of every section of a volume, with ids unique in the whole volume.
+
+    Each section is segmented by :func:`segment_section`; section z's ids follow those of
+    section z - 1, so the result can be linked in 3D by :func:`agglomerate` or painted as
+    2D instances without id clashes.
+
+    Parameters
+    ----------
+    prob : ndarray (z, y, x)
+        Membrane probability (uint8/uint16 tiles or floats in [0, 1]), membrane bright.
+    cfg : InstanceConfig, optional
+    progress : callable, optional
+        Receives one :class:`membrane_py.events.Progress` per section.
+    cancel : CancelToken, optional
+        Checked before each section; raises ``Cancelled`` when set.
+
+    Returns
+    -------
+    labels : ndarray (z, y, x), uint32
+        Ids 1..N over the volume (N = the total number of segments), increasing with z;
+        0 marks membrane and removed pixels.
+    """
     cfg = cfg or InstanceConfig()
     if prob.ndim != 3:
         raise ValueError(f"expected a (z, y, x) probability volume, got shape {prob.shape}")
@@ -300,12 +435,28 @@ def segment_stack(prob: np.ndarray, cfg: InstanceConfig | None = None,
 def membrane_map_from_labels(labels: np.ndarray, thickness: int = 3, blur: float = 1.5,
                              noise: float = 0.0, noise_scale: float = 3.0,
                              seed: int = 0) -> np.ndarray:
-    """An idealised membrane prediction (float32, z, y, x) from instance ground truth.
+    """An idealised membrane prediction made from instance ground truth.
 
-    Per section: the boundary band of :func:`instances_to_membrane` (id 0 counts as membrane),
-    Gaussian-blurred by ``blur`` px and scaled so a straight band peaks at 1, plus smooth
-    noise (Gaussian noise blurred by ``noise_scale`` px, standard deviation ``noise``).
-    Tests and benchmarks use it as an upper bound of what a network could deliver.
+    Tests and benchmarks use it as an upper bound of what a network could deliver, and
+    to know the expected segmentation of a probability map by construction.
+
+    Parameters
+    ----------
+    labels : ndarray (z, y, x) of integer instance ids; id 0 counts as membrane
+    thickness : int
+        Width of the boundary band (px) as in
+        :func:`membrane_py.augment.labels.instances_to_membrane`.
+    blur : float
+        Gaussian sigma (px) applied to the band; the result is scaled so a straight band
+        of ``thickness`` px peaks at 1. 0 keeps the band sharp (exactly 0 or 1).
+    noise, noise_scale : float
+        Standard deviation of added smooth noise and its Gaussian correlation length (px).
+    seed : int
+        Seed of the noise generator; equal seeds give equal maps.
+
+    Returns
+    -------
+    prob : ndarray (z, y, x), float32 in [0, 1], membrane bright
     """
     from scipy.special import erf
 
