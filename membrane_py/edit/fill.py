@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from membrane_py.edit.instances import JobSpec, check_shapes, open_source, palette_rgb
+from membrane_py.codes import palette_rgb
+from membrane_py.edit.instances import JobSpec, check_shapes, open_source
 from membrane_py.edit.paint import SegmentMap, open_target_layer, vast_address, write_region
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.regions import cube_around

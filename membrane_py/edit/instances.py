@@ -1,7 +1,8 @@
 """Instance segmentations in and out: colour coding, tiles/.vsvi, zarr, TIFF, and the
 `membrane instances` job (probability volumes -> 2D or 3D instance ids -> files).
 
-Two colour codings for RGB tiles, chosen per job (``colors``):
+Two colour codings for RGB tiles (both in :mod:`membrane_py.codes`), chosen per job
+(``colors``):
 
 * ``ids`` (default): the label-import convention, id = R * 65536 + G * 256 + B. Lossless for
   ids below 2**24 and decoded again by every reader here (and by VAST's label import). Ids
@@ -28,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from membrane_py.atomic import atomic_path
-from membrane_py.augment.labels import rgb_to_ids
+from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.geometry import Box
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
     InstanceConfig,
     combine_predictions,
-    mix64,
     segment_stack,
     to_probability,
 )
@@ -44,30 +44,8 @@ from membrane_py.volumes.base import VolumeSource
 from membrane_py.volumes.open import open_volume
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
-RGB_ID_LIMIT = 1 << 24
 COLORINGS = ("ids", "palette")
 MODES = ("2d", "3d", "watershed3d")
-
-
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Ids -> uint8 RGB (..., 3) with id = R * 65536 + G * 256 + B (label-import coding)."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= RGB_ID_LIMIT):
-        raise ValueError(f"RGB-coded tiles hold ids 0..{RGB_ID_LIMIT - 1}, got "
-                         f"{int(ids.min())}..{int(ids.max())}; relabel the ids or write "
-                         "zarr/TIFF instead")
-    v = ids.astype(np.uint32)
-    return np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
-
-
-def palette_rgb(ids: np.ndarray) -> np.ndarray:
-    """Fixed display colours (..., 3) uint8: a hash of each id, channels in 64..255; 0 black."""
-    ids = np.asarray(ids)
-    h = mix64(ids.astype(np.uint64))
-    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(255) for s in (40, 48, 56)], axis=-1)
-    rgb = (64 + rgb.astype(np.uint16) * 3 // 4).astype(np.uint8)
-    rgb[ids == 0] = 0
-    return rgb
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:

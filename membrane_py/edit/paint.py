@@ -30,13 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from membrane_py.edit.instances import (
-    JobSpec,
-    check_shapes,
-    decode_ids,
-    open_source,
-    palette_rgb,
-)
+from membrane_py.codes import palette_rgb
+from membrane_py.edit.instances import JobSpec, check_shapes, decode_ids, open_source
 from membrane_py.events import CancelToken, Progress, ProgressCallback, report
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import RegionSpec

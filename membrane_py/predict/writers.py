@@ -4,8 +4,10 @@
 Pixel codes (0 always means "missing", as VAST's black for absent tiles):
 
 - ``probability`` and ``per_class``: the class probability p as ``1 + round(254 p)``
-  (1..255, bright = likely); ``probability`` writes one class (by default membrane).
-- ``classes``: the arg-max class k of K as ``round(255 k / K)`` (K = 2: 128 and 255).
+  (1..255, bright = likely; :func:`membrane_py.codes.probability_to_u8`); ``probability``
+  writes one class (by default membrane).
+- ``classes``: the arg-max class k of K as ``round(255 k / K)`` (K = 2: 128 and 255;
+  :func:`membrane_py.codes.classes_to_tile_u8`).
 - ``rgb``: the probabilities of the three classes of a 3-class network as R, G, B
   (each coded like ``probability``).
 
@@ -23,22 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.codes import classes_to_tile_u8, probability_to_u8
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import PredictJob
 from membrane_py.volumes.blocks import TileKey
 from membrane_py.volumes.tiles import TileWriter, remove_stale_temporaries
-
-
-def probability_to_u8(p: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 1..255 (0 stays free to mean "missing")."""
-    return (np.rint(np.clip(p, 0.0, 1.0) * 254.0) + 1.0).astype(np.uint8)
-
-
-def classes_to_u8(probs: np.ndarray) -> np.ndarray:
-    """(z, C, y, x) probabilities -> uint8 code ``round(255 k / C)`` of the arg-max class k."""
-    n = probs.shape[1]
-    codes = np.rint(255.0 * np.arange(1, n + 1) / n).astype(np.uint8)
-    return codes[np.argmax(probs, axis=1)]
 
 
 def pick_class(spec: str | None, class_names: list[str]) -> int:
@@ -77,7 +68,7 @@ class Output:
     def encode(self, probs: np.ndarray) -> np.ndarray:
         """(z, C, y, x) float32 probabilities -> (z, y, x) or (z, y, x, 3) uint8 pixels."""
         if self.kind == "classes":
-            return classes_to_u8(probs)
+            return classes_to_tile_u8(np.argmax(probs, axis=1) + 1, probs.shape[1])
         if self.kind == "rgb":
             return probability_to_u8(np.moveaxis(probs[:, list(self.classes)], 1, -1))
         return probability_to_u8(probs[:, self.classes[0]])

@@ -30,10 +30,9 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import local_minima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
+from membrane_py.codes import mix64, u8_to_probability
 from membrane_py.events import CancelToken, Progress, ProgressCallback, report
 
-#: 8-bit probability tiles reserve 0 for "missing"; missing pixels count as membrane.
-MISSING_U8 = 0
 #: Largest id a uint32 label volume can hold.
 MAX_ID = np.iinfo(np.uint32).max
 _TIE_AMPLITUDE = 1e-5  # far below the 1/255 step of 8-bit maps, far above float64 resolution
@@ -78,15 +77,15 @@ def check_weights(weights: Sequence[float]) -> None:
 def to_probability(data: np.ndarray, invert: bool = False) -> np.ndarray:
     """Membrane probability in [0, 1] (float32) from uint8/uint16 tiles or float maps.
 
-    8-bit maps: value / 255, and 0 (missing tile) becomes 1 (membrane), as mEMbrain fills
-    missing tiles with 255. ``invert`` is for maps where membrane is dark.
+    8-bit maps are probability tiles (:func:`membrane_py.codes.u8_to_probability`); 0
+    (missing tile) becomes 1 (membrane), as mEMbrain fills missing tiles with 255.
+    ``invert`` is for maps where membrane is dark.
     """
     if data.ndim == 4:
         raise ValueError(f"expected a grayscale probability map, got an RGB array {data.shape}; "
                          "pass the probability tiles of one class")
     if data.dtype == np.uint8:
-        prob = data.astype(np.float32) / 255
-        prob[data == MISSING_U8] = 1.0
+        prob = u8_to_probability(data, missing=1.0)
     elif data.dtype == np.uint16:
         prob = data.astype(np.float32) / 65535
     elif np.issubdtype(data.dtype, np.floating):
@@ -118,17 +117,6 @@ def combine_predictions(probs: Sequence[np.ndarray],
     w_max, w_min, w_mean = weights
     return (w_max * stack.max(0) + w_min * stack.min(0) + w_mean * stack.mean(0)).astype(
         np.float32)
-
-
-def mix64(values: np.ndarray) -> np.ndarray:
-    """A fixed 64-bit hash (splitmix64 finaliser) of unsigned integers, elementwise."""
-    k = np.asarray(values, dtype=np.uint64).copy()
-    k ^= k >> np.uint64(30)
-    k *= np.uint64(0xBF58476D1CE4E5B9)
-    k ^= k >> np.uint64(27)
-    k *= np.uint64(0x94D049BB133111EB)
-    k ^= k >> np.uint64(31)
-    return k
 
 
 def tie_breaker(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
