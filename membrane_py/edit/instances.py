@@ -12,23 +12,21 @@ Two colour codings for RGB tiles (both in :mod:`membrane_py.codes`), chosen per 
   64..255 so no object looks black); 0 stays black. Not decodable back to ids. The segments
   :mod:`membrane_py.edit.paint` creates in VAST get the same colours.
 
-zarr and TIFF outputs hold uint32 ids of the processed box (attributes / description give
-the box, mip and job), written atomically.
+zarr (a one-level OME-Zarr, :mod:`membrane_py.volumes.omezarr`) and TIFF outputs hold uint32
+ids of the processed box (multiscales metadata / description give the box, mip and job),
+written atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from membrane_py.atomic import atomic_path
+from membrane_py.atomic import atomic_dir, atomic_path
 from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.geometry import Box
@@ -41,6 +39,7 @@ from membrane_py.segment.instances import (
 )
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.open import open_volume
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
@@ -106,35 +105,16 @@ def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished temporary directory onto ``path`` (an old one is removed first)."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def write_zarr(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
-    """uint32 ids as a zarr array (chunks of one section, 1024^2), written atomically."""
-    import zarr
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        chunks = (1, min(labels.shape[1], TILE_SIZE), min(labels.shape[2], TILE_SIZE))
-        arr = zarr.create_array(store=str(tmp), shape=labels.shape, chunks=chunks,
-                                dtype=labels.dtype, overwrite=True)
-        arr[...] = labels
-        arr.attrs.update(attrs)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+def write_zarr(labels: np.ndarray, path: str | Path, box: Box, mip: int,
+               voxel_size: tuple[float, float, float], name: str, attrs: dict) -> Path:
+    """uint32 ids of ``box`` (at ``mip``; ``voxel_size`` of mip 0) as a one-level OME-Zarr
+    placed at the box (see :mod:`membrane_py.volumes.omezarr`), written atomically."""
+    with atomic_dir(path) as tmp:
+        (level0,) = open_multiscale(tmp, labels.shape, 1, labels.dtype, voxel_size, mip,
+                                    tile=TILE_SIZE, name=name, labels=True,
+                                    origin=(box.z0, box.y0, box.x0), metadata=attrs)
+        level0[...] = labels
+    return Path(path)
 
 
 def write_tiff(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
@@ -185,7 +165,7 @@ def write_instances(labels: np.ndarray, output: str | Path, *, volume_shape, box
              "voxel_size_zyx": list(voxel_size), **(attrs or {})}
     text = str(output).lower()
     if text.endswith(".zarr"):
-        return write_zarr(labels, output, attrs)
+        return write_zarr(labels, output, box, mip, voxel_size, name, attrs)
     if text.endswith((".tif", ".tiff")):
         return write_tiff(labels, output, attrs)
     return write_tiles(labels, output, volume_shape, box, mip, voxel_size, name, colors)

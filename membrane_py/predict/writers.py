@@ -12,8 +12,8 @@ Pixel codes (0 always means "missing", as VAST's black for absent tiles):
   (each coded like ``probability``).
 
 Each output is a folder ``<out>/<name>/mip<m>/...`` with its descriptor ``<out>/<name>.vsvi``
-and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4 multiscales on zarr format 2: level
-``i`` is mip ``m + i``; a class map is downsampled by nearest neighbour, the rest by mean).
+and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4, :mod:`membrane_py.volumes.omezarr`:
+level ``i`` is mip ``m + i``; a class map is downsampled by nearest neighbour, the rest by mean).
 A tile's PNG is written after its zarr copy, so an existing valid PNG means the tile is done.
 """
 
@@ -29,6 +29,7 @@ from membrane_py.codes import classes_to_tile_u8, probability_to_u8
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import PredictJob
 from membrane_py.volumes.blocks import TileKey
+from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.tiles import TileWriter, remove_stale_temporaries
 
 
@@ -104,36 +105,11 @@ class ZarrLevels:
 
     def __init__(self, path: Path, output: Output, shape: tuple[int, int, int], mip: int,
                  n_levels: int, tile: int, voxel_size: tuple[float, float, float]) -> None:
-        import zarr
-
         self.path, self.tile, self.rgb = path, tile, output.channels == 3
-        root = zarr.open_group(str(path), mode="a", zarr_format=2)
-        self.arrays = []
-        for i in range(n_levels):
-            level = size_at_mip(shape, i)
-            full = (3, *level) if self.rgb else level
-            chunks = (3, 1, tile, tile) if self.rgb else (1, tile, tile)
-            try:
-                arr = root.require_array(str(i), shape=full, chunks=chunks, dtype="uint8",
-                                         fill_value=0)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path} holds a different prediction ({exc}); write into a "
-                                 "new output folder or delete it") from exc
-            self.arrays.append(arr)
-        vz, vy, vx = voxel_size
-        space = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-        root.attrs["multiscales"] = [{
-            "version": "0.4",
-            "name": output.layer_name,
-            "axes": ([{"name": "c", "type": "channel"}] if self.rgb else []) + space,
-            "datasets": [{"path": str(i), "coordinateTransformations": [{
-                "type": "scale",
-                "scale": ([1.0] if self.rgb else []) + [vz, vy * 2 ** (mip + i),
-                                                        vx * 2 ** (mip + i)]}]}
-                for i in range(n_levels)],
-            "type": "nearest" if output.labels else "mean",
-            "metadata": {"description": "membrane-py prediction", "mip": mip},
-        }]
+        self.arrays = open_multiscale(path, shape, n_levels, "uint8", voxel_size, mip, tile=tile,
+                                      channels=output.channels, name=output.layer_name,
+                                      labels=output.labels,
+                                      metadata={"description": "membrane-py prediction"})
 
     def write(self, level: int, key: TileKey, tile: np.ndarray) -> None:
         """Store tile (z, row, col) of ``level`` (its top-left part, cropped at the edge)."""
