@@ -36,7 +36,6 @@ from scipy import ndimage
 
 from membrane_py.atomic import write_text_atomic
 from membrane_py.geometry import Box
-from membrane_py.vastapi.client import pack_color
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.skeletons import Skeleton, SkelNode, load_skeletons
 
@@ -86,7 +85,7 @@ def segment_color(i: int) -> int:
     hue = (i * 0.618033988749895) % 1.0
     sat = 0.55 + 0.4 * ((i * 7919) % 5) / 4
     r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, 0.95))
-    return pack_color(r, g, b)
+    return (r << 24) | (g << 16) | (b << 8)
 
 
 def default_state_dir(volume: str, labels: str | None = None) -> Path:
