@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from membrane_py.augment.sampling import SaturatedSampler, cut_patch, pose_matrix
+from membrane_py.codes import write_png
 from membrane_py.volumes.synthetic import make_synthetic
-from membrane_py.volumes.tiles import write_png
 
 OUT = Path(__file__).resolve().parent / "figures" / "patch_example.png"
 SIDE, PATCH = 512, 128

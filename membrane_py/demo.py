@@ -77,11 +77,12 @@ def train_demo_model(cfg: DemoConfig, progress: ProgressCallback | None = None) 
 def score_membranes(prob_tiles: np.ndarray, instances: np.ndarray) -> tuple[float, float]:
     """(mean V_rand, pixel error) of 8-bit membrane probability sections against instance
     ground truth, whose membranes are derived exactly as the synthetic data draws them."""
+    from membrane_py.codes import u8_to_probability
     from membrane_py.train.metrics import membrane_scores, pixel_error
     from membrane_py.volumes.synthetic import membrane_band
 
     gt = np.stack([1 + membrane_band(s).astype(np.uint8) for s in instances])
-    prob = np.clip(prob_tiles.astype(np.float32) - 1, 0, None) / 254.0
+    prob = u8_to_probability(prob_tiles, missing=0.0)
     v_rand = [membrane_scores(p, g)["v_rand"] for p, g in zip(prob, gt, strict=True)]
     return float(np.mean(v_rand)), pixel_error(np.where(prob > 0.5, 2, 1), gt)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from membrane_py.codes import read_png
 from membrane_py.demo import DemoConfig, run_demo
 from membrane_py.vastapi.descriptors import read_vsvi
-from membrane_py.volumes.tiles import read_png
 
 
 def test_small_demo_trains_predicts_loads_and_scores(tmp_path):

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from membrane_py.augment.labels import rgb_to_ids
 from membrane_py.cli import app
-from membrane_py.edit.instances import (
-    InstanceJob,
-    ids_to_rgb,
-    palette_rgb,
-    run_instances,
-    write_instances,
-)
+from membrane_py.codes import rgb_to_ids
+from membrane_py.edit.instances import InstanceJob, run_instances, write_instances
 from membrane_py.geometry import Box
 from membrane_py.segment.instances import (
     InstanceConfig,
@@ -94,25 +88,14 @@ def test_combine_and_probability_conversion():
         combine_predictions([a, b], (0.5, 0.2, 0.0))
     with pytest.raises(ValueError, match="shape"):
         combine_predictions([a, np.zeros((2, 2), np.float32)])
-    np.testing.assert_allclose(to_probability(np.array([0, 255, 51], np.uint8)), [1, 1, 0.2])
+    # 8-bit tiles: (v - 1) / 254, missing 0 -> membrane
+    np.testing.assert_allclose(to_probability(np.array([0, 255, 128, 1], np.uint8)),
+                               [1, 1, 0.5, 0])
     np.testing.assert_allclose(to_probability(np.array([0.25], np.float32), invert=True), [0.75])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         to_probability(np.array([3.0]))
     with pytest.raises(ValueError, match="halo"):
         InstanceConfig(halo=4)
-
-
-def test_colour_codings():
-    ids = np.array([[0, 1, 70000, (1 << 24) - 1]])
-    rgb = ids_to_rgb(ids)
-    assert rgb[0, 2].tolist() == [1, 17, 112]  # 70000 = 1 * 65536 + 17 * 256 + 112
-    np.testing.assert_array_equal(rgb_to_ids(rgb), ids)
-    with pytest.raises(ValueError, match="zarr/TIFF"):
-        ids_to_rgb(np.array([1 << 24]))
-    pal = palette_rgb(np.arange(0, 1000))
-    assert (pal[0] == 0).all() and pal[1:].min() >= 64
-    assert len({tuple(c) for c in pal[1:]}) > 990  # distinct colours
-    np.testing.assert_array_equal(palette_rgb(np.array([7, 7])), palette_rgb(np.array([7, 7])))
 
 
 @pytest.mark.parametrize("name", ["out.zarr", "out.tif", "tiles"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from membrane_py.edit.instances import palette_rgb
+from membrane_py.codes import palette_rgb
 from membrane_py.edit.paint import PaintJob, compose, run_paint
 from membrane_py.events import JobWarning
 from membrane_py.geometry import Box

@@ -18,6 +18,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.sampling import Pose, cut_patch
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.cli import app
+from membrane_py.codes import decode_label_png
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 P = 48
@@ -64,7 +65,7 @@ def test_written_patches_are_saturated_and_aligned(tmp_path, synth):
     for rec in manifest["patches"]:
         pose = Pose(rec["cy"], rec["cx"], rec["angle"])
         z = rec["source"]
-        lab = L.decode_label_png(L.read_image(tmp_path / "pl" / rec["file"]), 2)
+        lab = decode_label_png(L.read_image(tmp_path / "pl" / rec["file"]), 2)
         truth = cut_patch(labels[z], pose, P, nearest=True)
         assert truth.all()  # no unknown pixel in the source region
         np.testing.assert_array_equal(lab, truth)

@@ -11,6 +11,7 @@ from predict_support import TINY, tile_keys
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.labels import binary_to_classes
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.codes import read_png
 from membrane_py.geometry import Box
 from membrane_py.predict.job import PredictJob, RegionSpec
 from membrane_py.predict.runner import run_prediction
@@ -18,7 +19,7 @@ from membrane_py.train.config import TrainJob
 from membrane_py.train.trainer import train_model
 from membrane_py.vastapi.client import VastClient
 from membrane_py.vastapi.descriptors import read_vsvi
-from membrane_py.volumes.tiles import read_png, tile_path
+from membrane_py.volumes.tiles import tile_path
 from mock_vast_server.launch import start_server
 
 pytestmark = pytest.mark.realdata

@@ -65,13 +65,14 @@ def test_public_api_is_documented_and_exported():
 
 def test_to_probability_8bit_formula():
     u8 = np.array([[0, 1, 51], [128, 204, 255]], np.uint8)
-    expected = np.array([[1.0, 1 / 255, 0.2], [128 / 255, 0.8, 1.0]], np.float32)
+    # the tile code: v = 1 + round(254 p), so p = (v - 1) / 254; 0 = missing -> membrane
+    expected = np.array([[1.0, 0.0, 50 / 254], [0.5, 203 / 254, 1.0]], np.float32)
     out = to_probability(u8)
     assert out.dtype == np.float32 and out.shape == u8.shape
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-7)
-    # dark-membrane maps: 1 - v / 255, and a missing pixel (0) is still membrane
+    # dark-membrane maps: 1 - p, and a missing pixel (0) is still membrane
     inv = to_probability(u8, invert=True)
-    np.testing.assert_allclose(inv, [[1.0, 254 / 255, 0.8], [127 / 255, 0.2, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(inv, [[1.0, 1.0, 204 / 254], [0.5, 51 / 254, 0.0]], atol=1e-7)
 
 
 def test_to_probability_16bit_and_float():

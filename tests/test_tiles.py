@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from membrane_py.codes import read_png
 from membrane_py.geometry import Box
 from membrane_py.vastapi.descriptors import read_vsvi
 from membrane_py.volumes.base import ArrayVolume
 from membrane_py.volumes.open import open_volume
 from membrane_py.volumes.synthetic import make_synthetic
-from membrane_py.volumes.tiles import TileWriter, VsviVolume, read_png, tile_path
+from membrane_py.volumes.tiles import TileWriter, VsviVolume, tile_path
 
 TILE = 128  # small tiles keep the tests fast; the layout is the same as for 1024
 

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
-from membrane_py.augment.labels import encode_label_png
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.codes import encode_label_png, write_png
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import file_sha256, load_checkpoint
 from membrane_py.train.config import TrainJob
@@ -27,7 +27,6 @@ from membrane_py.train.transfer_modes import (
 )
 from membrane_py.transfer.finetune import fine_tune, parse_episodic
 from membrane_py.volumes.synthetic import make_synthetic
-from membrane_py.volumes.tiles import write_png
 
 PATCH = 32
 SYN = make_synthetic((3, 96, 96), seed=0)

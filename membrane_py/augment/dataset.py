@@ -19,6 +19,7 @@ from membrane_py.augment.patches import pair_by_name, read_manifest
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.augment.sampling import SaturatedSampler, cut_patch
 from membrane_py.augment.transforms import AugmentConfig, augment_pair
+from membrane_py.codes import decode_label_png, infer_n_classes
 
 
 def _to_tensors(image: np.ndarray, label: np.ndarray, cfg: PreprocessConfig):
@@ -46,7 +47,7 @@ class PatchDataset(Dataset):
             n_classes = int(manifest["n_classes"])
         if n_classes is None:
             seen = np.unique(np.concatenate([np.unique(L.read_image(p)) for _, p in self.pairs]))
-            n_classes = L.infer_n_classes(seen)
+            n_classes = infer_n_classes(seen)
         self.n_classes = n_classes
 
     def __len__(self) -> int:
@@ -58,7 +59,7 @@ class PatchDataset(Dataset):
         if image.dtype != np.uint8 or image.ndim != 2:
             raise ValueError(f"{img_path}: patch must be 8-bit grayscale, got {image.dtype} "
                              f"{image.shape}")
-        label = L.decode_label_png(L.read_image(lab_path), self.n_classes)
+        label = decode_label_png(L.read_image(lab_path), self.n_classes)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, index])
             image, label, _ = augment_pair(image, label.astype(np.uint16), self.augment, rng)

@@ -15,9 +15,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
+from membrane_py.codes import rgb_to_ids
 from membrane_py.geometry import Box
 from membrane_py.volumes.open import open_source
-from membrane_py.volumes.stacks import list_sections, read_image, rgb_to_ids
+from membrane_py.volumes.stacks import list_sections, read_image
 
 NON_MEMBRANE, MEMBRANE = 1, 2
 
@@ -196,45 +197,3 @@ def read_volume_labels(source, box: Box, mip: int = 0) -> np.ndarray:
     if data.ndim == 4:
         return rgb_to_ids(data[..., :3]) if data.shape[-1] >= 3 else data[..., 0].astype(np.int64)
     return data.astype(np.int64)
-
-
-def encode_label_png(classes: np.ndarray, n_classes: int) -> np.ndarray:
-    """Classes 1..K -> uint8 as mEMbrain stores them: class k -> round(255 (k - 1) / (K - 1)).
-
-    0 (unknown) has no code; saturated sampling guarantees patches never hold it.
-    """
-    if n_classes < 2 or n_classes > 256:
-        raise ValueError(f"PNG label encoding needs 2..256 classes, got {n_classes}")
-    if classes.size and (classes.min() < 1 or classes.max() > n_classes):
-        raise ValueError(f"label patch values must lie in 1..{n_classes} (no unknown 0), got "
-                         f"{int(classes.min())}..{int(classes.max())}")
-    codes = label_codes(n_classes)
-    return codes[classes.astype(np.int64) - 1]
-
-
-def label_codes(n_classes: int) -> np.ndarray:
-    """The uint8 code of each class 1..K (index k - 1)."""
-    k = np.arange(n_classes, dtype=np.float64)
-    return np.floor(255.0 * k / (n_classes - 1) + 0.5).astype(np.uint8)
-
-
-def decode_label_png(png: np.ndarray, n_classes: int) -> np.ndarray:
-    """Inverse of :func:`encode_label_png`; a value that is no class code raises."""
-    codes = label_codes(n_classes)
-    lut = np.full(256, -1, dtype=np.int64)
-    lut[codes] = np.arange(1, n_classes + 1)
-    out = lut[png]
-    if (out < 0).any():
-        bad = np.unique(png[out < 0])[:10]
-        raise ValueError(f"label patch values {bad.tolist()} are not codes of {n_classes} classes "
-                         f"({codes.tolist()}); is n_classes right?")
-    return out
-
-
-def infer_n_classes(values: np.ndarray) -> int:
-    """Smallest K whose PNG codes include every value seen (for patch folders without manifest)."""
-    seen = set(np.unique(values).tolist())
-    for k in range(2, 257):
-        if seen <= set(label_codes(k).tolist()):
-            return k
-    raise ValueError(f"label patch values {sorted(seen)[:10]} match no class encoding")

@@ -21,10 +21,10 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.preprocess import apply_clahe
 from membrane_py.augment.sampling import SaturatedSampler, count_patches, cut_patch
 from membrane_py.augment.transforms import AugmentConfig, augment_pair
+from membrane_py.codes import encode_label_png, write_png
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report, warn
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.volumes.base import downsample_xy
-from membrane_py.volumes.tiles import write_png
 
 MANIFEST = "manifest.json"
 LABEL_SUFFIXES = ("_border", "_skel", "_labels", "_label", "_gt", "_mask", "_seg")
@@ -226,7 +226,7 @@ def generate_patches(job: PatchJob, progress: ProgressCallback | None = None,
                 image, label, applied = augment_pair(image, label, job.augment, rng)
             fname = f"{src.name}_{j:05d}.png"
             write_png(out_img / fname, image)
-            write_png(out_lab / fname, L.encode_label_png(label, n_classes))
+            write_png(out_lab / fname, encode_label_png(label, n_classes))
             records.append({"file": fname, "source": i, **pose.to_dict(), "augment": applied})
         summary_entry["n_patches"] = src.n_wanted
     report(progress, Event.progress("patches", len(sources), len(sources), "done"))

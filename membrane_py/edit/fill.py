@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.edit.instances import check_shapes, palette_rgb
+from membrane_py.codes import palette_rgb
+from membrane_py.edit.instances import check_shapes
 from membrane_py.edit.paint import SegmentMap, open_target_layer, vast_address, write_region
 from membrane_py.events import (
     CancelToken,

@@ -1,7 +1,8 @@
 """Instance segmentations in and out: colour coding, tiles/.vsvi, zarr, TIFF, and the
 `membrane instances` job (probability volumes -> 2D or 3D instance ids -> files).
 
-Two colour codings for RGB tiles, chosen per job (``colors``):
+Two colour codings for RGB tiles (both in :mod:`membrane_py.codes`), chosen per job
+(``colors``):
 
 * ``ids`` (default): the label-import convention, id = R * 65536 + G * 256 + B. Lossless for
   ids below 2**24 and decoded again by every reader here (and by VAST's label import). Ids
@@ -11,16 +12,14 @@ Two colour codings for RGB tiles, chosen per job (``colors``):
   64..255 so no object looks black); 0 stays black. Not decodable back to ids. The segments
   :mod:`membrane_py.edit.paint` creates in VAST get the same colours.
 
-zarr and TIFF outputs hold uint32 ids of the processed box (attributes / description give
-the box, mip and job), written atomically.
+zarr (a one-level OME-Zarr, :mod:`membrane_py.volumes.omezarr`) and TIFF outputs hold uint32
+ids of the processed box (multiscales metadata / description give the box, mip and job),
+written atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.atomic import atomic_path
-from membrane_py.augment.labels import rgb_to_ids
+from membrane_py.atomic import atomic_dir, atomic_path
+from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
@@ -38,39 +37,17 @@ from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, wa
 from membrane_py.segment.instances import (
     InstanceConfig,
     combine_predictions,
-    mix64,
     segment_stack,
     to_probability,
 )
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.open import open_source
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
-RGB_ID_LIMIT = 1 << 24
 COLORINGS = ("ids", "palette")
 MODES = ("2d", "3d", "watershed3d")
-
-
-def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Ids -> uint8 RGB (..., 3) with id = R * 65536 + G * 256 + B (label-import coding)."""
-    ids = np.asarray(ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= RGB_ID_LIMIT):
-        raise ValueError(f"RGB-coded tiles hold ids 0..{RGB_ID_LIMIT - 1}, got "
-                         f"{int(ids.min())}..{int(ids.max())}; relabel the ids or write "
-                         "zarr/TIFF instead")
-    v = ids.astype(np.uint32)
-    return np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
-
-
-def palette_rgb(ids: np.ndarray) -> np.ndarray:
-    """Fixed display colours (..., 3) uint8: a hash of each id, channels in 64..255; 0 black."""
-    ids = np.asarray(ids)
-    h = mix64(ids.astype(np.uint64))
-    rgb = np.stack([(h >> np.uint64(s)) & np.uint64(255) for s in (40, 48, 56)], axis=-1)
-    rgb = (64 + rgb.astype(np.uint16) * 3 // 4).astype(np.uint8)
-    rgb[ids == 0] = 0
-    return rgb
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:
@@ -115,35 +92,16 @@ def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished temporary directory onto ``path`` (an old one is removed first)."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def write_zarr(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
-    """uint32 ids as a zarr array (chunks of one section, 1024^2), written atomically."""
-    import zarr
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        chunks = (1, min(labels.shape[1], TILE_SIZE), min(labels.shape[2], TILE_SIZE))
-        arr = zarr.create_array(store=str(tmp), shape=labels.shape, chunks=chunks,
-                                dtype=labels.dtype, overwrite=True)
-        arr[...] = labels
-        arr.attrs.update(attrs)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+def write_zarr(labels: np.ndarray, path: str | Path, box: Box, mip: int,
+               voxel_size: tuple[float, float, float], name: str, attrs: dict) -> Path:
+    """uint32 ids of ``box`` (at ``mip``; ``voxel_size`` of mip 0) as a one-level OME-Zarr
+    placed at the box (see :mod:`membrane_py.volumes.omezarr`), written atomically."""
+    with atomic_dir(path) as tmp:
+        (level0,) = open_multiscale(tmp, labels.shape, 1, labels.dtype, voxel_size, mip,
+                                    tile=TILE_SIZE, name=name, labels=True,
+                                    origin=(box.z0, box.y0, box.x0), metadata=attrs)
+        level0[...] = labels
+    return Path(path)
 
 
 def write_tiff(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
@@ -194,7 +152,7 @@ def write_instances(labels: np.ndarray, output: str | Path, *, volume_shape, box
              "voxel_size_zyx": list(voxel_size), **(attrs or {})}
     text = str(output).lower()
     if text.endswith(".zarr"):
-        return write_zarr(labels, output, attrs)
+        return write_zarr(labels, output, box, mip, voxel_size, name, attrs)
     if text.endswith((".tif", ".tiff")):
         return write_tiff(labels, output, attrs)
     return write_tiles(labels, output, volume_shape, box, mip, voxel_size, name, colors)

@@ -31,7 +31,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.edit.instances import check_shapes, decode_ids, palette_rgb
+from membrane_py.codes import palette_rgb
+from membrane_py.edit.instances import check_shapes, decode_ids
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report, warn
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.jobs.spec import JobSpec, Result

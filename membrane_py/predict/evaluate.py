@@ -18,13 +18,13 @@ import torch
 
 from membrane_py.atomic import write_text_atomic
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.codes import encode_label_png, probability_to_u8, write_png
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
 from membrane_py.infer.engine import TiledPredictor, load_predictor
 from membrane_py.infer.torch_backend import TorchBackend
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.metrics import class_scores, membrane_scores
-from membrane_py.volumes.tiles import write_png
 
 # overlay colours (RGB) for classes 2..K; class 1 (background / non-membrane) stays grey
 PALETTE = np.array([[255, 40, 40], [40, 200, 40], [60, 90, 255], [255, 200, 0], [220, 0, 220],
@@ -41,18 +41,19 @@ def predict_probabilities(model: UNet, image: np.ndarray, cfg: PreprocessConfig,
 
 
 def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
-    """The pictures: class map (class k -> round(255 (k-1)/(K-1)), so membrane is white),
-    probability of the last class (membrane bright), and prediction tinted over the image."""
+    """The pictures: class map in the label-PNG code (class k -> round(255 (k-1)/(K-1)), so
+    membrane is white and the picture is valid ground truth), probability of the last class
+    in the probability-tile code (1..255, membrane bright), and prediction tinted over the
+    image."""
     k = prob.shape[0]
     pred = prob.argmax(0)
-    codes = np.floor(255.0 * np.arange(k) / (k - 1) + 0.5).astype(np.uint8)
     rgb = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
     for c in range(1, k):
         mask = pred == c
         rgb[mask] = 0.5 * rgb[mask] + 0.5 * PALETTE[(c - 1) % len(PALETTE)]
     return {
-        "prediction": codes[pred],
-        "probability": np.clip(prob[-1] * 255.0 + 0.5, 0, 255).astype(np.uint8),
+        "prediction": encode_label_png(pred + 1, k),
+        "probability": probability_to_u8(prob[-1]),
         "overlay": rgb.astype(np.uint8),
     }
 

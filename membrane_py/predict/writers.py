@@ -4,14 +4,16 @@
 Pixel codes (0 always means "missing", as VAST's black for absent tiles):
 
 - ``probability`` and ``per_class``: the class probability p as ``1 + round(254 p)``
-  (1..255, bright = likely); ``probability`` writes one class (by default membrane).
-- ``classes``: the arg-max class k of K as ``round(255 k / K)`` (K = 2: 128 and 255).
+  (1..255, bright = likely; :func:`membrane_py.codes.probability_to_u8`); ``probability``
+  writes one class (by default membrane).
+- ``classes``: the arg-max class k of K as ``round(255 k / K)`` (K = 2: 128 and 255;
+  :func:`membrane_py.codes.classes_to_tile_u8`).
 - ``rgb``: the probabilities of the three classes of a 3-class network as R, G, B
   (each coded like ``probability``).
 
 Each output is a folder ``<out>/<name>/mip<m>/...`` with its descriptor ``<out>/<name>.vsvi``
-and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4 multiscales on zarr format 2: level
-``i`` is mip ``m + i``; a class map is downsampled by nearest neighbour, the rest by mean).
+and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4, :mod:`membrane_py.volumes.omezarr`:
+level ``i`` is mip ``m + i``; a class map is downsampled by nearest neighbour, the rest by mean).
 A tile's PNG is written after its zarr copy, so an existing valid PNG means the tile is done.
 """
 
@@ -23,22 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.codes import classes_to_tile_u8, probability_to_u8
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import PredictJob
 from membrane_py.volumes.blocks import TileKey
+from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.tiles import TileWriter, remove_stale_temporaries
-
-
-def probability_to_u8(p: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 1..255 (0 stays free to mean "missing")."""
-    return (np.rint(np.clip(p, 0.0, 1.0) * 254.0) + 1.0).astype(np.uint8)
-
-
-def classes_to_u8(probs: np.ndarray) -> np.ndarray:
-    """(z, C, y, x) probabilities -> uint8 code ``round(255 k / C)`` of the arg-max class k."""
-    n = probs.shape[1]
-    codes = np.rint(255.0 * np.arange(1, n + 1) / n).astype(np.uint8)
-    return codes[np.argmax(probs, axis=1)]
 
 
 def pick_class(spec: str | None, class_names: list[str]) -> int:
@@ -77,7 +69,7 @@ class Output:
     def encode(self, probs: np.ndarray) -> np.ndarray:
         """(z, C, y, x) float32 probabilities -> (z, y, x) or (z, y, x, 3) uint8 pixels."""
         if self.kind == "classes":
-            return classes_to_u8(probs)
+            return classes_to_tile_u8(np.argmax(probs, axis=1) + 1, probs.shape[1])
         if self.kind == "rgb":
             return probability_to_u8(np.moveaxis(probs[:, list(self.classes)], 1, -1))
         return probability_to_u8(probs[:, self.classes[0]])
@@ -113,36 +105,11 @@ class ZarrLevels:
 
     def __init__(self, path: Path, output: Output, shape: tuple[int, int, int], mip: int,
                  n_levels: int, tile: int, voxel_size: tuple[float, float, float]) -> None:
-        import zarr
-
         self.path, self.tile, self.rgb = path, tile, output.channels == 3
-        root = zarr.open_group(str(path), mode="a", zarr_format=2)
-        self.arrays = []
-        for i in range(n_levels):
-            level = size_at_mip(shape, i)
-            full = (3, *level) if self.rgb else level
-            chunks = (3, 1, tile, tile) if self.rgb else (1, tile, tile)
-            try:
-                arr = root.require_array(str(i), shape=full, chunks=chunks, dtype="uint8",
-                                         fill_value=0)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path} holds a different prediction ({exc}); write into a "
-                                 "new output folder or delete it") from exc
-            self.arrays.append(arr)
-        vz, vy, vx = voxel_size
-        space = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
-        root.attrs["multiscales"] = [{
-            "version": "0.4",
-            "name": output.layer_name,
-            "axes": ([{"name": "c", "type": "channel"}] if self.rgb else []) + space,
-            "datasets": [{"path": str(i), "coordinateTransformations": [{
-                "type": "scale",
-                "scale": ([1.0] if self.rgb else []) + [vz, vy * 2 ** (mip + i),
-                                                        vx * 2 ** (mip + i)]}]}
-                for i in range(n_levels)],
-            "type": "nearest" if output.labels else "mean",
-            "metadata": {"description": "membrane-py prediction", "mip": mip},
-        }]
+        self.arrays = open_multiscale(path, shape, n_levels, "uint8", voxel_size, mip, tile=tile,
+                                      channels=output.channels, name=output.layer_name,
+                                      labels=output.labels,
+                                      metadata={"description": "membrane-py prediction"})
 
     def write(self, level: int, key: TileKey, tile: np.ndarray) -> None:
         """Store tile (z, row, col) of ``level`` (its top-left part, cropped at the edge)."""

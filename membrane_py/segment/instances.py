@@ -30,10 +30,9 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import local_minima, reconstruction
 from skimage.segmentation import relabel_sequential, watershed
 
+from membrane_py.codes import MISSING, mix64, u8_to_probability
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
 
-#: 8-bit probability tiles reserve 0 for "missing"; missing pixels count as membrane.
-MISSING_U8 = 0
 #: Largest id a uint32 label volume can hold.
 MAX_ID = np.iinfo(np.uint32).max
 _TIE_AMPLITUDE = 1e-5  # far below the 1/255 step of 8-bit maps, far above float64 resolution
@@ -88,7 +87,7 @@ def to_probability(data: np.ndarray, invert: bool = False) -> np.ndarray:
     Parameters
     ----------
     data : ndarray, uint8, uint16 or float, any 2D/3D shape such as (y, x) or (z, y, x)
-        uint8: probability * 255 with 0 reserved for "missing" (no tile written there);
+        uint8: the tile code 1 + round(254 p) (:mod:`membrane_py.codes`), 0 = missing;
         uint16: probability * 65535; float: probability in [0, 1] (NaN = missing).
     invert : bool
         True for maps where membrane is dark (high values mean cell interior).
@@ -96,7 +95,7 @@ def to_probability(data: np.ndarray, invert: bool = False) -> np.ndarray:
     Returns
     -------
     prob : ndarray, float32, same shape as ``data``
-        uint8 ``v`` gives ``v / 255``, uint16 ``v / 65535``, float values are kept; with
+        uint8 ``v`` gives ``(v - 1) / 254``, uint16 ``v / 65535``, float values are kept; with
         ``invert`` the result is ``1 - p``. Missing pixels (uint8 0, float NaN) become 1
         (membrane) in either case, as mEMbrain fills missing tiles with 255, so no segment
         grows across a gap in the prediction.
@@ -110,8 +109,8 @@ def to_probability(data: np.ndarray, invert: bool = False) -> np.ndarray:
         raise ValueError(f"expected a grayscale probability map, got an RGB array {data.shape}; "
                          "pass the probability tiles of one class")
     if data.dtype == np.uint8:
-        prob = data.astype(np.float32) / 255
-        missing = data == MISSING_U8
+        prob = u8_to_probability(data, missing=1.0)
+        missing = data == MISSING
     elif data.dtype == np.uint16:
         prob = data.astype(np.float32) / 65535
         missing = None
@@ -166,32 +165,6 @@ def combine_predictions(probs: Sequence[np.ndarray],
     w_max, w_min, w_mean = weights
     return (w_max * stack.max(0) + w_min * stack.min(0) + w_mean * stack.mean(0)).astype(
         np.float32)
-
-
-def mix64(values: np.ndarray) -> np.ndarray:
-    """A fixed 64-bit hash of non-negative integers, elementwise (the splitmix64 finaliser).
-
-    Used where something must look random yet be reproducible and independent of array
-    layout: breaking watershed ties by global pixel position, and picking display colours
-    for consecutive segment ids (neighbouring ids get unrelated colours).
-
-    Parameters
-    ----------
-    values : array_like of non-negative integers (any shape)
-
-    Returns
-    -------
-    hashed : ndarray, uint64, same shape
-        The same input always gives the same output, on every machine; distinct inputs give
-        distinct outputs (the finaliser is a bijection of 64-bit integers).
-    """
-    k = np.asarray(values, dtype=np.uint64).copy()
-    k ^= k >> np.uint64(30)
-    k *= np.uint64(0xBF58476D1CE4E5B9)
-    k ^= k >> np.uint64(27)
-    k *= np.uint64(0x94D049BB133111EB)
-    k ^= k >> np.uint64(31)
-    return k
 
 
 def _tie_breaker(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -318,13 +318,14 @@ def convert_labels(raw: list[np.ndarray], label_format: str,
                    n_classes: int | None = None) -> tuple[list[np.ndarray], int]:
     """Label images as read from disk -> class maps (0 unknown, 1..K) and K."""
     from membrane_py.augment import labels as L
+    from membrane_py.codes import decode_label_png, infer_n_classes
 
     if label_format == "isbi":
         return [L.binary_to_classes(r, membrane_value=0) for r in raw], 2
     if label_format == "codes":
         if n_classes is None:
-            n_classes = L.infer_n_classes(np.concatenate([np.unique(r) for r in raw]))
-        return [L.decode_label_png(r, n_classes).astype(np.uint8) for r in raw], n_classes
+            n_classes = infer_n_classes(np.concatenate([np.unique(r) for r in raw]))
+        return [decode_label_png(r, n_classes).astype(np.uint8) for r in raw], n_classes
     if label_format == "classes":
         top = max(int(r.max()) for r in raw)
         return list(raw), max(n_classes or 0, top, 2)

@@ -79,7 +79,7 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     name = path.name.lower()
     if path.is_dir() and (name.endswith(".zarr") or (path / "zarr.json").exists()
                           or (path / ".zarray").exists() or (path / ".zgroup").exists()):
-        return ZarrVolume(path, inner, voxel_size=vs, is_label=labels)
+        return ZarrVolume(path, inner, voxel_size=voxel_size, is_label=labels)
     if inner is not None and not name.endswith(_H5):
         raise ValueError(f"{text!r}: only HDF5 files and zarr stores take a ':name' suffix; "
                          f"accepted forms: {ACCEPTED_FORMS}")

@@ -1,7 +1,7 @@
 """Image stacks as volumes: a folder of PNG/TIFF sections, or one multi-page TIFF.
 
 Sections are read lazily, one at a time, through a small LRU cache. Label images stored as
-RGB are turned into ids ``R*65536 + G*256 + B`` (as mEMbrain and VAST exports do).
+RGB are turned into ids by :func:`membrane_py.codes.rgb_to_ids` (as mEMbrain and VAST exports do).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import functools
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 
+from membrane_py.codes import read_png, rgb_to_ids
 from membrane_py.geometry import Box
 from membrane_py.volumes.base import VolumeSource
 
@@ -38,23 +38,15 @@ def list_sections(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
-    """RGB-coded labels (..., 3) -> uint32 ids R*65536 + G*256 + B."""
-    rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """One 2D image as (y, x) or (y, x, 3) RGB, in its stored dtype."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         img = tifffile.imread(path)
     else:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        img = read_png(path)
         if img is None:
             raise ValueError(f"cannot decode image {path}")
-        if img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim == 3 and img.shape[2] == 1:

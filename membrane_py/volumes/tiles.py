@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from membrane_py.atomic import write_bytes_atomic
+from membrane_py.codes import read_png, write_png
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.vastapi.descriptors import Vsvi, format_tile_path, read_vsvi, write_vsvi
 from membrane_py.volumes.base import VolumeSource, downsample_xy
@@ -46,15 +46,6 @@ def tile_path(out_dir: str | Path, mip: int, z: int, row: int, col: int) -> Path
     return Path(out_dir) / f"mip{mip}" / f"Sect_{z:06d}" / f"sect_{z:06d}_r{row}_c{col}.png"
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Encode a (y, x) or RGB (y, x, 3) image as PNG and write it atomically."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise ValueError(f"cannot encode {image.dtype} {image.shape} as PNG for {path}")
-    write_bytes_atomic(path, buf.tobytes())
-
-
 def remove_stale_temporaries(out_dir: str | Path) -> int:
     """Delete the hidden ``.*.tmp`` files a killed writer left below ``out_dir``; call it
     before (not while) a job writes there. Returns how many were removed."""
@@ -62,18 +53,6 @@ def remove_stale_temporaries(out_dir: str | Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
-
-
-def read_png(path: Path) -> np.ndarray | None:
-    """A tile as (y, x) or RGB (y, x, 3); None when missing or undecodable."""
-    if not path.is_file():
-        return None
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return None
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return img
 
 
 def _levels(out_dir: Path) -> list[int]:
