@@ -8,6 +8,13 @@ normalisation and CLAHE, architecture, mip and voxel size) goes into the model's
 the graph, so both backends run :func:`membrane_py.augment.preprocess.preprocess` and share
 the tiling in :mod:`membrane_py.infer.tiling`.
 
+Integrity: the metadata also holds ``tensors_sha256``, the digest
+(:func:`membrane_py.train.checkpoint.tensors_sha256`) of every tensor stored in the graph:
+the initializers and the values of ``Constant`` nodes, each as name, numpy dtype, shape and
+raw bytes. Hashing decoded tensors rather than the serialised graph keeps the digest
+independent of how a protobuf library orders or encodes fields. Loading a model that carries
+the digest checks it (:class:`~membrane_py.train.checkpoint.CheckpointError` on mismatch).
+
 A model without that metadata (exported elsewhere) gets defaults: input ``x / 255``,
 softmax over the output channels (sigmoid when there is one channel), class names
 ``class_1 .. class_C``, sides padded to multiples of 32.
@@ -18,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,7 @@ import onnx
 import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
-from membrane_py.train.checkpoint import Checkpoint
+from membrane_py.train.checkpoint import Checkpoint, CheckpointError, tensors_sha256
 from membrane_py.train.device import pick_device
 
 METADATA_KEY = "membrane_py"
@@ -50,6 +57,7 @@ class OnnxModelInfo:
     architecture: dict | None = None
     mip: int = 0
     voxel_size: list[float] | None = None
+    tensors_sha256: str | None = None  # see the module docstring; None: not checked
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -96,9 +104,48 @@ def onnx_model(ck: Checkpoint, opset: int = 17) -> onnx.ModelProto:
                           output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
     model = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(model, {METADATA_KEY: OnnxModelInfo.from_checkpoint(ck).to_json()})
+    info = replace(OnnxModelInfo.from_checkpoint(ck), tensors_sha256=onnx_tensors_sha256(model))
+    onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
     model.doc_string = f"membrane-py U-Net, classes {', '.join(ck.class_names)}"
     return model
+
+
+def onnx_tensors_sha256(model: onnx.ModelProto) -> str:
+    """Digest of the tensors a graph stores (initializers and ``Constant`` node values)."""
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [(node.output[0], a.t) for node in model.graph.node if node.op_type == "Constant"
+                for a in node.attribute if a.name == "value"]
+
+    def raw(t: onnx.TensorProto) -> tuple[str, tuple[int, ...], memoryview]:
+        a = np.ascontiguousarray(onnx.numpy_helper.to_array(t))
+        return str(a.dtype), a.shape, memoryview(a.reshape(-1).view(np.uint8))
+
+    return tensors_sha256((name, *raw(t)) for name, t in tensors)
+
+
+def read_onnx(model: str | Path | bytes) -> tuple[bytes, OnnxModelInfo | None]:
+    """The bytes of an ONNX model and its membrane-py metadata (None for models exported
+    elsewhere), with the tensor digest checked. Raises
+    :class:`~membrane_py.train.checkpoint.CheckpointError` for a file that is not a
+    readable ONNX model or whose tensors differ from the digest."""
+    label = "the ONNX model" if isinstance(model, bytes) else f"ONNX model {model}"
+    data = model_bytes(model)
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends for bad bytes
+        raise CheckpointError(f"{label} is not a readable ONNX model (truncated, damaged or "
+                              "another kind of file): re-copy or re-export it") from exc
+    if not proto.graph.node:
+        raise CheckpointError(f"{label} holds no graph (empty, truncated or another kind of "
+                              "file): re-copy or re-export it")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in meta:
+        return data, None
+    info = OnnxModelInfo.from_json(meta[METADATA_KEY])
+    if info.tensors_sha256 is not None and info.tensors_sha256 != onnx_tensors_sha256(proto):
+        raise CheckpointError(f"{label} is damaged: its weights do not match the digest "
+                              "stored at export; re-copy it or export it again")
+    return data, info
 
 
 def to_probabilities(out: np.ndarray, kind: str) -> np.ndarray:
@@ -128,7 +175,8 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers, self.device_type = _providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(model_bytes(model), opts, providers=providers)
+        data, info = read_onnx(model)
+        self.session = ort.InferenceSession(data, opts, providers=providers)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if inp.type != "tensor(float)" or len(inp.shape) != 4 or (
                 isinstance(inp.shape[1], int) and inp.shape[1] != 1):
@@ -141,9 +189,8 @@ class OnnxBackend:
         channels = out.shape[1] if len(out.shape) == 4 and isinstance(out.shape[1], int) \
             else self._probe_channels()
         self.n_classes = max(channels, 2)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY in meta:
-            self.info = OnnxModelInfo.from_json(meta[METADATA_KEY])
+        if info is not None:
+            self.info = info
         else:
             names = ["background", "foreground"] if channels == 1 else \
                 [f"class_{i + 1}" for i in range(channels)]
