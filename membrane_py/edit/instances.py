@@ -18,16 +18,13 @@ the box, mip and job), written atomically.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from membrane_py.atomic import atomic_path
+from membrane_py.atomic import atomic_dir, atomic_path
 from membrane_py.augment.labels import rgb_to_ids
 from membrane_py.events import CancelToken, ProgressCallback
 from membrane_py.geometry import Box
@@ -128,35 +125,17 @@ def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move a finished temporary directory onto ``path`` (an old one is removed first)."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
 def write_zarr(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
     """uint32 ids as a zarr array (chunks of one section, 1024^2), written atomically."""
     import zarr
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(path) as tmp:
         chunks = (1, min(labels.shape[1], TILE_SIZE), min(labels.shape[2], TILE_SIZE))
         arr = zarr.create_array(store=str(tmp), shape=labels.shape, chunks=chunks,
                                 dtype=labels.dtype, overwrite=True)
         arr[...] = labels
         arr.attrs.update(attrs)
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_tiff(labels: np.ndarray, path: str | Path, attrs: dict) -> Path:
