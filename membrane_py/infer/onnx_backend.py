@@ -2,7 +2,11 @@
 an ONNX Runtime backend that also runs third-party models.
 
 The graph holds the network only: (N, 1, H, W) float input -> (N, C, H, W) logits, with
-dynamic batch, height and width. Everything else a checkpoint knows (class names, input
+dynamic batch, height and width. Any height and width work: the graph reflect-pads the input
+at the bottom and right to the network's multiple of ``2 ** depth`` and crops the logits back
+(:func:`pad_to_multiple_in_graph`), so the exported file runs in plain ONNX Runtime or any
+other runtime on images of any size. The tiled engine feeds multiples (with real context),
+for which that pad is empty. Everything else a checkpoint knows (class names, input
 normalisation and CLAHE, architecture, mip and voxel size) goes into the model's
 ``metadata_props`` as one JSON string under :data:`METADATA_KEY`. Preprocessing stays outside
 the graph, so both backends run :func:`membrane_py.augment.preprocess.preprocess` and share
@@ -103,10 +107,52 @@ def onnx_model(ck: Checkpoint, opset: int = 17) -> onnx.ModelProto:
                           opset_version=opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    model = onnx.load_from_string(buf.getvalue())
+    model = pad_to_multiple_in_graph(onnx.load_from_string(buf.getvalue()),
+                                     ck.model_config.multiple)
     info = replace(OnnxModelInfo.from_checkpoint(ck), tensors_sha256=onnx_tensors_sha256(model))
     onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
     model.doc_string = f"membrane-py U-Net, classes {', '.join(ck.class_names)}"
+    return model
+
+
+def pad_to_multiple_in_graph(model: onnx.ModelProto, multiple: int) -> onnx.ModelProto:
+    """Wrap a single-input, single-output 4D graph so inputs of any height and width work:
+    pad H and W at the end up to ``multiple`` and slice the output back to H x W.
+    Without this, sides that are not multiples fail deep inside the graph (a Concat of
+    up-sampled and skip features of different sizes). The pad mirrors the image (reflect,
+    as the tiled engine pads); what reflection cannot cover on sides shorter than the pad
+    repeats the edge pixels."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inp, out = graph.input[0].name, graph.output[0].name
+    padded, full = f"{inp}_padded", f"{out}_full"
+    for node in graph.node:
+        node.input[:] = [padded if name == inp else name for name in node.input]
+        node.output[:] = [full if name == out else name for name in node.output]
+    consts = {"pad_m": [multiple], "pad_one": [1], "pad_hw_start": [2], "pad_hw_end": [4],
+              "pad_lead": [0, 0, 0, 0, 0, 0], "crop_start": [0, 0], "crop_axes": [2, 3]}
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), name)
+                             for name, v in consts.items())
+    node = helper.make_node
+    head = [
+        node("Shape", [inp], ["pad_shape"]),
+        node("Slice", ["pad_shape", "pad_hw_start", "pad_hw_end"], ["pad_hw"]),
+        node("Mod", ["pad_hw", "pad_m"], ["pad_rem"]),
+        node("Sub", ["pad_m", "pad_rem"], ["pad_short"]),
+        node("Mod", ["pad_short", "pad_m"], ["pad_need"]),  # (-side) mod multiple
+        node("Sub", ["pad_hw", "pad_one"], ["pad_mirror_max"]),  # reflect needs pad < side
+        node("Min", ["pad_need", "pad_mirror_max"], ["pad_mirror"]),
+        node("Sub", ["pad_need", "pad_mirror"], ["pad_rest"]),
+        node("Concat", ["pad_lead", "pad_mirror"], ["pad_pads_mirror"], axis=0),
+        node("Concat", ["pad_lead", "pad_rest"], ["pad_pads_rest"], axis=0),
+        node("Pad", [inp, "pad_pads_mirror"], ["pad_mirrored"], mode="reflect"),
+        node("Pad", ["pad_mirrored", "pad_pads_rest"], [padded], mode="edge"),
+    ]
+    crop = node("Slice", [full, "crop_start", "pad_hw", "crop_axes"], [out])
+    graph.CopyFrom(helper.make_graph(head + list(graph.node) + [crop], graph.name, graph.input,
+                                     graph.output, graph.initializer, graph.doc_string,
+                                     graph.value_info))
     return model
 
 
