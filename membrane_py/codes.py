@@ -160,7 +160,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"cannot encode {image.dtype} {image.shape} as PNG for {path}")
-    write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes(), sync_dir=False)  # see membrane_py.atomic
 
 
 def read_png(path: str | Path) -> np.ndarray | None:

@@ -2,11 +2,22 @@
 an ONNX Runtime backend that also runs third-party models.
 
 The graph holds the network only: (N, 1, H, W) float input -> (N, C, H, W) logits, with
-dynamic batch, height and width. Everything else a checkpoint knows (class names, input
+dynamic batch, height and width. Any height and width work: the graph reflect-pads the input
+at the bottom and right to the network's multiple of ``2 ** depth`` and crops the logits back
+(:func:`pad_to_multiple_in_graph`), so the exported file runs in plain ONNX Runtime or any
+other runtime on images of any size. The tiled engine feeds multiples (with real context),
+for which that pad is empty. Everything else a checkpoint knows (class names, input
 normalisation and CLAHE, architecture, mip and voxel size) goes into the model's
 ``metadata_props`` as one JSON string under :data:`METADATA_KEY`. Preprocessing stays outside
 the graph, so both backends run :func:`membrane_py.augment.preprocess.preprocess` and share
 the tiling in :mod:`membrane_py.infer.tiling`.
+
+Integrity: the metadata also holds ``tensors_sha256``, the digest
+(:func:`membrane_py.train.checkpoint.tensors_sha256`) of every tensor stored in the graph:
+the initializers and the values of ``Constant`` nodes, each as name, numpy dtype, shape and
+raw bytes. Hashing decoded tensors rather than the serialised graph keeps the digest
+independent of how a protobuf library orders or encodes fields. Loading a model that carries
+the digest checks it (:class:`~membrane_py.train.checkpoint.CheckpointError` on mismatch).
 
 A model without that metadata (exported elsewhere) gets defaults: input ``x / 255``,
 softmax over the output channels (sigmoid when there is one channel), class names
@@ -18,7 +29,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +37,7 @@ import onnx
 import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
-from membrane_py.train.checkpoint import Checkpoint
+from membrane_py.train.checkpoint import Checkpoint, CheckpointError, tensors_sha256
 from membrane_py.train.device import pick_device
 
 METADATA_KEY = "membrane_py"
@@ -50,6 +61,7 @@ class OnnxModelInfo:
     architecture: dict | None = None
     mip: int = 0
     voxel_size: list[float] | None = None
+    tensors_sha256: str | None = None  # see the module docstring; None: not checked
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -95,10 +107,91 @@ def onnx_model(ck: Checkpoint, opset: int = 17) -> onnx.ModelProto:
                           opset_version=opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    model = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(model, {METADATA_KEY: OnnxModelInfo.from_checkpoint(ck).to_json()})
+    model = pad_to_multiple_in_graph(onnx.load_from_string(buf.getvalue()),
+                                     ck.model_config.multiple)
+    info = replace(OnnxModelInfo.from_checkpoint(ck), tensors_sha256=onnx_tensors_sha256(model))
+    onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
     model.doc_string = f"membrane-py U-Net, classes {', '.join(ck.class_names)}"
     return model
+
+
+def pad_to_multiple_in_graph(model: onnx.ModelProto, multiple: int) -> onnx.ModelProto:
+    """Wrap a single-input, single-output 4D graph so inputs of any height and width work:
+    pad H and W at the end up to ``multiple`` and slice the output back to H x W.
+    Without this, sides that are not multiples fail deep inside the graph (a Concat of
+    up-sampled and skip features of different sizes). The pad mirrors the image (reflect,
+    as the tiled engine pads); what reflection cannot cover on sides shorter than the pad
+    repeats the edge pixels."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inp, out = graph.input[0].name, graph.output[0].name
+    padded, full = f"{inp}_padded", f"{out}_full"
+    for node in graph.node:
+        node.input[:] = [padded if name == inp else name for name in node.input]
+        node.output[:] = [full if name == out else name for name in node.output]
+    consts = {"pad_m": [multiple], "pad_one": [1], "pad_hw_start": [2], "pad_hw_end": [4],
+              "pad_lead": [0, 0, 0, 0, 0, 0], "crop_start": [0, 0], "crop_axes": [2, 3]}
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), name)
+                             for name, v in consts.items())
+    node = helper.make_node
+    head = [
+        node("Shape", [inp], ["pad_shape"]),
+        node("Slice", ["pad_shape", "pad_hw_start", "pad_hw_end"], ["pad_hw"]),
+        node("Mod", ["pad_hw", "pad_m"], ["pad_rem"]),
+        node("Sub", ["pad_m", "pad_rem"], ["pad_short"]),
+        node("Mod", ["pad_short", "pad_m"], ["pad_need"]),  # (-side) mod multiple
+        node("Sub", ["pad_hw", "pad_one"], ["pad_mirror_max"]),  # reflect needs pad < side
+        node("Min", ["pad_need", "pad_mirror_max"], ["pad_mirror"]),
+        node("Sub", ["pad_need", "pad_mirror"], ["pad_rest"]),
+        node("Concat", ["pad_lead", "pad_mirror"], ["pad_pads_mirror"], axis=0),
+        node("Concat", ["pad_lead", "pad_rest"], ["pad_pads_rest"], axis=0),
+        node("Pad", [inp, "pad_pads_mirror"], ["pad_mirrored"], mode="reflect"),
+        node("Pad", ["pad_mirrored", "pad_pads_rest"], [padded], mode="edge"),
+    ]
+    crop = node("Slice", [full, "crop_start", "pad_hw", "crop_axes"], [out])
+    graph.CopyFrom(helper.make_graph(head + list(graph.node) + [crop], graph.name, graph.input,
+                                     graph.output, graph.initializer, graph.doc_string,
+                                     graph.value_info))
+    return model
+
+
+def onnx_tensors_sha256(model: onnx.ModelProto) -> str:
+    """Digest of the tensors a graph stores (initializers and ``Constant`` node values)."""
+    tensors = [(t.name, t) for t in model.graph.initializer]
+    tensors += [(node.output[0], a.t) for node in model.graph.node if node.op_type == "Constant"
+                for a in node.attribute if a.name == "value"]
+
+    def raw(t: onnx.TensorProto) -> tuple[str, tuple[int, ...], memoryview]:
+        a = np.ascontiguousarray(onnx.numpy_helper.to_array(t))
+        return str(a.dtype), a.shape, memoryview(a.reshape(-1).view(np.uint8))
+
+    return tensors_sha256((name, *raw(t)) for name, t in tensors)
+
+
+def read_onnx(model: str | Path | bytes) -> tuple[bytes, OnnxModelInfo | None]:
+    """The bytes of an ONNX model and its membrane-py metadata (None for models exported
+    elsewhere), with the tensor digest checked. Raises
+    :class:`~membrane_py.train.checkpoint.CheckpointError` for a file that is not a
+    readable ONNX model or whose tensors differ from the digest."""
+    label = "the ONNX model" if isinstance(model, bytes) else f"ONNX model {model}"
+    data = model_bytes(model)
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends for bad bytes
+        raise CheckpointError(f"{label} is not a readable ONNX model (truncated, damaged or "
+                              "another kind of file): re-copy or re-export it") from exc
+    if not proto.graph.node:
+        raise CheckpointError(f"{label} holds no graph (empty, truncated or another kind of "
+                              "file): re-copy or re-export it")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in meta:
+        return data, None
+    info = OnnxModelInfo.from_json(meta[METADATA_KEY])
+    if info.tensors_sha256 is not None and info.tensors_sha256 != onnx_tensors_sha256(proto):
+        raise CheckpointError(f"{label} is damaged: its weights do not match the digest "
+                              "stored at export; re-copy it or export it again")
+    return data, info
 
 
 def to_probabilities(out: np.ndarray, kind: str) -> np.ndarray:
@@ -128,7 +221,8 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers, self.device_type = _providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(model_bytes(model), opts, providers=providers)
+        data, info = read_onnx(model)
+        self.session = ort.InferenceSession(data, opts, providers=providers)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if inp.type != "tensor(float)" or len(inp.shape) != 4 or (
                 isinstance(inp.shape[1], int) and inp.shape[1] != 1):
@@ -141,9 +235,8 @@ class OnnxBackend:
         channels = out.shape[1] if len(out.shape) == 4 and isinstance(out.shape[1], int) \
             else self._probe_channels()
         self.n_classes = max(channels, 2)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY in meta:
-            self.info = OnnxModelInfo.from_json(meta[METADATA_KEY])
+        if info is not None:
+            self.info = info
         else:
             names = ["background", "foreground"] if channels == 1 else \
                 [f"class_{i + 1}" for i in range(channels)]

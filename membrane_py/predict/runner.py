@@ -26,6 +26,7 @@ from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.geometry import Box
 from membrane_py.infer.predictor import Predictor
 from membrane_py.jobs.spec import Result
+from membrane_py.predict.identity import claim_output
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.regions import plan_region
 from membrane_py.predict.writers import PredictionWriter, make_outputs
@@ -269,6 +270,7 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
                                        tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
         plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
         outputs = make_outputs(job, predictor.class_names)
+        stack.enter_context(claim_output(job, volume))  # refuses tiles of another job
         writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
                                   volume.voxel_size, job.pyramid, job.zarr)
         sections = plan.sections()

@@ -4,12 +4,19 @@ A checkpoint holds only plain Python types and tensors: the weights, the archite
 class names, the preprocessing prediction must repeat, the mip / voxel size / patch size
 trained at, the training history and config, lineage (what it was fine-tuned from), and the
 optimizer / scheduler state and epoch needed to resume.
+
+Integrity: :func:`save_checkpoint` stores ``weights_sha256``, the SHA-256 of a canonical byte
+serialisation of the weights (:func:`tensors_sha256`), and :func:`load_checkpoint` checks it,
+so a file damaged in transfer or storage fails loudly instead of predicting garbage.
+Checkpoints written before the digest existed load unchecked. Every reason a file cannot be
+used becomes one :class:`CheckpointError` whose message names the file and the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,15 @@ from membrane_py.models.unet import UNet, UNetConfig
 
 FORMAT = "membrane-py-checkpoint"
 VERSION = 1
+DIGEST_KEY = "weights_sha256"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used: damaged (weights differ from the stored digest,
+    truncated) or not a membrane-py model at all. The message is one line naming the file
+    and the fix, so a CLI can print it as is."""
 
 
 @dataclass
@@ -76,13 +92,37 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint; use plain types")
 
 
+def tensors_sha256(tensors: Iterable[tuple[str, str, tuple[int, ...], memoryview]]) -> str:
+    """SHA-256 of named tensors given as (name, dtype, shape, raw bytes), in name order.
+
+    Each tensor contributes a header line ``name, dtype, shape, byte count`` and then its
+    bytes, so neither a renamed, reshaped or retyped tensor nor shifted bytes go unnoticed.
+    Shared by checkpoints and exported ONNX models."""
+    digest = hashlib.sha256()
+    for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
+        digest.update(f"{name}\0{dtype}\0{list(shape)}\0{data.nbytes}\n".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """The digest :func:`save_checkpoint` stores: :func:`tensors_sha256` of the weights."""
+    def raw(t: torch.Tensor) -> memoryview:
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        return memoryview(flat.view(torch.uint8).numpy())
+
+    return tensors_sha256((k, str(v.dtype).removeprefix("torch."), tuple(v.shape), raw(v))
+                          for k, v in state_dict.items())
+
+
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
     payload = {
-        "format": FORMAT, "version": VERSION,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()},
+        "format": FORMAT, "version": VERSION, DIGEST_KEY: weights_sha256(weights),
+        "state_dict": weights,
         "model": _plain(ckpt.model), "class_names": list(ckpt.class_names),
         "preprocess": _plain(ckpt.preprocess), "mip": int(ckpt.mip),
         "voxel_size": [float(v) for v in ckpt.voxel_size], "patch_size": int(ckpt.patch_size),
@@ -105,16 +145,58 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _unreadable(path: Path) -> CheckpointError:
+    """Why ``torch.load`` could not read ``path``, judged from the file's first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        why = "is empty (an interrupted copy or save?): re-copy it or retrain"
+    elif path.suffix.lower() == ".onnx":
+        why = ("is an ONNX model, not a checkpoint: pass the .pt checkpoint it was exported "
+               "from (prediction also takes the .onnx with backend onnx)")
+    elif head.startswith(_ZIP_MAGIC):
+        why = "is truncated or damaged: re-copy it or retrain"
+    elif head.startswith(_PICKLE_MAGIC):
+        why = ("is a Python pickle holding objects other than tensors and plain data, not a "
+               "membrane-py checkpoint: pass a .pt file saved by membrane-py")
+    elif _is_text(head):
+        why = "is a text file, not a checkpoint: pass a .pt file saved by membrane-py"
+    else:
+        why = "is not a membrane-py checkpoint (unrecognised content): pass a .pt file saved " \
+              "by membrane-py"
+    return CheckpointError(f"checkpoint {path} {why}")
+
+
+def _is_text(head: bytes) -> bool:
+    """True when ``head`` decodes as UTF-8 made only of printable characters and spaces."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (safe: ``weights_only=True``)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (safe: ``weights_only=True``) and
+    check its weights against the stored digest. Raises :class:`CheckpointError` for any
+    file that is damaged or not a membrane-py checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    d = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        d = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch, pickle and zip raise a dozen types for bad bytes
+        raise _unreadable(path) from exc
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a membrane-py checkpoint (no format={FORMAT!r} key)")
+        raise CheckpointError(f"checkpoint {path} is a PyTorch file but not a membrane-py "
+                              f"checkpoint (no format={FORMAT!r} key): pass a .pt file saved "
+                              "by membrane-py")
     if d.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has checkpoint version {d['version']}; this membrane-py reads "
-                         f"up to {VERSION}: upgrade membrane-py")
+        raise CheckpointError(f"checkpoint {path} has version {d['version']}; this membrane-py "
+                              f"reads up to {VERSION}: upgrade membrane-py")
+    stored = d.get(DIGEST_KEY)
+    if stored is not None and stored != weights_sha256(d["state_dict"]):
+        raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the "
+                              "digest stored when it was saved; re-copy it or retrain")
     keys = Checkpoint.__dataclass_fields__
     return Checkpoint(**{k: v for k, v in d.items() if k in keys})

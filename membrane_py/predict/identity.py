@@ -1,0 +1,119 @@
+"""The identity of a prediction's tiles, so a rerun never mixes two models in one folder.
+
+Resuming trusts every complete tile already on disk. That is only right when the tiles came
+from the same job: the same model weights and the same options that decide their pixels.
+:func:`claim_output` records those in ``<out>/job_identity.json`` and refuses a rerun whose
+identity differs (:class:`JobMismatchError`, naming the fields), unless ``overwrite`` asks
+to replace the old tiles.
+
+Part of the identity (``pixels``): the model (SHA-256 of its weights, as the checkpoint or
+ONNX digests in :mod:`membrane_py.train.checkpoint` and :mod:`membrane_py.infer.onnx_backend`
+compute it), the source volume (its spec, or for VAST the layer number and name) and shape,
+and ``mip``, ``outputs``, ``prob_class``, ``tile``, ``chunk``, ``margin``, ``backend``,
+``device`` (precision differs between devices), ``skip_blank`` and ``blank_entropy``. Not
+part of it: options that change what is done but not the pixels (region, prefetch, pyramid,
+zarr, load_in_vast, layer_name, vast).
+
+An overwrite run marks the identity ``overwrite_pending`` until it finishes; an interrupted
+one leaves old and new tiles side by side, so only another overwrite run may continue it.
+A folder written before identities existed is adopted as is (its tiles cannot be checked).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from membrane_py.atomic import write_text_atomic
+from membrane_py.predict.job import PredictJob
+from membrane_py.vastapi.address import parse_vast_address
+from membrane_py.volumes.base import VolumeSource
+
+IDENTITY_FILE = "job_identity.json"
+FORMAT = "membrane-py-job-identity"
+VERSION = 1
+
+
+class JobMismatchError(ValueError):
+    """The output folder holds tiles of a different job; the message says which fields
+    differ and how to replace them."""
+
+
+def model_sha256(model: str | Path) -> str:
+    """SHA-256 of a model's weights: the checkpoint's weights digest, or for ``.onnx`` files
+    the digest of the tensors stored in the graph."""
+    if Path(model).suffix.lower() == ".onnx":
+        import onnx
+
+        from membrane_py.infer.onnx_backend import onnx_tensors_sha256
+
+        return onnx_tensors_sha256(onnx.load(str(model)))
+    from membrane_py.train.checkpoint import load_checkpoint, weights_sha256
+
+    return weights_sha256(load_checkpoint(model).state_dict)
+
+
+def pixel_identity(job: PredictJob, volume: VolumeSource) -> dict:
+    """Everything that decides the pixels of the job's tiles (see the module docstring)."""
+    if parse_vast_address(job.source) is not None:
+        source = f"VAST layer {job.layer} ({volume.name})"
+    else:
+        source = str(Path(job.source).resolve()) if Path(job.source).exists() else job.source
+    return {"model": model_sha256(job.checkpoint), "source": source,
+            "volume_shape": list(volume.shape), "mip": job.mip,
+            "outputs": sorted(set(job.outputs)), "prob_class": job.prob_class,
+            "tile": job.tile, "chunk": list(job.chunk), "margin": job.margin,
+            "backend": job.backend, "device": job.device, "skip_blank": job.skip_blank,
+            "blank_entropy": job.blank_entropy}
+
+
+def _write(path: Path, pixels: dict, checkpoint: str, pending: bool) -> None:
+    write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION,
+                                        "checkpoint": checkpoint, "overwrite_pending": pending,
+                                        "pixels": pixels}, indent=1) + "\n")
+
+
+def _differences(old: dict, new: dict, old_checkpoint: str, new_checkpoint: str) -> list[str]:
+    """One phrase per differing field; the model is named by file and short digest."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "model":
+            diffs.append(f"model {old_checkpoint} (weights {str(a)[:12]}) -> {new_checkpoint} "
+                         f"(weights {str(b)[:12]})")
+        else:
+            diffs.append(f"{key} {a!r} -> {b!r}")
+    return diffs
+
+
+@contextmanager
+def claim_output(job: PredictJob, volume: VolumeSource) -> Iterator[None]:
+    """Check ``job`` against the identity recorded in its output folder and record its own;
+    raise :class:`JobMismatchError` when they differ and ``job.overwrite`` is off. Wrap the
+    writing: an overwrite run stays marked pending unless the block completes."""
+    path = Path(job.out) / IDENTITY_FILE
+    pixels = pixel_identity(job, volume)
+    fix = "rerun with overwrite (--overwrite) to replace them, or write into another folder"
+    if path.is_file() and not job.overwrite:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            old_pixels, old_checkpoint = old["pixels"], old["checkpoint"]
+            pending = bool(old["overwrite_pending"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JobMismatchError(f"{path} is unreadable ({exc}), so the tiles in {job.out} "
+                                   f"cannot be matched to this job; {fix}") from exc
+        if pending:
+            raise JobMismatchError(f"an overwrite run into {job.out} was interrupted, so it "
+                                   f"holds tiles of two jobs; {fix}")
+        diffs = _differences(old_pixels, pixels, old_checkpoint, job.checkpoint)
+        if diffs:
+            raise JobMismatchError(f"{job.out} holds tiles of a different prediction "
+                                   f"({'; '.join(diffs)}); {fix}")
+    _write(path, pixels, job.checkpoint, pending=job.overwrite)
+    yield
+    if job.overwrite:
+        _write(path, pixels, job.checkpoint, pending=False)
