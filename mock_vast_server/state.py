@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from membrane_py.atomic import write_text_atomic
 from membrane_py.geometry import Box
+from membrane_py.vastapi.records import ANNO_RECORD, ANNO_USED, SEGMENT_RECORD, word_columns
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.skeletons import Skeleton, SkelNode, load_skeletons
 
@@ -45,14 +46,15 @@ STATE_VERSION = 1
 SEG_MAX_ID = 0xFFFF
 SLAB = 16  # sections per read when importing a label volume
 
-# Columns of a segment / annotation-object table row.
-FLAGS, COL1, COL2 = 0, 1, 2
-ANCHOR = slice(3, 6)
-PARENT, CHILD, PREV, NEXT, COLLAPSED = 6, 7, 8, 9, 10
-BBOX = slice(11, 17)
-SEG_COLS, ANNO_COLS = 17, 21
+# Columns of a segment / annotation-object table row: the words of the wire records, so the
+# two layouts share the first 17 columns.
+_COLUMNS = word_columns(SEGMENT_RECORD)
+FLAGS, COL1, COL2 = (_COLUMNS[f].start for f in ("flags", "col1", "col2"))
+ANCHOR, BBOX = _COLUMNS["anchor"], _COLUMNS["bbox"]
+PARENT, CHILD, PREV, NEXT, COLLAPSED = (
+    _COLUMNS[f].start for f in ("parent", "child", "prev", "next", "collapsednr"))
+SEG_COLS, ANNO_COLS = SEGMENT_RECORD.itemsize // 4, ANNO_RECORD.itemsize // 4
 SELECTED_FLAG = 1 << 16  # VastTools reads (flags >> 16) & 3 as the selection state
-ANNO_USED, ANNO_EXPANDED = 1 << 16, 1 << 24  # high 16 bits of word 0: bit0 isused, bit8 expanded
 
 
 class LayerKind(IntEnum):
