@@ -44,21 +44,10 @@ from membrane_py.vastapi.records import (
     records_from_words,
 )
 from membrane_py.vastapi.rle import rle_decode, rle_encode
+from mock_vast_server.layers import Layer, LayerKind, open_image
 from mock_vast_server.skeletons import SkelNode, dfs_order
-from mock_vast_server.state import (
-    ANCHOR,
-    BBOX,
-    COL1,
-    COL2,
-    FLAGS,
-    SELECTED_FLAG,
-    Layer,
-    LayerKind,
-    MockVast,
-    StateError,
-    new_segment_rows,
-    open_image,
-)
+from mock_vast_server.state import MockVast, StateError
+from mock_vast_server.tables import ANCHOR, BBOX, COL1, COL2, FLAGS, SELECTED_FLAG, new_segment_rows
 
 log = logging.getLogger("mock_vast_server")
 

@@ -22,7 +22,7 @@ from membrane_py.vastapi.protocol import (
     parse_header,
     split_reply,
 )
-from mock_vast_server.state import default_state_dir
+from mock_vast_server.persistence import default_state_dir
 
 READY_PREFIX = "mock_vast_server listening on "
 

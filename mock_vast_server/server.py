@@ -31,7 +31,8 @@ from membrane_py.vastapi.protocol import (
 )
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.commands import Bulk, dispatch
-from mock_vast_server.state import MockVast, StateError, default_state_dir
+from mock_vast_server.persistence import default_state_dir
+from mock_vast_server.state import MockVast, StateError
 
 log = logging.getLogger("mock_vast_server")
 

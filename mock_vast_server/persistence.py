@@ -1,0 +1,163 @@
+"""The state directory: everything a client changes survives a restart with the same one.
+
+Files: ``state.json`` (layer list, selections, view), ``seg_<uid>.npy`` (a memory-mapped
+uint16 volume per segmentation layer), ``segments_<uid>.json`` (its segment table) and
+``anno_<uid>.json`` (annotation objects and skeleton nodes). JSON files are written
+atomically (temporary file, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from membrane_py.atomic import write_text_atomic
+from membrane_py.volumes.base import VolumeSource
+from mock_vast_server.layers import (
+    KIND_SLOTS,
+    PROP_DEFAULTS,
+    AnnoLayer,
+    Layer,
+    LayerKind,
+    Selection,
+    open_image,
+)
+from mock_vast_server.tables import SEG_COLS, Table
+
+log = logging.getLogger("mock_vast_server")
+
+STATE_VERSION = 1
+
+
+def default_state_dir(volume: str, labels: str | None = None) -> Path:
+    """``$XDG_DATA_HOME/membrane-py/mock_vast/<name>-<hash>`` for a volume (and labels) spec."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+    def key(spec: str | None) -> str:
+        if spec is None:
+            return ""
+        p = Path(spec)
+        return str(p.resolve()) if p.exists() else spec
+
+    digest = hashlib.sha1(f"{key(volume)}|{key(labels)}".encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(volume.rstrip("/\\")).name or volume).strip("_")
+    return base / "membrane-py" / "mock_vast" / f"{name or 'volume'}-{digest}"
+
+
+def write_json_atomic(path: Path, doc: object) -> None:
+    write_text_atomic(path, json.dumps(doc))
+
+
+@dataclass
+class Meta:
+    """What ``state.json`` holds besides the volume shape: layers, selections, view."""
+
+    layers: list[Layer]
+    ui: Selection
+    api: Selection
+    api_enabled: int
+    view: list[int]
+    zoom: int
+
+
+class StateDir:
+    """Reads and writes one state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / "state.json"
+
+    def exists(self) -> bool:
+        """Whether a server has already saved state here."""
+        return self.meta_file.exists()
+
+    def _file(self, kind: str, layer: Layer, suffix: str) -> Path:
+        return self.path / f"{kind}_{layer.uid}.{suffix}"
+
+    # -- writing --
+
+    def save_meta(self, shape: tuple[int, int, int], meta: Meta) -> None:
+        def idx(layer: Layer | None) -> int:
+            return -1 if layer is None else meta.layers.index(layer)
+
+        doc = {
+            "version": STATE_VERSION,
+            "shape": list(shape),
+            "layers": [{"uid": la.uid, "kind": int(la.kind), "name": la.name, "source": la.source,
+                        "props": la.props} for la in meta.layers],
+            "ui": [idx(la) for la in meta.ui.slots()],
+            "api": [idx(la) for la in meta.api.slots()],
+            "api_enabled": meta.api_enabled,
+            "view": meta.view,
+            "zoom": meta.zoom,
+        }
+        write_json_atomic(self.meta_file, doc)
+
+    def create_seg(self, layer: Layer, shape: tuple[int, int, int]) -> np.ndarray:
+        """A new zeroed uint16 label volume for ``layer``, memory-mapped from its file."""
+        return open_memmap(self._file("seg", layer, "npy"), mode="w+", dtype=np.uint16,
+                           shape=shape)
+
+    def save_table(self, layer: Layer) -> None:
+        write_json_atomic(self._file("segments", layer, "json"), layer.segments.to_json())
+
+    def save_anno(self, layer: Layer) -> None:
+        write_json_atomic(self._file("anno", layer, "json"), layer.anno.to_json())
+
+    def remove(self, layer: Layer) -> None:
+        """Delete every file of a removed layer."""
+        for f in self.path.glob(f"*_{layer.uid}.*"):
+            f.unlink(missing_ok=True)
+
+    # -- restoring --
+
+    def restore(self, em: VolumeSource) -> Meta:
+        """Layers and selections saved here over ``em``; ValueError for another volume's state."""
+        doc = json.loads(self.meta_file.read_text())
+        if tuple(doc["shape"]) != tuple(em.shape):
+            raise ValueError(
+                f"state dir {self.path} belongs to a volume of shape {tuple(doc['shape'])}, "
+                f"not {em.shape} ({em.name}); pass another --state directory")
+        layers = []
+        for d in doc["layers"]:
+            layer = Layer(LayerKind(d["kind"]), d["name"], uid=d["uid"], source=d["source"],
+                          props={**PROP_DEFAULTS, **d["props"]})
+            if layer.kind is LayerKind.IMAGE:
+                if layer.source is None:
+                    layer.volume = em
+                else:
+                    try:
+                        layer.volume = open_image(layer.source)
+                    except Exception as exc:  # noqa: BLE001 - keep serving the rest
+                        log.warning("cannot reopen image layer %s (%s): %s; dropping it",
+                                    layer.name, layer.source, exc)
+                        continue
+            elif layer.kind is LayerKind.SEGMENTATION:
+                layer.seg = np.load(self._file("seg", layer, "npy"), mmap_mode="r+")
+                segdoc = json.loads(self._file("segments", layer, "json").read_text())
+                layer.segments = Table.from_json(segdoc, SEG_COLS)
+            elif layer.kind is LayerKind.ANNOTATION:
+                annodoc = json.loads(self._file("anno", layer, "json").read_text())
+                layer.anno = AnnoLayer.from_json(annodoc)
+            layers.append(layer)
+        by_uid = {la.uid: la for la in layers}
+        uids = [d["uid"] for d in doc["layers"]]
+        meta = Meta(layers, Selection(), Selection(), int(doc["api_enabled"]), list(doc["view"]),
+                    int(doc["zoom"]))
+        for sel, key in ((meta.ui, "ui"), (meta.api, "api")):
+            for slot, i in zip(("selected", *KIND_SLOTS.values()), doc[key], strict=True):
+                setattr(sel, slot, by_uid.get(uids[i]) if i >= 0 else None)
+        log.info("restored %d layers from %s", len(layers), self.path)
+        return meta
