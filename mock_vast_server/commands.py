@@ -351,30 +351,30 @@ def get_segment_name(s: MockVast, i: int) -> Reply:
 
 @command(Cmd.SETANCHORPOINT, "uuuu")
 def set_anchor_point(s: MockVast, i: int, x: int, y: int, z: int) -> None:
-    la, rec = _segment(s, i, allow_background=False)
-    rec[i, ANCHOR] = [x, y, z]
-    s.save_layer(la)
+    la, _ = _segment(s, i, allow_background=False)
+    la.segments.set(i, ANCHOR, [x, y, z])
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTNAME, "ut")
 def set_segment_name(s: MockVast, i: int, name: str) -> None:
     la, _ = _segment(s, i)
-    la.segments.names[i] = name
-    s.save_layer(la)
+    la.segments.rename(i, name)
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTCOLOR, "uuu")
 def set_segment_color(s: MockVast, i: int, col1: int, col2: int) -> None:
-    la, rec = _segment(s, i)
-    rec[i, COL1], rec[i, COL2] = col1, col2
-    s.save_layer(la)
+    la, _ = _segment(s, i)
+    la.segments.set(i, [COL1, COL2], [col1, col2])
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTBBOX, "uuuuuuu")
 def set_segment_bbox(s: MockVast, i: int, *box: int) -> None:
-    la, rec = _segment(s, i, allow_background=False)
-    rec[i, BBOX] = box
-    s.save_layer(la)
+    la, _ = _segment(s, i, allow_background=False)
+    la.segments.set(i, BBOX, box)
+    s.segments_changed(la)
 
 
 @command(Cmd.GETALLSEGMENTDATA)
@@ -416,7 +416,7 @@ def add_segment(s: MockVast, ref: int, as_child: int, name: str) -> Reply:
     i = len(table)
     table.append(new_segment_rows(np.array([i])), [name])
     table.link(i, ref, bool(as_child) and ref != 0)
-    s.save_layer(la)
+    s.segments_changed(la)
     return [u32(i)]
 
 
@@ -428,7 +428,7 @@ def move_segment(s: MockVast, i: int, ref: int, as_child: int) -> None:
         raise StateError(14, f"cannot move segment {i} below itself ({ref})")
     la.segments.unlink(i)
     la.segments.link(i, ref, bool(as_child) and ref != 0)
-    s.save_layer(la)
+    s.segments_changed(la)
 
 
 # --- voxel data ------------------------------------------------------------------------

@@ -79,8 +79,8 @@ class AnnoLayer:
         if not nodes:
             return
         xyz = np.array([(n.x, n.y, n.z) for n in nodes], dtype=np.int64)
-        self.table.rec[i, ANCHOR] = xyz[0]
-        self.table.rec[i, BBOX] = np.concatenate([xyz.min(0), xyz.max(0)])
+        self.table.set(i, ANCHOR, xyz[0])
+        self.table.set(i, BBOX, np.concatenate([xyz.min(0), xyz.max(0)]))
 
     def to_json(self) -> dict:
         return {

@@ -1,9 +1,18 @@
 """The state directory: everything a client changes survives a restart with the same one.
 
 Files: ``state.json`` (layer list, selections, view), ``seg_<uid>.npy`` (a memory-mapped
-uint16 volume per segmentation layer), ``segments_<uid>.json`` (its segment table) and
-``anno_<uid>.json`` (annotation objects and skeleton nodes). JSON files are written
-atomically (temporary file, then ``os.replace``).
+uint16 volume per segmentation layer), ``segments_<uid>.json`` (a snapshot of its segment
+table) with ``segments_<uid>.journal``, and ``anno_<uid>.json`` (annotation objects and
+skeleton nodes). JSON files are written atomically (temporary file, then ``os.replace``).
+
+Segment tables change one or a few rows per command (ADDSEGMENT, SETSEGMENTNAME, painting),
+and rewriting the whole table each time made a call cost grow with the table. Instead, each
+command appends one JSON line with the table length and the changed rows (words and name) to
+the journal before its reply is sent; restoring replays the lines over the snapshot. Lines
+hold absolute row contents, so replaying one twice is harmless, and a line cut short by a
+crash is the last one and is skipped. The journal is folded into the snapshot on SAVELAYER,
+on shutdown, after a restore, and when it outgrows :data:`JOURNAL_MIN_COMPACT` and twice
+the snapshot, so its size (and replay time) stays bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from mock_vast_server.tables import SEG_COLS, Table
 log = logging.getLogger("mock_vast_server")
 
 STATE_VERSION = 1
+JOURNAL_MIN_COMPACT = 4 << 20  # bytes; below this a journal is never compacted early
 
 
 def default_state_dir(volume: str, labels: str | None = None) -> Path:
@@ -111,7 +121,46 @@ class StateDir:
                            shape=shape)
 
     def save_table(self, layer: Layer) -> None:
+        """Snapshot ``layer``'s whole segment table and drop its journal."""
+        layer.segments.take_touched()
         write_json_atomic(self._file("segments", layer, "json"), layer.segments.to_json())
+        self._file("segments", layer, "journal").unlink(missing_ok=True)
+
+    def journal_table(self, layer: Layer) -> None:
+        """Append the segment rows changed since the last save to the layer's journal."""
+        table = layer.segments
+        ids = table.take_touched()
+        if not ids:
+            return
+        line = json.dumps({"n": len(table), "rows": [[i, table.names[i], table.rec[i].tolist()]
+                                                     for i in ids]}) + "\n"
+        journal = self._file("segments", layer, "journal")
+        with journal.open("a", encoding="utf-8") as f:
+            f.write(line)
+            size = f.tell()
+        snapshot = self._file("segments", layer, "json").stat().st_size
+        if size > max(JOURNAL_MIN_COMPACT, 2 * snapshot):
+            self.save_table(layer)
+
+    def _read_table(self, layer: Layer) -> Table:
+        """The snapshot of ``layer``'s segment table with its journal replayed."""
+        table = Table.from_json(json.loads(self._file("segments", layer, "json").read_text()),
+                                SEG_COLS)
+        journal = self._file("segments", layer, "journal")
+        if not journal.exists():
+            return table
+        lines = journal.read_text(encoding="utf-8").splitlines()
+        for k, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                if k == len(lines) - 1:  # cut short by a crash mid-write: never acknowledged
+                    log.warning("%s: skipping a truncated last line", journal)
+                    break
+                raise ValueError(f"{journal}: line {k + 1} is corrupt") from None
+            table.set_rows(entry["n"], {i: (words, name) for i, name, words in entry["rows"]})
+        log.info("replayed %d segment-table changes from %s", len(lines), journal)
+        return table
 
     def save_anno(self, layer: Layer) -> None:
         write_json_atomic(self._file("anno", layer, "json"), layer.anno.to_json())
@@ -146,8 +195,8 @@ class StateDir:
                         continue
             elif layer.kind is LayerKind.SEGMENTATION:
                 layer.seg = np.load(self._file("seg", layer, "npy"), mmap_mode="r+")
-                segdoc = json.loads(self._file("segments", layer, "json").read_text())
-                layer.segments = Table.from_json(segdoc, SEG_COLS)
+                layer.segments = self._read_table(layer)
+                self.save_table(layer)
             elif layer.kind is LayerKind.ANNOTATION:
                 annodoc = json.loads(self._file("anno", layer, "json").read_text())
                 layer.anno = AnnoLayer.from_json(annodoc)

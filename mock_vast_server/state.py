@@ -160,6 +160,10 @@ class MockVast:
             self.store.save_anno(layer)
         self.save_meta()
 
+    def segments_changed(self, layer: Layer) -> None:
+        """Persist the rows of ``layer``'s segment table changed by the current command."""
+        self.store.journal_table(layer)
+
     def _restore(self) -> None:
         meta = self.store.restore(self.em)
         self.layers, self.ui, self.api = meta.layers, meta.ui, meta.api
@@ -170,6 +174,7 @@ class MockVast:
             for layer in self.layers:
                 if layer.seg is not None:
                     layer.seg.flush()
+                    self.store.save_table(layer)
 
     # -- layer access --
 
@@ -263,7 +268,7 @@ class MockVast:
         layer.seg[full.slices()] = up
         layer.seg.flush()
         self._note_painted(layer, mip, box, block)
-        self.store.save_table(layer)
+        self.segments_changed(layer)
 
     def _note_painted(self, layer: Layer, mip: int, box: Box, block: np.ndarray) -> None:
         """Extend the segment table with new ids and grow bounding boxes to cover the paint."""
@@ -283,12 +288,12 @@ class MockVast:
             hi = [(box.x0 + x.stop) * f - 1, (box.y0 + y.stop) * f - 1, box.z0 + z.stop - 1]
             bb = table.rec[i, BBOX]
             if bb[0] < 0:
-                table.rec[i, BBOX] = lo + hi
+                table.set(i, BBOX, lo + hi)
                 x, y, z = anchor_in(block, sl, i)
-                table.rec[i, ANCHOR] = [(box.x0 + x) * f, (box.y0 + y) * f, box.z0 + z]
+                table.set(i, ANCHOR, [(box.x0 + x) * f, (box.y0 + y) * f, box.z0 + z])
             else:
-                table.rec[i, BBOX] = np.concatenate([np.minimum(bb[:3], lo),
-                                                     np.maximum(bb[3:], hi)])
+                table.set(i, BBOX, np.concatenate([np.minimum(bb[:3], lo),
+                                                   np.maximum(bb[3:], hi)]))
 
     def set_translation(self, pairs: np.ndarray) -> None:
         if pairs.size == 0:

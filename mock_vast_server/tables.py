@@ -10,7 +10,7 @@ Hierarchy links (parent, child, prev, next) are row ids, 0 = none.
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -40,17 +40,48 @@ def segment_color(i: int) -> int:
 
 @dataclass
 class Table:
-    """Rows of records (int64) plus names; row ids are the VAST segment / object numbers."""
+    """Rows of records (int64) plus names; row ids are the VAST segment / object numbers.
+
+    Every change goes through a method that records the row in ``touched``, so persistence
+    can journal just the changed rows (:meth:`take_touched`) instead of the whole table.
+    """
 
     rec: np.ndarray
     names: list[str]
+    touched: set[int] = field(default_factory=set, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def append(self, rows: np.ndarray, names: list[str]) -> None:
+        start = len(self.names)
         self.rec = np.concatenate([self.rec, rows.astype(np.int64)])
         self.names.extend(names)
+        self.touched.update(range(start, len(self.names)))
+
+    def set(self, i: int | np.ndarray, cols: int | slice, value: object) -> None:
+        """Assign ``rec[i, cols] = value`` and note the row(s) as changed."""
+        self.rec[i, cols] = value
+        self.touched.update(np.atleast_1d(i).tolist())
+
+    def rename(self, i: int, name: str) -> None:
+        self.names[i] = name
+        self.touched.add(i)
+
+    def set_rows(self, n: int, rows: dict[int, tuple[list[int], str]]) -> None:
+        """Grow the table to ``n`` rows (blank rows, no names) and replace whole ``rows``."""
+        if n > len(self):
+            self.append(np.zeros((n - len(self), self.rec.shape[1]), np.int64),
+                        [""] * (n - len(self)))
+        for i, (words, name) in rows.items():
+            self.set(i, slice(None), words)
+            self.rename(i, name)
+
+    def take_touched(self) -> list[int]:
+        """The rows changed since the last call, sorted; forgets them."""
+        ids = sorted(self.touched)
+        self.touched.clear()
+        return ids
 
     def first_top(self, exclude: int = 0, limit: int | None = None) -> int:
         """The first top-level row (parent 0, no previous sibling) below ``limit``, else 0."""
@@ -62,20 +93,29 @@ class Table:
         hits = np.flatnonzero(top)
         return int(hits[0]) if hits.size else 0
 
+    def last_child(self, parent: int, exclude: int = 0, limit: int | None = None) -> int:
+        """The end of ``parent``'s child chain (the top level for 0) below ``limit``, else 0.
+
+        Found in one vectorised pass (the row of that parent with no next sibling) rather
+        than by walking the chain, so appending to a long flat list stays cheap.
+        """
+        rec = self.rec[:limit]
+        ends = (rec[:, PARENT] == parent) & (rec[:, NEXT] == 0)
+        ends[0] = False
+        if exclude < len(ends):
+            ends[exclude] = False
+        hits = np.flatnonzero(ends)
+        return int(hits[-1]) if hits.size else 0
+
     def append_top(self, ids: np.ndarray) -> None:
         """Chain new rows ``ids`` (consecutive, already appended) after the last top-level row."""
-        last = self._last_sibling(self.first_top(limit=int(ids[0])))
+        last = self.last_child(0, limit=int(ids[0]))
         chain = np.concatenate([[last], ids, [0]])
-        self.rec[ids, PREV] = chain[:-2]
-        self.rec[ids, NEXT] = chain[2:]
-        self.rec[ids, PARENT] = 0
+        self.set(ids, PREV, chain[:-2])
+        self.set(ids, NEXT, chain[2:])
+        self.set(ids, PARENT, 0)
         if last:
-            self.rec[last, NEXT] = ids[0]
-
-    def _last_sibling(self, first: int) -> int:
-        while first and self.rec[first, NEXT]:
-            first = int(self.rec[first, NEXT])
-        return first
+            self.set(last, NEXT, ids[0])
 
     def is_ancestor(self, a: int, b: int) -> bool:
         """Whether ``a`` is ``b`` or one of its ancestors."""
@@ -89,29 +129,30 @@ class Table:
         """Put row ``i`` as last child of ``ref``, after sibling ``ref``, or at the end (ref 0)."""
         r = self.rec
         if ref and not as_child:
-            r[i, PARENT], r[i, PREV], r[i, NEXT] = r[ref, PARENT], ref, r[ref, NEXT]
-            if r[ref, NEXT]:
-                r[r[ref, NEXT], PREV] = i
-            r[ref, NEXT] = i
+            nxt = int(r[ref, NEXT])
+            self.set(i, [PARENT, PREV, NEXT], [r[ref, PARENT], ref, nxt])
+            if nxt:
+                self.set(nxt, PREV, i)
+            self.set(ref, NEXT, i)
             return
         parent = ref if as_child else 0
-        last = self._last_sibling(int(r[parent, CHILD]) if parent else self.first_top(exclude=i))
-        r[i, PARENT], r[i, PREV], r[i, NEXT] = parent, last, 0
+        last = self.last_child(parent, exclude=i)
+        self.set(i, [PARENT, PREV, NEXT], [parent, last, 0])
         if last:
-            r[last, NEXT] = i
+            self.set(last, NEXT, i)
         elif parent:
-            r[parent, CHILD] = i
+            self.set(parent, CHILD, i)
 
     def unlink(self, i: int) -> None:
         r = self.rec
         prev, nxt, parent = int(r[i, PREV]), int(r[i, NEXT]), int(r[i, PARENT])
         if prev:
-            r[prev, NEXT] = nxt
+            self.set(prev, NEXT, nxt)
         elif parent:
-            r[parent, CHILD] = nxt
+            self.set(parent, CHILD, nxt)
         if nxt:
-            r[nxt, PREV] = prev
-        r[i, PARENT] = r[i, PREV] = r[i, NEXT] = 0
+            self.set(nxt, PREV, prev)
+        self.set(i, [PARENT, PREV, NEXT], 0)
 
     def to_json(self) -> dict:
         return {"rec": self.rec.tolist(), "names": self.names}
