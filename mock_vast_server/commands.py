@@ -55,6 +55,9 @@ API_VERSION = 1
 CUBE_SIZE = 16
 
 _TAGS = {"u": Tag.UINT32, "i": Tag.INT32, "d": Tag.DOUBLE, "t": Tag.TEXT, "b": Tag.BLOCK}
+#: Letter of every tag a request may carry, for error messages (``q``: uint64, which no
+#: command takes as a parameter).
+_LETTERS = {tag: letter for letter, tag in _TAGS.items()} | {Tag.UINT64: "q"}
 
 
 @dataclass
@@ -104,7 +107,7 @@ def dispatch(state: MockVast, cmd: int, values: list[Value]) -> Reply:
     if entry.raw:
         return entry.fn(state, values)
     if not any(_matches(values, s) for s in entry.signatures):
-        got = "".join(next(k for k, t in _TAGS.items() if t is v.tag) for v in values)
+        got = "".join(_LETTERS[v.tag] for v in values)
         raise StateError(3, f"command {cmd} expects parameters {' or '.join(entry.signatures)!r}, "
                             f"got {got!r}")
     args = [v.value for v in values]

@@ -20,6 +20,7 @@ from membrane_py.vastapi.protocol import (
     pack_box,
     text,
     u32,
+    u64,
 )
 from membrane_py.vastapi.rle import rle_decode, rle_encode
 from membrane_py.volumes import open_volume
@@ -298,3 +299,17 @@ def test_load_layer_vsvi_reads_back_identical(sock, tmp_path, em):
     assert got == em.read(box).tobytes()
     call(sock, Cmd.REMOVELAYER, [u32(nr), u32(1)])
     assert error(sock, Cmd.GETLAYERINFO, [u32(call(sock, Cmd.GETNROFLAYERS).uints[0])]) == 30
+
+
+@pytest.mark.parametrize(
+    "params",
+    [[u64(0)], [u32(0), u64(1)],
+     [u32(1 << 0), u32(0), u64(1)]],  # SETLAYERINFO "editable" sent as a uint64
+    ids=["alone", "extra", "setlayerinfo"],
+)
+def test_uint64_parameters_are_a_clean_parameter_error(vast_server, sock, params):
+    cmd = Cmd.SETLAYERINFO if len(params) == 3 else Cmd.GETLAYERINFO
+    assert error(sock, cmd, params) == 3
+    assert call(sock, Cmd.GETINFO).uints[0] == 256
+    assert "Traceback" not in vast_server.stderr
+    assert "error 3" in vast_server.stderr.splitlines()[-1]
