@@ -13,6 +13,11 @@ hold absolute row contents, so replaying one twice is harmless, and a line cut s
 crash is the last one and is skipped. The journal is folded into the snapshot on SAVELAYER,
 on shutdown, after a restore, and when it outgrows :data:`JOURNAL_MIN_COMPACT` and twice
 the snapshot, so its size (and replay time) stays bounded.
+
+Only one server may use a state directory at a time (two would overwrite each other's
+files): :class:`StateLock` holds an operating-system lock on ``server.lock`` for the life
+of the server. The operating system drops the lock when the process ends, however it ends
+(SIGKILL included), so a crashed server never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +50,10 @@ from mock_vast_server.tables import SEG_COLS, Table
 log = logging.getLogger("mock_vast_server")
 
 STATE_VERSION = 1
+LOCK_NAME = "server.lock"
+#: The locked byte lies past the pid text: Windows locks are mandatory, and the second
+#: server must still be able to read whom it is waiting for.
+LOCK_OFFSET = 1 << 16
 JOURNAL_MIN_COMPACT = 4 << 20  # bytes; below this a journal is never compacted early
 
 
@@ -66,6 +76,63 @@ def write_json_atomic(path: Path, doc: object) -> None:
     write_text_atomic(path, json.dumps(doc))
 
 
+class StateDirBusy(OSError):
+    """Another running server holds the state directory."""
+
+
+class StateLock:
+    """An exclusive lock on a state directory (``flock`` on POSIX, ``msvcrt`` on Windows).
+
+    The lock file holds the owner's pid, so a refused server can say which one is running.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_NAME
+        self._file = self.path.open("a+", encoding="ascii")
+        try:
+            _lock(self._file)
+        except OSError:
+            self._file.seek(0)
+            owner = self._file.read(64).strip() or "unknown"
+            self._file.close()
+            raise StateDirBusy(f"state dir {directory} is in use by another mock_vast_server "
+                               f"(pid {owner}); stop that server or pass another --state "
+                               f"directory") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    @property
+    def held(self) -> bool:
+        return not self._file.closed
+
+    def release(self) -> None:
+        if self.held:
+            _unlock(self._file)
+            self._file.close()
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _lock(f) -> None:
+        f.seek(LOCK_OFFSET)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(f) -> None:
+        f.seek(LOCK_OFFSET)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass
 class Meta:
     """What ``state.json`` holds besides the volume shape: layers, selections, view."""
@@ -79,11 +146,20 @@ class Meta:
 
 
 class StateDir:
-    """Reads and writes one state directory."""
+    """Reads and writes one state directory, which it locks until :meth:`close`."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = StateLock(self.path)
+
+    @property
+    def closed(self) -> bool:
+        return not self.lock.held
+
+    def close(self) -> None:
+        """Let another server use the directory."""
+        self.lock.release()
 
     @property
     def meta_file(self) -> Path:

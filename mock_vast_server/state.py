@@ -170,11 +170,15 @@ class MockVast:
         self.api_enabled, self.view, self.zoom = meta.api_enabled, meta.view, meta.zoom
 
     def close(self) -> None:
+        """Flush every layer, fold the journals into snapshots, and unlock the state dir."""
         with self.lock:
+            if self.store.closed:
+                return
             for layer in self.layers:
                 if layer.seg is not None:
                     layer.seg.flush()
                     self.store.save_table(layer)
+            self.store.close()
 
     # -- layer access --
 

@@ -1,4 +1,4 @@
-"""Segment-table persistence through the journal: cheap per call, complete after SIGKILL."""
+"""The state directory of real server processes: journaled segment tables, one server per dir."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from membrane_py.vastapi.protocol import Cmd, Grouped, decode_values, i32, text, u32
 from mock_vast_server.launch import raw_request, start_server
@@ -97,3 +98,23 @@ def test_adding_segments_appends_instead_of_rewriting(tmp_path):
         assert not journal.exists()
         assert len(json.loads(snapshot.read_text())["names"]) == 121
         s.close()
+
+
+def test_second_server_on_the_same_state_dir_is_refused(tmp_path):
+    state = tmp_path / "state"
+    with start_server(SPEC, state_dir=state) as first:
+        with pytest.raises(RuntimeError, match="exited with code 2") as info:
+            start_server(SPEC, state_dir=state)
+        last = str(info.value).strip().splitlines()[-1]
+        assert str(state) in last and f"pid {first.proc.pid}" in last
+        assert "Traceback" not in str(info.value)
+        s = first.connect()
+        assert call(s, Cmd.GETNROFLAYERS).uints  # the first one keeps serving
+        s.close()
+        first.proc.kill()  # a crash leaves the lock file, but no lock
+        first.proc.wait()
+    with start_server(SPEC, state_dir=state) as again:
+        s = again.connect()
+        assert call(s, Cmd.GETNROFLAYERS).uints
+        s.close()
+    assert (state / "server.lock").read_text().strip() == str(again.proc.pid)
