@@ -44,7 +44,7 @@ from membrane_py.vastapi.records import (
     records_from_words,
 )
 from membrane_py.vastapi.rle import rle_decode, rle_encode
-from mock_vast_server.layers import Layer, LayerKind, open_image
+from mock_vast_server.layers import Layer, LayerKind, LoadRefused
 from mock_vast_server.skeletons import SkelNode, dfs_order
 from mock_vast_server.state import MockVast, StateError
 from mock_vast_server.tables import ANCHOR, BBOX, COL1, COL2, FLAGS, SELECTED_FLAG, new_segment_rows
@@ -280,7 +280,10 @@ def load_layer(s: MockVast, ref: int, filename: str) -> Reply:
     if ref >= len(s.layers):
         raise StateError(30, f"reference layer {ref} does not exist")
     try:
-        volume = open_image(filename)
+        volume = s.load_policy.open(filename)
+    except LoadRefused as exc:
+        log.warning("LOADLAYER refused: %s", exc)
+        raise StateError(32, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure is a failed layer load
         log.error("LOADLAYER %s failed: %s", filename, exc)
         raise StateError(32, f"cannot open {filename}: {exc}") from exc

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 
 import numpy as np
 
@@ -144,8 +146,56 @@ class Selection:
         return [self.selected, self.em, self.anno, self.seg, self.tool]
 
 
-def open_image(spec: str) -> VolumeSource:
-    """An image volume for LOADLAYER / restored layers (H1's open_volume)."""
-    from membrane_py.volumes import open_volume
+#: Largest synthetic volume LOADLAYER generates (voxels); it is built in memory, about
+#: 8 bytes per voxel while loaded.
+MAX_SYNTHETIC_VOXELS = 1 << 24
 
-    return open_volume(spec)
+
+class LoadRefused(ValueError):
+    """LOADLAYER named something this server will not open."""
+
+
+def open_image(spec: str) -> VolumeSource:
+    """An image volume for LOADLAYER / restored layers, owned by the caller alone.
+
+    ``open_volume`` memoises synthetic volumes; the memo is cleared so that a removed
+    layer's arrays are freed with the layer.
+    """
+    from membrane_py.volumes import open_volume
+    from membrane_py.volumes.synthetic import synthetic_volumes
+
+    try:
+        return open_volume(spec)
+    finally:
+        synthetic_volumes.cache_clear()
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What LOADLAYER may open: files under ``roots`` (the served volume's directory, the
+    state dir, ``--allow-load`` directories) and synthetic volumes up to a size.
+
+    Without it, one small request could read any image the server's user can read, or make
+    the server allocate gigabytes.
+    """
+
+    roots: tuple[Path, ...]
+    max_synthetic_voxels: int = MAX_SYNTHETIC_VOXELS
+
+    def open(self, spec: str) -> VolumeSource:
+        """The volume of ``spec``; LoadRefused when the policy forbids it."""
+        from membrane_py.volumes.open import _parse_synthetic, _split_inner
+
+        if spec == "synthetic" or spec.startswith("synthetic:"):
+            shape, _ = _parse_synthetic(spec)
+            if math.prod(shape) > self.max_synthetic_voxels:
+                raise LoadRefused(f"{spec}: {math.prod(shape)} voxels exceed the limit of "
+                                  f"{self.max_synthetic_voxels} for a synthetic layer")
+        else:
+            path = _split_inner(spec)[0].resolve()
+            if not any(path.is_relative_to(root) for root in self.roots):
+                raise LoadRefused(
+                    f"{spec} is outside the directories layers may be loaded from "
+                    f"({', '.join(map(str, self.roots))}); start the server with "
+                    f"--allow-load DIR to add one")
+        return open_image(spec)

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,6 @@ from mock_vast_server.layers import (
     Layer,
     LayerKind,
     Selection,
-    open_image,
 )
 from mock_vast_server.tables import SEG_COLS, Table
 
@@ -248,8 +248,11 @@ class StateDir:
 
     # -- restoring --
 
-    def restore(self, em: VolumeSource) -> Meta:
-        """Layers and selections saved here over ``em``; ValueError for another volume's state."""
+    def restore(self, em: VolumeSource, open_image: Callable[[str], VolumeSource]) -> Meta:
+        """Layers and selections saved here over ``em``; ValueError for another volume's state.
+
+        Loaded image layers are reopened with ``open_image`` (a layer it refuses is dropped).
+        """
         doc = json.loads(self.meta_file.read_text())
         if tuple(doc["shape"]) != tuple(em.shape):
             raise ValueError(

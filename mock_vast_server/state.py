@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy import ndimage
 
 from membrane_py.geometry import Box
 from membrane_py.volumes.base import VolumeSource
-from mock_vast_server.layers import AnnoLayer, Layer, LayerKind, Selection
+from mock_vast_server.layers import AnnoLayer, Layer, LayerKind, LoadPolicy, Selection
 from mock_vast_server.persistence import Meta, StateDir, default_state_dir
 from mock_vast_server.skeletons import load_skeletons
 from mock_vast_server.tables import (
@@ -56,7 +57,9 @@ class MockVast:
         skeletons: Path | None = None,
         state_dir: Path | None = None,
         max_bytes: int = 1 << 30,
+        allow_load: Sequence[Path] = (),
     ) -> None:
+        """``allow_load``: directories LOADLAYER may read besides the state dir."""
         self.em = em
         self.max_bytes = int(max_bytes)
         self.lock = threading.RLock()
@@ -65,6 +68,8 @@ class MockVast:
         self.store = StateDir(Path(state_dir))
         self.state_dir = self.store.path
         log.info("state dir: %s", self.state_dir)
+        self.load_policy = LoadPolicy(tuple(Path(d).resolve()
+                                            for d in (self.state_dir, *allow_load)))
         self.layers: list[Layer] = []
         self.ui = Selection()
         self.api = Selection()
@@ -165,7 +170,7 @@ class MockVast:
         self.store.journal_table(layer)
 
     def _restore(self) -> None:
-        meta = self.store.restore(self.em)
+        meta = self.store.restore(self.em, self.load_policy.open)
         self.layers, self.ui, self.api = meta.layers, meta.ui, meta.api
         self.api_enabled, self.view, self.zoom = meta.api_enabled, meta.view, meta.zoom
 
