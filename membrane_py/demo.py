@@ -99,7 +99,8 @@ def run_demo(cfg: DemoConfig, progress: ProgressCallback | None = None) -> DemoR
     t0 = time.perf_counter()
     checkpoint = train_demo_model(cfg, progress)
     train_seconds = time.perf_counter() - t0
-    with start_server(volume=cfg.volume, state_dir=out / "server_state") as server, \
+    with start_server(volume=cfg.volume, state_dir=out / "server_state",
+                      allow_load=[out]) as server, \
             VastClient(server.host, server.port) as client:
         job = PredictJob(checkpoint=str(checkpoint), source=f"vast://{server.host}:{server.port}",
                          out=str(out / "prediction"), layer_name="membrane-py demo prediction",

@@ -23,42 +23,41 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from membrane_py.vastapi.protocol import Cmd, Tag, Value, f64, i32, text, u32, u64
-from membrane_py.vastapi.rle import rle_decode, rle_encode
-from mock_vast_server.skeletons import SkelNode, dfs_order
-from mock_vast_server.state import (
-    ANCHOR,
-    BBOX,
-    CHILD,
-    COL1,
-    COL2,
-    COLLAPSED,
-    FLAGS,
-    NEXT,
-    PARENT,
-    PREV,
-    SELECTED_FLAG,
-    Layer,
-    LayerKind,
-    MockVast,
-    StateError,
-    new_segment_rows,
-    open_image,
+from membrane_py.vastapi.records import (
+    ANNO_RECORD,
+    MIP_FACTORS_RECORD,
+    NODE_RECORD,
+    NONE32,
+    SEGMENT_RECORD,
+    LayerInfo,
+    SegmentData,
+    SelectedLayers,
+    VastInfo,
+    encode_counted,
+    encode_names,
+    records_from_words,
 )
+from membrane_py.vastapi.rle import rle_decode, rle_encode
+from mock_vast_server.layers import Layer, LayerKind, LoadRefused
+from mock_vast_server.skeletons import SkelNode, dfs_order
+from mock_vast_server.state import MockVast, StateError
+from mock_vast_server.tables import ANCHOR, BBOX, COL1, COL2, FLAGS, SELECTED_FLAG, new_segment_rows
 
 log = logging.getLogger("mock_vast_server")
 
 API_VERSION = 1
 CUBE_SIZE = 16
-NONE = 0xFFFFFFFF
 
 _TAGS = {"u": Tag.UINT32, "i": Tag.INT32, "d": Tag.DOUBLE, "t": Tag.TEXT, "b": Tag.BLOCK}
+#: Letter of every tag a request may carry, for error messages (``q``: uint64, which no
+#: command takes as a parameter).
+_LETTERS = {tag: letter for letter, tag in _TAGS.items()} | {Tag.UINT64: "q"}
 
 
 @dataclass
@@ -108,7 +107,7 @@ def dispatch(state: MockVast, cmd: int, values: list[Value]) -> Reply:
     if entry.raw:
         return entry.fn(state, values)
     if not any(_matches(values, s) for s in entry.signatures):
-        got = "".join(next(k for k, t in _TAGS.items() if t is v.tag) for v in values)
+        got = "".join(_LETTERS[v.tag] for v in values)
         raise StateError(3, f"command {cmd} expects parameters {' or '.join(entry.signatures)!r}, "
                             f"got {got!r}")
     args = [v.value for v in values]
@@ -120,18 +119,13 @@ def dispatch(state: MockVast, cmd: int, values: list[Value]) -> Reply:
     return [] if reply is None else reply
 
 
-def _counted(rows: np.ndarray) -> Bulk:
-    """u32 N followed by the N rows of a 2D array, as u32 words."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty(1 + rows.size, dtype="<u4")
-    out[0] = len(rows)
-    out[1:] = (rows & 0xFFFFFFFF).ravel()
-    return Bulk(out)
+def _counted(rows: np.ndarray, layout: np.dtype) -> Bulk:
+    """u32 N followed by N records of ``layout`` made from int64 rows of its words."""
+    return Bulk(encode_counted(records_from_words(rows, layout)))
 
 
 def _names(names: list[str]) -> Bulk:
-    raw = b"".join(n.replace("\0", " ").encode("latin-1", errors="replace") + b"\0" for n in names)
-    return Bulk(np.frombuffer(struct.pack("<I", len(names)) + raw, dtype=np.uint8))
+    return Bulk(np.frombuffer(encode_names(names), dtype=np.uint8))
 
 
 # --- info and view ---------------------------------------------------------------------
@@ -139,10 +133,8 @@ def _names(names: list[str]) -> Bulk:
 
 @command(Cmd.GETINFO)
 def get_info(s: MockVast) -> Reply:
-    z, y, x = s.em.shape
-    vz, vy, vx = s.em.voxel_size
-    return ([u32(x), u32(y), u32(z)] + [u32(CUBE_SIZE)] * 3 + [u32(s.em.n_mips)]
-            + [f64(vx), f64(vy), f64(vz)] + [i32(c) for c in s.view])
+    return VastInfo(data_size=s.em.shape, cube_size=(CUBE_SIZE,) * 3, n_mips=s.em.n_mips,
+                    voxel_size=s.em.voxel_size, view=tuple(s.view)).to_values()
 
 
 @command(Cmd.GETVIEWCOORDINATES)
@@ -193,13 +185,15 @@ def get_nr_of_layers(s: MockVast) -> Reply:
 def get_layer_info(s: MockVast, nr: int) -> Reply:
     la = s.layer(nr)
     p = la.props
-    ints = [int(la.kind), p["editable"], p["visible"], p["brightness"], p["contrast"],
-            p["blendmode"], p["blendoradd"], 0]
-    doubles = [p["opacity"], p["brightnesslevel"], p["contrastlevel"]]
-    uints = [p["tintcolor"], p["redtarget"], p["greentarget"], p["bluetarget"],
-             la.bytes_per_pixel, p["inverted"], p["solomode"]]
-    return ([i32(v) for v in ints] + [f64(v) for v in doubles] + [u32(v) for v in uints]
-            + [text(la.name)])
+    return LayerInfo(
+        type=int(la.kind), editable=p["editable"], visible=p["visible"],
+        brightness=p["brightness"], contrast=p["contrast"], blend_mode=p["blendmode"],
+        blend_or_add=p["blendoradd"], is_changed=False, opacity_level=p["opacity"],
+        brightness_level=p["brightnesslevel"], contrast_level=p["contrastlevel"],
+        tint_color=p["tintcolor"],
+        target_color=(p["redtarget"], p["greentarget"], p["bluetarget"]),
+        bytes_per_pixel=la.bytes_per_pixel, inverted=p["inverted"], solo_mode=p["solomode"],
+        name=la.name).to_values()
 
 
 # SETLAYERINFO bit -> (property, tag letter), in bit order.
@@ -233,7 +227,8 @@ def _select(s: MockVast, api: bool, nr: int) -> None:
 
 def _selection(s: MockVast, api: bool) -> Reply:
     sel = s.api if api else s.ui
-    return [i32(-1 if la is None else s.layers.index(la)) for la in sel.slots()]
+    return SelectedLayers(*(-1 if la is None else s.layers.index(la)
+                            for la in sel.slots())).to_values()
 
 
 @command(Cmd.SETSELECTEDLAYERNR, "i")
@@ -285,7 +280,10 @@ def load_layer(s: MockVast, ref: int, filename: str) -> Reply:
     if ref >= len(s.layers):
         raise StateError(30, f"reference layer {ref} does not exist")
     try:
-        volume = open_image(filename)
+        volume = s.load_policy.open(filename)
+    except LoadRefused as exc:
+        log.warning("LOADLAYER refused: %s", exc)
+        raise StateError(32, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any reader failure is a failed layer load
         log.error("LOADLAYER %s failed: %s", filename, exc)
         raise StateError(32, f"cannot open {filename}: {exc}") from exc
@@ -320,7 +318,8 @@ def move_layer(s: MockVast, moved: int, after: int) -> Reply:
 
 @command(Cmd.GETMIPMAPSCALEFACTORS, "u")
 def get_mipmap_scale_factors(s: MockVast, nr: int) -> Reply:
-    return _counted(np.array([(1 << m, 1 << m, 1) for m in range(s.n_mips(s.layer(nr)))]))
+    rows = [(1 << m, 1 << m, 1) for m in range(s.n_mips(s.layer(nr)))]
+    return Bulk(encode_counted(np.array([(r,) for r in rows], dtype=MIP_FACTORS_RECORD)))
 
 
 # --- segment table ---------------------------------------------------------------------
@@ -345,10 +344,9 @@ def get_number_of_segments(s: MockVast) -> Reply:
 @command(Cmd.GETSEGMENTDATA, "u")
 def get_segment_data(s: MockVast, i: int) -> Reply:
     la, rec = _segment(s, i)
-    r = rec[i]
-    uints = [i, _flags(s, la, i), r[COL1], r[COL2], r[PARENT], r[CHILD], r[PREV], r[NEXT],
-             r[COLLAPSED]]
-    return [u32(v) for v in uints] + [i32(v) for v in (*r[ANCHOR], *r[BBOX])]
+    recs = records_from_words(rec[i], SEGMENT_RECORD)
+    recs["flags"] = _flags(s, la, i)
+    return SegmentData.from_record(i, recs[0]).to_values()
 
 
 @command(Cmd.GETSEGMENTNAME, "u")
@@ -359,30 +357,30 @@ def get_segment_name(s: MockVast, i: int) -> Reply:
 
 @command(Cmd.SETANCHORPOINT, "uuuu")
 def set_anchor_point(s: MockVast, i: int, x: int, y: int, z: int) -> None:
-    la, rec = _segment(s, i, allow_background=False)
-    rec[i, ANCHOR] = [x, y, z]
-    s.save_layer(la)
+    la, _ = _segment(s, i, allow_background=False)
+    la.segments.set(i, ANCHOR, [x, y, z])
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTNAME, "ut")
 def set_segment_name(s: MockVast, i: int, name: str) -> None:
     la, _ = _segment(s, i)
-    la.segments.names[i] = name
-    s.save_layer(la)
+    la.segments.rename(i, name)
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTCOLOR, "uuu")
 def set_segment_color(s: MockVast, i: int, col1: int, col2: int) -> None:
-    la, rec = _segment(s, i)
-    rec[i, COL1], rec[i, COL2] = col1, col2
-    s.save_layer(la)
+    la, _ = _segment(s, i)
+    la.segments.set(i, [COL1, COL2], [col1, col2])
+    s.segments_changed(la)
 
 
 @command(Cmd.SETSEGMENTBBOX, "uuuuuuu")
 def set_segment_bbox(s: MockVast, i: int, *box: int) -> None:
-    la, rec = _segment(s, i, allow_background=False)
-    rec[i, BBOX] = box
-    s.save_layer(la)
+    la, _ = _segment(s, i, allow_background=False)
+    la.segments.set(i, BBOX, box)
+    s.segments_changed(la)
 
 
 @command(Cmd.GETALLSEGMENTDATA)
@@ -391,7 +389,7 @@ def get_all_segment_data(s: MockVast) -> Reply:
     rec = la.segments.rec.copy()
     if 0 < s.selected_segment < len(rec):
         rec[s.selected_segment, FLAGS] |= SELECTED_FLAG
-    return _counted(rec)
+    return _counted(rec, SEGMENT_RECORD)
 
 
 @command(Cmd.GETALLSEGMENTNAMES)
@@ -424,7 +422,7 @@ def add_segment(s: MockVast, ref: int, as_child: int, name: str) -> Reply:
     i = len(table)
     table.append(new_segment_rows(np.array([i])), [name])
     table.link(i, ref, bool(as_child) and ref != 0)
-    s.save_layer(la)
+    s.segments_changed(la)
     return [u32(i)]
 
 
@@ -436,7 +434,7 @@ def move_segment(s: MockVast, i: int, ref: int, as_child: int) -> None:
         raise StateError(14, f"cannot move segment {i} below itself ({ref})")
     la.segments.unlink(i)
     la.segments.link(i, ref, bool(as_child) and ref != 0)
-    s.save_layer(la)
+    s.segments_changed(la)
 
 
 # --- voxel data ------------------------------------------------------------------------
@@ -579,7 +577,7 @@ def get_anno_nr_of_objects(s: MockVast) -> Reply:
 
 @command(Cmd.GETANNOLAYEROBJECTDATA)
 def get_anno_object_data(s: MockVast) -> Reply:
-    return _counted(s.selected_anno().table.rec[1:])
+    return _counted(s.selected_anno().table.rec[1:], ANNO_RECORD)
 
 
 @command(Cmd.GETANNOLAYEROBJECTNAMES)
@@ -616,7 +614,7 @@ def get_ao_node_data(s: MockVast) -> Reply:
     i = _skeleton(s)
     nodes = anno.nodes[i]
     dfs = dfs_order(nodes)
-    words = np.zeros((len(nodes), 12), dtype="<u4")
+    rec = np.zeros(len(nodes), dtype=NODE_RECORD)
     parents = [n.parent for n in nodes]
     for k, idx in enumerate(dfs.order):
         n = nodes[idx]
@@ -624,13 +622,13 @@ def get_ao_node_data(s: MockVast) -> Reply:
         siblings = dfs.children[n.parent] if n.parent >= 0 else [j for j, p in enumerate(parents)
                                                                   if p < 0]
         pos = siblings.index(idx)
-        words[k, 0] = 1 if idx == anno.selected_node[i] else 0
-        words[k, 1:4] = (n.x, n.y, n.z)
-        words[k, 4] = dfs.number[n.parent] if n.parent >= 0 else NONE
-        words[k, 5] = dfs.number[kids[0]] if kids else NONE
-        words[k, 6] = dfs.number[siblings[pos + 1]] if pos + 1 < len(siblings) else NONE
-        words[k, 8:10] = np.frombuffer(struct.pack("<d", n.radius), dtype="<u4")
-    return _counted(words)
+        rec["flags"][k] = 1 if idx == anno.selected_node[i] else 0
+        rec["xyz"][k] = (n.x, n.y, n.z)
+        rec["links"][k] = (dfs.number[n.parent] if n.parent >= 0 else NONE32,
+                           dfs.number[kids[0]] if kids else NONE32,
+                           dfs.number[siblings[pos + 1]] if pos + 1 < len(siblings) else NONE32)
+        rec["radius"][k] = n.radius
+    return Bulk(encode_counted(rec))
 
 
 @command(Cmd.SETSELECTEDAONODEBYDFSNR, "u")
@@ -649,7 +647,7 @@ def get_selected_ao_node(s: MockVast) -> Reply:
     anno = s.selected_anno()
     i = _skeleton(s)
     sel = anno.selected_node[i]
-    return [u32(dfs_order(anno.nodes[i]).number[sel] if sel >= 0 else NONE)]
+    return [u32(dfs_order(anno.nodes[i]).number[sel] if sel >= 0 else NONE32)]
 
 
 @command(Cmd.ADDAONODE, "uuu")

@@ -22,7 +22,7 @@ from membrane_py.vastapi.protocol import (
     parse_header,
     split_reply,
 )
-from mock_vast_server.state import default_state_dir
+from mock_vast_server.persistence import default_state_dir
 
 READY_PREFIX = "mock_vast_server listening on "
 
@@ -84,8 +84,11 @@ def start_server(
     voxel_size: tuple[float, float, float] | None = None,
     timeout: float = 60.0,
     extra_args: Sequence[str] = (),
+    allow_load: Sequence[str | Path] = (),
 ) -> ServerProcess:
     """Launch the server and return once it prints its ready line.
+
+    ``allow_load``: directories LOADLAYER may open layers from (``--allow-load``).
 
     Raises RuntimeError with the server's stderr when it exits early or is not ready in time.
     """
@@ -98,6 +101,8 @@ def start_server(
         cmd += ["--skeletons", str(skeletons)]
     if voxel_size is not None:
         cmd += ["--voxel-size", *(str(v) for v in voxel_size)]
+    for folder in allow_load:
+        cmd += ["--allow-load", str(folder)]
     cmd += list(extra_args)
     fd, err_name = tempfile.mkstemp(prefix="mock_vast_", suffix=".stderr")
     os.close(fd)

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from membrane_py.vastapi.protocol import (
@@ -31,7 +31,8 @@ from membrane_py.vastapi.protocol import (
 )
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.commands import Bulk, dispatch
-from mock_vast_server.state import MockVast, StateError, default_state_dir
+from mock_vast_server.persistence import default_state_dir
+from mock_vast_server.state import MockVast, StateError
 
 log = logging.getLogger("mock_vast_server")
 
@@ -172,13 +173,15 @@ def serve(
     port: int = DEFAULT_PORT,
     ready: Callable[[str, int], None] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_load: Sequence[Path] = (),
 ) -> None:
     """Serve the VAST protocol over ``em`` (and ``labels``) until stopped; blocking.
 
+    LOADLAYER may open files under ``allow_load`` and the state dir only.
     ``port=0`` picks a free port; ``ready(host, port)`` is called once listening. SIGTERM
     and Ctrl-C (in the main thread) stop it cleanly, flushing painted layers.
     """
-    state = MockVast(em, labels, skeletons, state_dir, max_bytes=max_bytes)
+    state = MockVast(em, labels, skeletons, state_dir, max_bytes=max_bytes, allow_load=allow_load)
     server = VastServer(state, host, port, max_bytes)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -194,6 +197,16 @@ def serve(
 
 def _print_ready(host: str, port: int) -> None:
     print(f"mock_vast_server listening on {host}:{port}", flush=True)
+
+
+def _volume_dir(spec: str) -> list[Path]:
+    """The directory of a served volume given as a path (a folder is its own), else none."""
+    from membrane_py.volumes.open import _split_inner
+
+    path = _split_inner(spec)[0]
+    if not path.exists():
+        return []
+    return [path if path.is_dir() else path.parent]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state directory (default: $XDG_DATA_HOME/membrane-py/mock_vast/...)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--allow-load", type=Path, action="append", default=[], metavar="DIR",
+                   help="directory LOADLAYER may open layers from (repeatable); the served "
+                        "volume's directory and the state dir are always allowed")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                    help="largest reply or request block in bytes (default 1 GiB)")
     return p
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mock_vast_server: state dir {state_dir}", file=sys.stderr, flush=True)
     try:
         serve(em, labels, args.skeletons, state_dir, args.host, args.port, _print_ready,
-              args.max_bytes)
+              args.max_bytes, [*_volume_dir(args.volume), *args.allow_load])
     except (ValueError, OSError) as exc:
         print(f"mock_vast_server: {exc}", file=sys.stderr)
         return 2

@@ -1,75 +1,39 @@
-"""The mock VAST's model: layers, segment tables, skeleton layers, and their persistence.
+"""The mock VAST's model: a facade over layers, segment tables, skeletons and their persistence.
 
-Layers are numbered from 0 in list order. ``GETLAYERINFO`` type codes are not documented for
-VAST 1.5; this server uses :class:`LayerKind`: 0 = image, 1 = segmentation (as the older
-VastTools assumes), 2 = annotation, 3 = tool.
-
-Persistence (everything a client changes survives a restart with the same state dir):
-``state.json`` (layer list, selections, view), ``seg_<uid>.npy`` (a memory-mapped uint16
-volume per segmentation layer, flushed after every write), ``segments_<uid>.json`` (its segment
-table) and ``anno_<uid>.json`` (annotation objects and skeleton nodes). JSON files are written
-atomically (temporary file, then ``os.replace``).
-
-Segment and annotation tables are int64 arrays with one row per id, in the column layout of
-``GETALLSEGMENTDATA`` (flags, col1, col2, anchor xyz, parent, child, prev, next, collapsednr,
-bbox x1,y1,z1,x2,y2,z2); annotation rows add userflags lo/hi and userid lo/hi. Row 0 of a
-segment table is the background; row 0 of an annotation table is unused (objects count from 1).
+:class:`MockVast` holds what a VAST instance holds (layers, UI and API selections, view) and
+the operations commands need; the pieces live in :mod:`.tables` (segment / annotation
+tables), :mod:`.layers` (layer objects and selection) and :mod:`.persistence` (the state
+directory).
 """
 
 from __future__ import annotations
 
-import colorsys
-import hashlib
-import json
 import logging
-import os
-import re
 import threading
-import uuid
-from dataclasses import dataclass, field
-from enum import IntEnum
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from scipy import ndimage
 
-from membrane_py.atomic import write_text_atomic
 from membrane_py.geometry import Box
 from membrane_py.volumes.base import VolumeSource
-from mock_vast_server.skeletons import Skeleton, SkelNode, load_skeletons
+from mock_vast_server.layers import AnnoLayer, Layer, LayerKind, LoadPolicy, Selection
+from mock_vast_server.persistence import Meta, StateDir, default_state_dir
+from mock_vast_server.skeletons import load_skeletons
+from mock_vast_server.tables import (
+    ANCHOR,
+    BBOX,
+    SEG_MAX_ID,
+    anchor_in,
+    empty_segment_table,
+    new_segment_rows,
+    segment_table_for,
+)
 
 log = logging.getLogger("mock_vast_server")
 
-STATE_VERSION = 1
-SEG_MAX_ID = 0xFFFF
 SLAB = 16  # sections per read when importing a label volume
-
-# Columns of a segment / annotation-object table row.
-FLAGS, COL1, COL2 = 0, 1, 2
-ANCHOR = slice(3, 6)
-PARENT, CHILD, PREV, NEXT, COLLAPSED = 6, 7, 8, 9, 10
-BBOX = slice(11, 17)
-SEG_COLS, ANNO_COLS = 17, 21
-SELECTED_FLAG = 1 << 16  # VastTools reads (flags >> 16) & 3 as the selection state
-ANNO_USED, ANNO_EXPANDED = 1 << 16, 1 << 24  # high 16 bits of word 0: bit0 isused, bit8 expanded
-
-
-class LayerKind(IntEnum):
-    """Layer type codes reported by GETLAYERINFO (our choice; VAST 1.5's are undocumented)."""
-
-    IMAGE = 0
-    SEGMENTATION = 1
-    ANNOTATION = 2
-    TOOL = 3
-
-
-PROP_DEFAULTS: dict[str, int | float] = {
-    "editable": 1, "visible": 1, "brightness": 0, "contrast": 0, "opacity": 1.0,
-    "brightnesslevel": 0.0, "contrastlevel": 0.0, "blendmode": 0, "blendoradd": 0,
-    "tintcolor": 0xFFFFFF00, "redtarget": 0xFF, "greentarget": 0xFF, "bluetarget": 0xFF,
-    "inverted": 0, "solomode": 0,
-}
 
 
 class StateError(Exception):
@@ -78,275 +42,6 @@ class StateError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def segment_color(i: int) -> int:
-    """A distinct, deterministic packed colour (r<<24 | g<<16 | b<<8) for segment ``i``."""
-    hue = (i * 0.618033988749895) % 1.0
-    sat = 0.55 + 0.4 * ((i * 7919) % 5) / 4
-    r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, 0.95))
-    return (r << 24) | (g << 16) | (b << 8)
-
-
-def default_state_dir(volume: str, labels: str | None = None) -> Path:
-    """``$XDG_DATA_HOME/membrane-py/mock_vast/<name>-<hash>`` for a volume (and labels) spec."""
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-
-    def key(spec: str | None) -> str:
-        if spec is None:
-            return ""
-        p = Path(spec)
-        return str(p.resolve()) if p.exists() else spec
-
-    digest = hashlib.sha1(f"{key(volume)}|{key(labels)}".encode()).hexdigest()[:8]
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(volume.rstrip("/\\")).name or volume).strip("_")
-    return base / "membrane-py" / "mock_vast" / f"{name or 'volume'}-{digest}"
-
-
-def write_json_atomic(path: Path, doc: object) -> None:
-    write_text_atomic(path, json.dumps(doc))
-
-
-# --- tables with VAST's sibling/child hierarchy ------------------------------------------
-
-
-@dataclass
-class Table:
-    """Rows of records (int64) plus names; row ids are the VAST segment / object numbers."""
-
-    rec: np.ndarray
-    names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def append(self, rows: np.ndarray, names: list[str]) -> None:
-        self.rec = np.concatenate([self.rec, rows.astype(np.int64)])
-        self.names.extend(names)
-
-    def first_top(self, exclude: int = 0, limit: int | None = None) -> int:
-        """The first top-level row (parent 0, no previous sibling) below ``limit``, else 0."""
-        rec = self.rec[:limit]
-        top = (rec[:, PARENT] == 0) & (rec[:, PREV] == 0)
-        top[0] = False
-        if exclude < len(top):
-            top[exclude] = False
-        hits = np.flatnonzero(top)
-        return int(hits[0]) if hits.size else 0
-
-    def append_top(self, ids: np.ndarray) -> None:
-        """Chain new rows ``ids`` (consecutive, already appended) after the last top-level row."""
-        last = self._last_sibling(self.first_top(limit=int(ids[0])))
-        chain = np.concatenate([[last], ids, [0]])
-        self.rec[ids, PREV] = chain[:-2]
-        self.rec[ids, NEXT] = chain[2:]
-        self.rec[ids, PARENT] = 0
-        if last:
-            self.rec[last, NEXT] = ids[0]
-
-    def _last_sibling(self, first: int) -> int:
-        while first and self.rec[first, NEXT]:
-            first = int(self.rec[first, NEXT])
-        return first
-
-    def is_ancestor(self, a: int, b: int) -> bool:
-        """Whether ``a`` is ``b`` or one of its ancestors."""
-        while b:
-            if a == b:
-                return True
-            b = int(self.rec[b, PARENT])
-        return False
-
-    def link(self, i: int, ref: int, as_child: bool) -> None:
-        """Put row ``i`` as last child of ``ref``, after sibling ``ref``, or at the end (ref 0)."""
-        r = self.rec
-        if ref and not as_child:
-            r[i, PARENT], r[i, PREV], r[i, NEXT] = r[ref, PARENT], ref, r[ref, NEXT]
-            if r[ref, NEXT]:
-                r[r[ref, NEXT], PREV] = i
-            r[ref, NEXT] = i
-            return
-        parent = ref if as_child else 0
-        last = self._last_sibling(int(r[parent, CHILD]) if parent else self.first_top(exclude=i))
-        r[i, PARENT], r[i, PREV], r[i, NEXT] = parent, last, 0
-        if last:
-            r[last, NEXT] = i
-        elif parent:
-            r[parent, CHILD] = i
-
-    def unlink(self, i: int) -> None:
-        r = self.rec
-        prev, nxt, parent = int(r[i, PREV]), int(r[i, NEXT]), int(r[i, PARENT])
-        if prev:
-            r[prev, NEXT] = nxt
-        elif parent:
-            r[parent, CHILD] = nxt
-        if nxt:
-            r[nxt, PREV] = prev
-        r[i, PARENT] = r[i, PREV] = r[i, NEXT] = 0
-
-    def to_json(self) -> dict:
-        return {"rec": self.rec.tolist(), "names": self.names}
-
-    @classmethod
-    def from_json(cls, doc: dict, ncols: int) -> Table:
-        rec = np.asarray(doc["rec"], dtype=np.int64).reshape(-1, ncols)
-        return cls(rec, list(doc["names"]))
-
-
-def new_segment_rows(ids: np.ndarray) -> np.ndarray:
-    """Fresh segment rows (no hierarchy yet, anchor/bbox unknown) for the given ids."""
-    rows = np.zeros((len(ids), SEG_COLS), dtype=np.int64)
-    for k, i in enumerate(ids):
-        rows[k, COL1] = rows[k, COL2] = segment_color(int(i))
-        rows[k, COLLAPSED] = int(i)
-    rows[:, ANCHOR] = -1
-    rows[:, BBOX] = -1
-    return rows
-
-
-def empty_segment_table() -> Table:
-    rec = np.zeros((1, SEG_COLS), dtype=np.int64)
-    rec[0, ANCHOR] = -1
-    rec[0, BBOX] = -1
-    return Table(rec, ["Background"])
-
-
-def segment_table_for(seg: np.ndarray) -> Table:
-    """One segment per id 1..max of a label volume: names, colours, flat list, bbox, anchor."""
-    table = empty_segment_table()
-    objects = ndimage.find_objects(seg)
-    n = len(objects)
-    if n == 0:
-        return table
-    ids = np.arange(1, n + 1)
-    rows = new_segment_rows(ids)
-    rows[:, PREV] = ids - 1
-    rows[:, NEXT] = np.where(ids < n, ids + 1, 0)
-    for k, sl in enumerate(objects):
-        if sl is None:
-            continue
-        i = k + 1
-        rows[k, BBOX] = [sl[2].start, sl[1].start, sl[0].start,
-                         sl[2].stop - 1, sl[1].stop - 1, sl[0].stop - 1]
-        rows[k, ANCHOR] = _anchor_in(seg, sl, i)
-    table.append(rows, [f"segment {i}" for i in ids])
-    return table
-
-
-def _anchor_in(seg: np.ndarray, sl: tuple[slice, ...], i: int) -> list[int]:
-    """A voxel (x, y, z) of segment ``i`` near the middle of its bounding box ``sl``."""
-    zmid = (sl[0].start + sl[0].stop - 1) // 2
-    ys, xs = np.nonzero(seg[zmid, sl[1], sl[2]] == i)
-    if len(ys):
-        k = len(ys) // 2
-        return [int(xs[k]) + sl[2].start, int(ys[k]) + sl[1].start, zmid]
-    z, y, x = np.argwhere(seg[sl] == i)[0]
-    return [int(x) + sl[2].start, int(y) + sl[1].start, int(z) + sl[0].start]
-
-
-# --- layers ----------------------------------------------------------------------------
-
-
-@dataclass
-class AnnoLayer:
-    """Annotation objects (folders and skeletons) with their nodes; ids count from 1."""
-
-    table: Table = field(default_factory=lambda: Table(np.zeros((1, ANNO_COLS), np.int64), [""]))
-    nodes: list[list[SkelNode]] = field(default_factory=lambda: [[]])
-    selected_node: list[int] = field(default_factory=lambda: [-1])
-    selected: int = 0
-
-    def add_object(self, name: str, kind: int, ref: int = 0, as_child: bool = False) -> int:
-        i = len(self.table)
-        row = np.zeros((1, ANNO_COLS), np.int64)
-        row[0, FLAGS] = kind | ANNO_USED
-        row[0, COL1] = row[0, COL2] = segment_color(i)
-        row[0, COLLAPSED] = i
-        self.table.append(row, [name])
-        self.nodes.append([])
-        self.selected_node.append(-1)
-        self.table.link(i, ref, as_child)
-        return i
-
-    def add_skeleton(self, skel: Skeleton) -> int:
-        i = self.add_object(skel.name, 1)
-        self.nodes[i] = list(skel.nodes)
-        self.update_extent(i)
-        return i
-
-    def update_extent(self, i: int) -> None:
-        """Anchor (first node) and bounding box of object ``i`` from its nodes."""
-        nodes = self.nodes[i]
-        if not nodes:
-            return
-        xyz = np.array([(n.x, n.y, n.z) for n in nodes], dtype=np.int64)
-        self.table.rec[i, ANCHOR] = xyz[0]
-        self.table.rec[i, BBOX] = np.concatenate([xyz.min(0), xyz.max(0)])
-
-    def to_json(self) -> dict:
-        return {
-            "table": self.table.to_json(),
-            "nodes": [[[n.x, n.y, n.z, n.parent, n.radius] for n in ns] for ns in self.nodes],
-            "selected_node": self.selected_node,
-            "selected": self.selected,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict) -> AnnoLayer:
-        nodes = [[SkelNode(int(x), int(y), int(z), int(p), float(r)) for x, y, z, p, r in ns]
-                 for ns in doc["nodes"]]
-        return cls(Table.from_json(doc["table"], ANNO_COLS), nodes, list(doc["selected_node"]),
-                   int(doc["selected"]))
-
-
-@dataclass(eq=False)
-class Layer:
-    kind: LayerKind
-    name: str
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    volume: VolumeSource | None = None  # image layers
-    source: str | None = None  # spec of a LOADLAYER image; None for the server's EM volume
-    seg: np.ndarray | None = None  # segmentation layers: uint16 (z, y, x) memmap at mip 0
-    segments: Table | None = None
-    anno: AnnoLayer | None = None
-    props: dict = field(default_factory=lambda: dict(PROP_DEFAULTS))
-
-    @property
-    def bytes_per_pixel(self) -> int:
-        if self.kind is LayerKind.IMAGE:
-            return np.dtype(self.volume.dtype).itemsize * self.volume.channels
-        return 2 if self.kind is LayerKind.SEGMENTATION else 0
-
-
-KIND_SLOTS = {LayerKind.IMAGE: "em", LayerKind.ANNOTATION: "anno",
-              LayerKind.SEGMENTATION: "seg", LayerKind.TOOL: "tool"}
-
-
-@dataclass
-class Selection:
-    """Selected layer overall and the last selected layer of each kind (19 / 103 replies)."""
-
-    selected: Layer | None = None
-    em: Layer | None = None
-    anno: Layer | None = None
-    seg: Layer | None = None
-    tool: Layer | None = None
-
-    def select(self, layer: Layer) -> None:
-        self.selected = layer
-        setattr(self, KIND_SLOTS[layer.kind], layer)
-
-    def forget(self, layer: Layer) -> None:
-        for slot in ("selected", *KIND_SLOTS.values()):
-            if getattr(self, slot) is layer:
-                setattr(self, slot, None)
-
-    def slots(self) -> list[Layer | None]:
-        return [self.selected, self.em, self.anno, self.seg, self.tool]
-
-
-# --- the server state ------------------------------------------------------------------
 
 
 class MockVast:
@@ -362,15 +57,19 @@ class MockVast:
         skeletons: Path | None = None,
         state_dir: Path | None = None,
         max_bytes: int = 1 << 30,
+        allow_load: Sequence[Path] = (),
     ) -> None:
+        """``allow_load``: directories LOADLAYER may read besides the state dir."""
         self.em = em
         self.max_bytes = int(max_bytes)
         self.lock = threading.RLock()
         if state_dir is None:
             state_dir = default_state_dir(f"{em.name}:{em!r}")
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateDir(Path(state_dir))
+        self.state_dir = self.store.path
         log.info("state dir: %s", self.state_dir)
+        self.load_policy = LoadPolicy(tuple(Path(d).resolve()
+                                            for d in (self.state_dir, *allow_load)))
         self.layers: list[Layer] = []
         self.ui = Selection()
         self.api = Selection()
@@ -380,7 +79,7 @@ class MockVast:
         self.translation: np.ndarray | None = None
         self.selected_segment = 0
         self.popups: dict[int, int] = {}
-        if (self.state_dir / "state.json").exists():
+        if self.store.exists():
             self._restore()
             if labels is not None or skeletons is not None:
                 log.info("restored state from %s; labels/skeletons arguments are not re-imported",
@@ -406,7 +105,7 @@ class MockVast:
             sel.select(anno)
             if gt is not None:
                 sel.select(gt)
-        self._save_anno(anno)
+        self.store.save_anno(anno)
         self.save_meta()
 
     def import_labels(self, labels: VolumeSource) -> Layer:
@@ -421,7 +120,7 @@ class MockVast:
             layer.seg[box.slices()] = ids if lut is None else _apply_lut(lut, ids)
         layer.seg.flush()
         layer.segments = segment_table_for(layer.seg)
-        self._save_table(layer)
+        self.store.save_table(layer)
         return layer
 
     def _label_lut(self, labels: VolumeSource) -> tuple[np.ndarray, np.ndarray] | None:
@@ -444,10 +143,9 @@ class MockVast:
 
     def _new_seg_layer(self, name: str, after: int | None = None) -> Layer:
         layer = Layer(LayerKind.SEGMENTATION, name, segments=empty_segment_table())
-        layer.seg = open_memmap(self.state_dir / f"seg_{layer.uid}.npy", mode="w+",
-                                dtype=np.uint16, shape=self.em.shape)
+        layer.seg = self.store.create_seg(layer, self.em.shape)
         self._insert(layer, after)
-        self._save_table(layer)
+        self.store.save_table(layer)
         return layer
 
     def _insert(self, layer: Layer, after: int | None) -> int:
@@ -456,78 +154,36 @@ class MockVast:
         return pos
 
     def save_meta(self) -> None:
-        def idx(layer: Layer | None) -> int:
-            return -1 if layer is None else self.layers.index(layer)
-
-        doc = {
-            "version": STATE_VERSION,
-            "shape": list(self.em.shape),
-            "layers": [{"uid": la.uid, "kind": int(la.kind), "name": la.name, "source": la.source,
-                        "props": la.props} for la in self.layers],
-            "ui": [idx(la) for la in self.ui.slots()],
-            "api": [idx(la) for la in self.api.slots()],
-            "api_enabled": self.api_enabled,
-            "view": self.view,
-            "zoom": self.zoom,
-        }
-        write_json_atomic(self.state_dir / "state.json", doc)
-
-    def _save_table(self, layer: Layer) -> None:
-        write_json_atomic(self.state_dir / f"segments_{layer.uid}.json", layer.segments.to_json())
-
-    def _save_anno(self, layer: Layer) -> None:
-        write_json_atomic(self.state_dir / f"anno_{layer.uid}.json", layer.anno.to_json())
+        self.store.save_meta(self.em.shape, Meta(self.layers, self.ui, self.api,
+                                                 self.api_enabled, self.view, self.zoom))
 
     def save_layer(self, layer: Layer) -> None:
         if layer.seg is not None:
             layer.seg.flush()
-            self._save_table(layer)
+            self.store.save_table(layer)
         if layer.anno is not None:
-            self._save_anno(layer)
+            self.store.save_anno(layer)
         self.save_meta()
 
+    def segments_changed(self, layer: Layer) -> None:
+        """Persist the rows of ``layer``'s segment table changed by the current command."""
+        self.store.journal_table(layer)
+
     def _restore(self) -> None:
-        doc = json.loads((self.state_dir / "state.json").read_text())
-        if tuple(doc["shape"]) != tuple(self.em.shape):
-            raise ValueError(
-                f"state dir {self.state_dir} belongs to a volume of shape {tuple(doc['shape'])}, "
-                f"not {self.em.shape} ({self.em.name}); pass another --state directory")
-        for d in doc["layers"]:
-            layer = Layer(LayerKind(d["kind"]), d["name"], uid=d["uid"], source=d["source"],
-                          props={**PROP_DEFAULTS, **d["props"]})
-            if layer.kind is LayerKind.IMAGE:
-                if layer.source is None:
-                    layer.volume = self.em
-                else:
-                    try:
-                        layer.volume = open_image(layer.source)
-                    except Exception as exc:  # noqa: BLE001 - keep serving the rest
-                        log.warning("cannot reopen image layer %s (%s): %s; dropping it",
-                                    layer.name, layer.source, exc)
-                        continue
-            elif layer.kind is LayerKind.SEGMENTATION:
-                layer.seg = np.load(self.state_dir / f"seg_{layer.uid}.npy", mmap_mode="r+")
-                segdoc = json.loads((self.state_dir / f"segments_{layer.uid}.json").read_text())
-                layer.segments = Table.from_json(segdoc, SEG_COLS)
-            elif layer.kind is LayerKind.ANNOTATION:
-                annodoc = json.loads((self.state_dir / f"anno_{layer.uid}.json").read_text())
-                layer.anno = AnnoLayer.from_json(annodoc)
-            self.layers.append(layer)
-        by_uid = {la.uid: la for la in self.layers}
-        uids = [d["uid"] for d in doc["layers"]]
-        for sel, key in ((self.ui, "ui"), (self.api, "api")):
-            for slot, i in zip(("selected", *KIND_SLOTS.values()), doc[key], strict=True):
-                setattr(sel, slot, by_uid.get(uids[i]) if i >= 0 else None)
-        self.api_enabled = int(doc["api_enabled"])
-        self.view = list(doc["view"])
-        self.zoom = int(doc["zoom"])
-        log.info("restored %d layers from %s", len(self.layers), self.state_dir)
+        meta = self.store.restore(self.em, self.load_policy.open)
+        self.layers, self.ui, self.api = meta.layers, meta.ui, meta.api
+        self.api_enabled, self.view, self.zoom = meta.api_enabled, meta.view, meta.zoom
 
     def close(self) -> None:
+        """Flush every layer, fold the journals into snapshots, and unlock the state dir."""
         with self.lock:
+            if self.store.closed:
+                return
             for layer in self.layers:
                 if layer.seg is not None:
                     layer.seg.flush()
+                    self.store.save_table(layer)
+            self.store.close()
 
     # -- layer access --
 
@@ -590,7 +246,7 @@ class MockVast:
                           anno=AnnoLayer() if kind is LayerKind.ANNOTATION else None)
             self._insert(layer, after)
             if layer.anno is not None:
-                self._save_anno(layer)
+                self.store.save_anno(layer)
         self.save_meta()
         return self.layers.index(layer)
 
@@ -602,8 +258,7 @@ class MockVast:
         self.ui.forget(layer)
         self.api.forget(layer)
         self.save_meta()
-        for f in self.state_dir.glob(f"*_{layer.uid}.*"):
-            f.unlink(missing_ok=True)
+        self.store.remove(layer)
 
     # -- segmentation voxels --
 
@@ -622,7 +277,7 @@ class MockVast:
         layer.seg[full.slices()] = up
         layer.seg.flush()
         self._note_painted(layer, mip, box, block)
-        self._save_table(layer)
+        self.segments_changed(layer)
 
     def _note_painted(self, layer: Layer, mip: int, box: Box, block: np.ndarray) -> None:
         """Extend the segment table with new ids and grow bounding boxes to cover the paint."""
@@ -642,12 +297,12 @@ class MockVast:
             hi = [(box.x0 + x.stop) * f - 1, (box.y0 + y.stop) * f - 1, box.z0 + z.stop - 1]
             bb = table.rec[i, BBOX]
             if bb[0] < 0:
-                table.rec[i, BBOX] = lo + hi
-                x, y, z = _anchor_in(block, sl, i)
-                table.rec[i, ANCHOR] = [(box.x0 + x) * f, (box.y0 + y) * f, box.z0 + z]
+                table.set(i, BBOX, lo + hi)
+                x, y, z = anchor_in(block, sl, i)
+                table.set(i, ANCHOR, [(box.x0 + x) * f, (box.y0 + y) * f, box.z0 + z])
             else:
-                table.rec[i, BBOX] = np.concatenate([np.minimum(bb[:3], lo),
-                                                     np.maximum(bb[3:], hi)])
+                table.set(i, BBOX, np.concatenate([np.minimum(bb[:3], lo),
+                                                   np.maximum(bb[3:], hi)]))
 
     def set_translation(self, pairs: np.ndarray) -> None:
         if pairs.size == 0:
@@ -673,10 +328,3 @@ def _apply_lut(lut: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarra
     nz = ids > 0
     out[nz] = values[np.searchsorted(keys, ids[nz])]
     return out
-
-
-def open_image(spec: str) -> VolumeSource:
-    """An image volume for LOADLAYER / restored layers (H1's open_volume)."""
-    from membrane_py.volumes import open_volume
-
-    return open_volume(spec)

@@ -31,7 +31,8 @@ def source():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with launch.start_server(volume=SPEC, labels=SPEC,
-                             state_dir=tmp_path_factory.mktemp("vast_state")) as srv:
+                             state_dir=tmp_path_factory.mktemp("vast_state"),
+                             allow_load=[tmp_path_factory.getbasetemp()]) as srv:
         yield srv
 
 

@@ -53,7 +53,8 @@ def server(tmp_path_factory):
         {"id": 0, "x": NODES[0][0], "y": NODES[0][1], "z": NODES[0][2], "parent": None},
         {"id": 1, "x": NODES[1][0], "y": NODES[1][1], "z": NODES[1][2], "parent": 0}]}]}
     (folder / "skel.json").write_text(json.dumps(skeleton))
-    with start_server(VOLUME, skeletons=folder / "skel.json", state_dir=folder / "state") as srv:
+    with start_server(VOLUME, skeletons=folder / "skel.json", state_dir=folder / "state",
+                      allow_load=[tmp_path_factory.getbasetemp()]) as srv:
         yield srv
 
 

@@ -39,7 +39,7 @@ def test_isbi2012_prediction_through_the_server(shared_data, tmp_path):
     checkpoint = train_model(patches, None, cfg, n_classes=2).best_path
 
     with start_server(str(root / "images"), voxel_size=(50, 4, 4),
-                      state_dir=tmp_path / "state") as srv:
+                      state_dir=tmp_path / "state", allow_load=[tmp_path]) as srv:
         job = PredictJob(checkpoint=str(checkpoint), source=f"vast://{srv.host}:{srv.port}",
                          out=str(tmp_path / "out"), layer_name="isbi membranes",
                          region=RegionSpec(mode="box", box=[0, 511, 0, 511, 16, 19]),

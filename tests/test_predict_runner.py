@@ -36,7 +36,8 @@ ALL_TILES = {(z, r, c) for z in range(4) for r in range(3) for c in range(4)}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_server(SPEC, state_dir=tmp_path_factory.mktemp("state")) as srv:
+    with start_server(SPEC, state_dir=tmp_path_factory.mktemp("state"),
+                      allow_load=[tmp_path_factory.getbasetemp()]) as srv:
         yield srv
 
 

@@ -20,6 +20,7 @@ from membrane_py.vastapi.protocol import (
     pack_box,
     text,
     u32,
+    u64,
 )
 from membrane_py.vastapi.rle import rle_decode, rle_encode
 from membrane_py.volumes import open_volume
@@ -284,13 +285,14 @@ def test_skeleton_file_errors_name_the_line(tmp_path):
     assert [(n.x, n.y, n.z, n.parent) for n in sk.nodes] == [(1, 2, 3, -1), (4, 5, 6, 0)]
 
 
-def test_load_layer_vsvi_reads_back_identical(sock, tmp_path, em):
+def test_load_layer_vsvi_reads_back_identical(vast_server, sock, em):
     from membrane_py.volumes import TileWriter
 
-    writer = TileWriter(tmp_path / "tiles", em.shape, tile=128)
+    folder = vast_server.state_dir / "loaded"  # LOADLAYER may read the state dir
+    writer = TileWriter(folder / "tiles", em.shape, tile=128)
     writer.write_block(Box.full(em.shape), em.read(Box.full(em.shape)))
     writer.build_pyramid()
-    vsvi = writer.write_descriptor(tmp_path / "em.vsvi", em.voxel_size, "reloaded")
+    vsvi = writer.write_descriptor(folder / "em.vsvi", em.voxel_size, "reloaded")
     nr = call(sock, Cmd.LOADLAYER, [i32(-1), text(str(vsvi))]).uints[0]
     assert call(sock, Cmd.GETLAYERINFO, [u32(nr)]).ints[0] == 0
     box = Box(0, 8, 0, 256, 0, 256)
@@ -298,3 +300,17 @@ def test_load_layer_vsvi_reads_back_identical(sock, tmp_path, em):
     assert got == em.read(box).tobytes()
     call(sock, Cmd.REMOVELAYER, [u32(nr), u32(1)])
     assert error(sock, Cmd.GETLAYERINFO, [u32(call(sock, Cmd.GETNROFLAYERS).uints[0])]) == 30
+
+
+@pytest.mark.parametrize(
+    "params",
+    [[u64(0)], [u32(0), u64(1)],
+     [u32(1 << 0), u32(0), u64(1)]],  # SETLAYERINFO "editable" sent as a uint64
+    ids=["alone", "extra", "setlayerinfo"],
+)
+def test_uint64_parameters_are_a_clean_parameter_error(vast_server, sock, params):
+    cmd = Cmd.SETLAYERINFO if len(params) == 3 else Cmd.GETLAYERINFO
+    assert error(sock, cmd, params) == 3
+    assert call(sock, Cmd.GETINFO).uints[0] == 256
+    assert "Traceback" not in vast_server.stderr
+    assert "error 3" in vast_server.stderr.splitlines()[-1]

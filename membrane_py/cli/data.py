@@ -42,6 +42,9 @@ def serve(
     port: int = typer.Option(22081, help="TCP port (VAST's default is 22081)"),
     voxel_size: tuple[float, float, float] = typer.Option(
         None, help="voxel size in nm as Z Y X (default: from the data, else 1 1 1)"),
+    allow_load: list[Path] = typer.Option(
+        None, "--allow-load", help="folder VAST clients may load layers from (repeatable); the "
+        "volume's folder and the state folder are always allowed"),
 ) -> None:
     """Serve a volume over the VAST remote-control protocol (for users without VAST)."""
     from mock_vast_server.server import main as server_main
@@ -52,6 +55,8 @@ def serve(
             argv += [flag, str(value)]
     if voxel_size is not None:
         argv += ["--voxel-size", *map(str, voxel_size)]
+    for folder in allow_load or ():
+        argv += ["--allow-load", str(folder)]
     server_main(argv)
 
 

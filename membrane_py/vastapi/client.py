@@ -14,19 +14,35 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from membrane_py.geometry import Box, size_at_mip
+from membrane_py.geometry import Box
 from membrane_py.vastapi import protocol as P
+from membrane_py.vastapi.records import (
+    ANNO_RECORD,
+    MIP_FACTORS_RECORD,
+    NODE_RECORD,
+    SEGMENT_RECORD,
+    AnnoObject,
+    LayerInfo,
+    RecordError,
+    SegmentData,
+    SelectedLayers,
+    SkeletonNode,
+    VastInfo,
+    decode_counted,
+    decode_names,
+)
 from membrane_py.vastapi.rle import rle_decode, rle_encode
+
+__all__ = ["EM_DTYPES", "SEGMENT_RECORD", "AnnoObject", "LayerInfo", "SegmentData",
+           "SelectedLayers", "SkeletonNode", "VastClient", "VastError", "VastInfo", "pack_color"]
 
 #: Largest failure reply (one error code, maybe a message) accepted for a bulk command.
 MAX_ERROR_REPLY = 1 << 16
 #: Bytes per pixel an EM layer may have, with the numpy type of one pixel.
 EM_DTYPES = {1: np.uint8, 3: np.uint8, 4: np.uint32, 8: np.uint64}
-_NONE32 = 0xFFFFFFFF
 
 #: Commands that only read VAST's state, so resending one after a broken connection is safe.
 READ_ONLY = frozenset(c for c in P.Cmd if c.name.startswith("GET"))
@@ -43,137 +59,9 @@ class VastError(Exception):
         super().__init__(f"{msg}: {detail}" if detail else msg)
 
 
-@dataclass(frozen=True)
-class VastInfo:
-    """GETINFO. Sizes are (z, y, x) like every array here; ``view`` is (x, y, z) at mip 0."""
-
-    data_size: tuple[int, int, int]
-    cube_size: tuple[int, int, int]
-    n_mips: int
-    voxel_size: tuple[float, float, float]
-    view: tuple[int, int, int]
-
-    def size_at(self, mip: int) -> tuple[int, int, int]:
-        """(z, y, x) volume size at a mip level (x and y halved ``mip`` times)."""
-        return size_at_mip(self.data_size, mip)
-
-    def bounds(self, mip: int = 0) -> Box:
-        """The whole volume as a box at a mip level."""
-        return Box.full(self.size_at(mip))
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """GETLAYERINFO (VAST 1.5 layout)."""
-
-    type: int
-    editable: bool
-    visible: bool
-    brightness: int
-    contrast: int
-    blend_mode: int
-    blend_or_add: int
-    is_changed: bool
-    opacity_level: float
-    brightness_level: float
-    contrast_level: float
-    tint_color: int
-    target_color: tuple[int, int, int]
-    bytes_per_pixel: int
-    inverted: bool
-    solo_mode: bool
-    name: str
-
-
-@dataclass(frozen=True)
-class SelectedLayers:
-    """GETSELECTEDLAYERNR / GETSELECTEDAPILAYERNR; -1 where no layer of that kind exists."""
-
-    selected: int
-    em: int
-    annotation: int
-    segmentation: int
-    tool: int
-
-
-@dataclass(frozen=True)
-class SegmentData:
-    """GETSEGMENTDATA. Hierarchy links are segment ids, 0 = none; anchor/bbox are mip 0."""
-
-    id: int
-    flags: int
-    col1: int
-    col2: int
-    anchor: tuple[int, int, int]
-    parent: int
-    child: int
-    prev: int
-    next: int
-    collapsed_nr: int
-    bbox: tuple[int, int, int, int, int, int]  # x1, y1, z1, x2, y2, z2
-
-
-#: One GETALLSEGMENTDATA record as it lies on the wire (17 little-endian words).
-SEGMENT_RECORD = np.dtype([
-    ("flags", "<u4"), ("col1", "<u4"), ("col2", "<u4"), ("anchor", "<i4", (3,)),
-    ("parent", "<u4"), ("child", "<u4"), ("prev", "<u4"), ("next", "<u4"),
-    ("collapsednr", "<u4"), ("bbox", "<i4", (6,)),
-])
-#: One GETANNOLAYEROBJECTDATA record (21 words).
-_ANNO_RECORD = np.dtype([
-    ("typeflags", "<u4"), ("col1", "<u4"), ("col2", "<u4"), ("anchor", "<u4", (3,)),
-    ("parent", "<u4"), ("child", "<u4"), ("prev", "<u4"), ("next", "<u4"),
-    ("collapsed", "<u4"), ("bbox", "<i4", (6,)), ("userflags", "<u8"), ("userid", "<u8"),
-])
-#: One GETAONODEDATA record (12 words): flags, x, y, z, 3 links, unused, radius, 2 unknown.
-_NODE_RECORD = np.dtype([
-    ("flags", "<u4"), ("xyz", "<u4", (3,)), ("links", "<u4", (3,)), ("w7", "<u4"),
-    ("radius", "<f8"), ("w10", "<u4", (2,)),
-])
-
-
-@dataclass(frozen=True)
-class AnnoObject:
-    """One annotation object (1-based id); type 0 = folder, 1 = skeleton."""
-
-    id: int
-    type: int
-    flags: int
-    col1: int
-    col2: int
-    anchor: tuple[int, int, int]
-    parent: int
-    child: int
-    prev: int
-    next: int
-    collapsed: int
-    bbox: tuple[int, int, int, int, int, int]
-    user_flags: int
-    user_id: int
-
-
-@dataclass(frozen=True)
-class SkeletonNode:
-    """One node of the selected skeleton, numbered depth first from 0; links are -1 when absent."""
-
-    dfs_nr: int
-    x: int
-    y: int
-    z: int
-    parent: int
-    child: int
-    next: int
-    flags: int
-    radius: float
-
-
 def pack_color(r: int, g: int, b: int, pattern: int = 0) -> int:
     """VAST's packed colour word: (r << 24) | (g << 16) | (b << 8) | pattern."""
     return ((r & 255) << 24) | ((g & 255) << 16) | ((b & 255) << 8) | (pattern & 255)
-
-
-def _link(word: int) -> int:
-    return -1 if word == _NONE32 else int(word)
 
 
 class VastClient:
@@ -348,36 +236,23 @@ class VastClient:
         return self._typed(cmd, params, (1, 0, 0, 0)).uints[0]
 
     def _list(self, cmd: P.Cmd, params: Sequence[P.Value], record: np.dtype) -> np.ndarray:
-        """Bulk ``u32 N`` then N fixed-size records."""
-        payload = self._request(cmd, params)
-        if len(payload) < 4:
-            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, "reply lacks the record count")
-        (count,) = struct.unpack_from("<I", payload, 0)
-        if len(payload) != 4 + count * record.itemsize:
-            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name,
-                            f"{len(payload)} bytes do not hold {count} records "
-                            f"of {record.itemsize} bytes")
-        return np.frombuffer(payload, dtype=record, count=count, offset=4)
+        """Bulk ``u32 N`` then N fixed-size records (layouts in :mod:`.records`)."""
+        try:
+            return decode_counted(self._request(cmd, params), record)
+        except RecordError as exc:
+            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, str(exc)) from exc
 
     def _names(self, cmd: P.Cmd) -> list[str]:
         """Bulk ``u32 N`` then N NUL-terminated strings."""
-        payload = bytes(self._request(cmd))
-        if len(payload) < 4:
-            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, "reply lacks the name count")
-        (count,) = struct.unpack_from("<I", payload, 0)
-        parts = payload[4:].split(b"\0")
-        if len(parts) != count + 1 or parts[-1]:
-            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name,
-                            f"expected {count} NUL-terminated names")
-        return [p.decode("latin-1") for p in parts[:-1]]
+        try:
+            return decode_names(self._request(cmd))
+        except RecordError as exc:
+            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, str(exc)) from exc
 
     # -- info and layers -----------------------------------------------------------------------
 
     def get_info(self) -> VastInfo:
-        g = self._typed(P.Cmd.GETINFO, (), (7, 3, 0, 3))
-        u, d = g.uints, g.doubles
-        return VastInfo(data_size=(u[2], u[1], u[0]), cube_size=(u[5], u[4], u[3]), n_mips=u[6],
-                        voxel_size=(d[2], d[1], d[0]), view=tuple(g.ints))
+        return VastInfo.from_grouped(self._typed(P.Cmd.GETINFO, (), VastInfo.COUNTS))
 
     def get_api_version(self) -> int:
         return self._one_uint(P.Cmd.GETAPIVERSION)
@@ -386,27 +261,18 @@ class VastClient:
         return self._one_uint(P.Cmd.GETNROFLAYERS)
 
     def get_layer_info(self, nr: int) -> LayerInfo:
-        g = self._typed(P.Cmd.GETLAYERINFO, [P.u32(nr)], (7, 3, 1, 8))
-        i, d, u = g.ints, g.doubles, g.uints
-        return LayerInfo(
-            type=i[0], editable=bool(i[1]), visible=bool(i[2]), brightness=i[3], contrast=i[4],
-            blend_mode=i[5], blend_or_add=i[6], is_changed=bool(i[7]), opacity_level=d[0],
-            brightness_level=d[1], contrast_level=d[2], tint_color=u[0],
-            target_color=(u[1], u[2], u[3]), bytes_per_pixel=u[4], inverted=bool(u[5]),
-            solo_mode=bool(u[6]), name=g.texts[0])
+        return LayerInfo.from_grouped(
+            self._typed(P.Cmd.GETLAYERINFO, [P.u32(nr)], LayerInfo.COUNTS))
 
     def get_layer_names(self) -> list[str]:
         """Names of all layers, index = layer number."""
         return [self.get_layer_info(i).name for i in range(self.get_number_of_layers())]
 
     def _selected(self, cmd: P.Cmd) -> SelectedLayers:
-        g = self._typed(cmd)
-        if len(g.ints) == 3:  # VAST 1.2: selected, EM, segmentation
-            return SelectedLayers(g.ints[0], g.ints[1], -1, g.ints[2], -1)
-        if len(g.ints) != 5:
-            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name,
-                            f"expected 5 int32 values, got {len(g.ints)}")
-        return SelectedLayers(*g.ints)
+        try:
+            return SelectedLayers.from_grouped(self._typed(cmd))
+        except RecordError as exc:
+            raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, str(exc)) from exc
 
     def get_selected_layers(self) -> SelectedLayers:
         return self._selected(P.Cmd.GETSELECTEDLAYERNR)
@@ -443,8 +309,8 @@ class VastClient:
 
     def get_mipmap_scale_factors(self, layer: int) -> np.ndarray:
         """(n_mips, 3) uint32 rows of (fx, fy, fz); row m is mip m."""
-        rows = self._list(P.Cmd.GETMIPMAPSCALEFACTORS, [P.u32(layer)], np.dtype(("<u4", (3,))))
-        return rows.astype(np.uint32).reshape(-1, 3)
+        rows = self._list(P.Cmd.GETMIPMAPSCALEFACTORS, [P.u32(layer)], MIP_FACTORS_RECORD)
+        return rows["factors"].astype(np.uint32)
 
     # -- voxels ---------------------------------------------------------------------------------
 
@@ -529,11 +395,8 @@ class VastClient:
         return self._one_uint(P.Cmd.GETNUMBEROFSEGMENTS)
 
     def get_segment_data(self, id: int) -> SegmentData:
-        g = self._typed(P.Cmd.GETSEGMENTDATA, [P.u32(id)], (9, 0, 0, 9))
-        u, i = g.uints, g.ints
-        return SegmentData(id=u[0], flags=u[1], col1=u[2], col2=u[3], anchor=(i[0], i[1], i[2]),
-                           parent=u[4], child=u[5], prev=u[6], next=u[7], collapsed_nr=u[8],
-                           bbox=tuple(i[3:9]))
+        return SegmentData.from_grouped(
+            self._typed(P.Cmd.GETSEGMENTDATA, [P.u32(id)], SegmentData.COUNTS))
 
     def get_all_segment_data(self) -> np.ndarray:
         """Structured array (dtype SEGMENT_RECORD); record k is segment k, 0 = background."""
@@ -585,14 +448,9 @@ class VastClient:
         return u[0], u[1]
 
     def get_anno_object_data(self) -> list[AnnoObject]:
-        recs = self._list(P.Cmd.GETANNOLAYEROBJECTDATA, (), _ANNO_RECORD)
-        return [AnnoObject(
-            id=k + 1, type=int(r["typeflags"]) & 0xFFFF, flags=int(r["typeflags"]) >> 16,
-            col1=int(r["col1"]), col2=int(r["col2"]), anchor=tuple(int(v) for v in r["anchor"]),
-            parent=int(r["parent"]), child=int(r["child"]), prev=int(r["prev"]),
-            next=int(r["next"]), collapsed=int(r["collapsed"]),
-            bbox=tuple(int(v) for v in r["bbox"]), user_flags=int(r["userflags"]),
-            user_id=int(r["userid"])) for k, r in enumerate(recs)]
+        """Objects 1..N of the selected annotation layer."""
+        recs = self._list(P.Cmd.GETANNOLAYEROBJECTDATA, (), ANNO_RECORD)
+        return [AnnoObject.from_record(k + 1, r) for k, r in enumerate(recs)]
 
     def get_anno_object_names(self) -> list[str]:
         return self._names(P.Cmd.GETANNOLAYEROBJECTNAMES)
@@ -605,12 +463,8 @@ class VastClient:
 
     def get_ao_node_data(self) -> list[SkeletonNode]:
         """Nodes of the selected skeleton in depth-first order (coordinates at mip 0)."""
-        recs = self._list(P.Cmd.GETAONODEDATA, (), _NODE_RECORD)
-        return [SkeletonNode(
-            dfs_nr=k, x=int(r["xyz"][0]), y=int(r["xyz"][1]), z=int(r["xyz"][2]),
-            parent=_link(int(r["links"][0])), child=_link(int(r["links"][1])),
-            next=_link(int(r["links"][2])), flags=int(r["flags"]), radius=float(r["radius"]))
-            for k, r in enumerate(recs)]
+        recs = self._list(P.Cmd.GETAONODEDATA, (), NODE_RECORD)
+        return [SkeletonNode.from_record(k, r) for k, r in enumerate(recs)]
 
     def add_ao_node(self, x: int, y: int, z: int) -> None:
         """Add a node (mip-0 coordinates) to the selected skeleton."""
