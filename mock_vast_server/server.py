@@ -40,45 +40,10 @@ from membrane_py.vastapi.protocol import (
 )
 from membrane_py.volumes.base import VolumeSource
 from mock_vast_server.commands import Bulk, dispatch
+from mock_vast_server.limits import FIRST_BUFFER, KEEP_BUFFER, Limits
 from mock_vast_server.state import MockVast, StateError, default_state_dir
 
 log = logging.getLogger("mock_vast_server")
-
-DEFAULT_MAX_BYTES = 1 << 30
-FRAME_OVERHEAD = 1 << 16  # request = block of up to max_bytes plus the box and tags
-FIRST_BUFFER = 1 << 16
-KEEP_BUFFER = 32 << 20  # a connection keeps a buffer up to this size between requests
-MIN_RATE = 1 << 20  # bytes/s a frame must average after the stall grace period
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client, and all of them together, can make the server hold or wait for."""
-
-    max_bytes: int = DEFAULT_MAX_BYTES  # largest reply or request block
-    max_connections: int = 16  # more concurrent connections are accepted and closed at once
-    max_buffered: int = 2 << 30  # bytes all request buffers together may hold
-    idle_timeout: float = 600.0  # s a connection may wait between requests
-    stall_timeout: float = 30.0  # s without progress inside a frame (and grace per frame)
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_connections < 1:
-            raise ValueError("max_bytes and max_connections must be at least 1")
-        if self.idle_timeout <= 0 or self.stall_timeout <= 0:
-            raise ValueError("idle_timeout and stall_timeout must be positive")
-        if self.max_buffered < self.max_frame:
-            raise ValueError(f"max_buffered ({self.max_buffered}) must hold one largest request "
-                             f"(max_bytes + {FRAME_OVERHEAD} = {self.max_frame} bytes)")
-
-    @property
-    def max_frame(self) -> int:
-        """Largest request frame accepted (after the 12-byte header)."""
-        return self.max_bytes + FRAME_OVERHEAD
-
-    def frame_time(self, nbytes: int) -> float:
-        """Seconds allowed to move one frame of ``nbytes``."""
-        return self.stall_timeout + nbytes / MIN_RATE
-
 
 class _Budget:
     """Bytes that all connection buffers may hold together; thread-safe."""
@@ -303,13 +268,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_address(cfg: ServeConfig) -> None:
+def _check_address(cfg: ServeConfig, prog: str) -> None:
+    if not is_loopback(cfg.host):
+        if not cfg.allow_remote:
+            raise ServeError(f"refusing to serve on {cfg.host}: the VAST protocol has no "
+                             "authentication; use 127.0.0.1, or add --allow-remote if every "
+                             "machine that can reach this port may read and change the data")
+        print(f"{prog}: warning: serving on {cfg.host} without authentication; anyone who "
+              "can reach the port can read and change the data", file=sys.stderr)
     if not 0 <= cfg.port <= 65535:
         raise ServeError(f"port {cfg.port} is out of range; give 0..65535 (0 picks a free port)")
-    if not is_loopback(cfg.host) and not cfg.allow_remote:
-        raise ServeError(f"refusing to serve on {cfg.host}: the VAST protocol has no "
-                         "authentication; use 127.0.0.1, or add --allow-remote if every "
-                         "machine that can reach this port may read and change the data")
 
 
 def _open_volumes(cfg: ServeConfig) -> tuple[VolumeSource, VolumeSource | None]:
@@ -352,16 +320,12 @@ def serve(cfg: ServeConfig, ready: Callable[[str, int], None] | None = _print_re
     flushing painted layers.
     """
     try:
-        _check_address(cfg)
+        _check_address(cfg, prog)
         em, labels = _open_volumes(cfg)
         server = _bind(cfg)
     except ServeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    if not is_loopback(server.host):
-        print(f"{prog}: warning: serving on {server.host}:{server.port} without "
-              "authentication; anyone who can reach it can read and change the data",
-              file=sys.stderr)
     state_dir = cfg.state or default_state_dir(cfg.volume, cfg.labels_spec)
     try:
         state = MockVast(em, labels, cfg.skeletons, state_dir, max_bytes=cfg.limits.max_bytes)
