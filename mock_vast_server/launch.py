@@ -5,9 +5,11 @@ Used by tests, the demo and benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,7 @@ def start_server(
 ) -> ServerProcess:
     """Launch the server and return once it prints its ready line.
 
+    ``voxel_size`` is (z, y, x) like every array here (the command line takes x y z).
     ``allow_load``: directories LOADLAYER may open layers from (``--allow-load``).
 
     Raises RuntimeError with the server's stderr when it exits early or is not ready in time.
@@ -100,7 +103,7 @@ def start_server(
     if skeletons is not None:
         cmd += ["--skeletons", str(skeletons)]
     if voxel_size is not None:
-        cmd += ["--voxel-size", *(str(v) for v in voxel_size)]
+        cmd += ["--voxel-size", *(str(v) for v in voxel_size[::-1])]
     for folder in allow_load:
         cmd += ["--allow-load", str(folder)]
     cmd += list(extra_args)
@@ -155,3 +158,24 @@ def raw_request(sock: socket.socket, cmd: int, params: Sequence[Value] = (),
     length = parse_header(recv_exact(sock, HEADER_SIZE), max_length)
     ok, payload = split_reply(recv_exact(sock, length))
     return ok, bytes(payload)
+
+
+def send_and_close(server: ServerProcess, data: bytes) -> None:
+    """Send bytes, then hang up (possibly mid-frame); a server that hung up first is fine."""
+    with contextlib.closing(server.connect(timeout=10)) as s, contextlib.suppress(OSError):
+        s.sendall(data)
+
+
+def reply_or_close(sock: socket.socket) -> bool:
+    """Read one reply: True for a well-formed frame, False when the server closed instead.
+
+    Raises ProtocolError or AssertionError for anything else.
+    """
+    head = sock.recv(HEADER_SIZE, socket.MSG_WAITALL)
+    if not head:
+        return False
+    length = parse_header(head, 1 << 31)
+    body = recv_exact(sock, length)
+    (flag,) = struct.unpack_from("<i", body)
+    assert flag in (0, 1), f"result flag {flag}"
+    return True

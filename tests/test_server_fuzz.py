@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from membrane_py.vastapi.protocol import (
-    HEADER_SIZE,
     Cmd,
     Grouped,
     ProtocolError,
@@ -19,10 +17,9 @@ from membrane_py.vastapi.protocol import (
     decode_values,
     encode_request,
     error_code_of,
-    parse_header,
     request_header,
 )
-from mock_vast_server.launch import raw_request, recv_exact
+from mock_vast_server.launch import raw_request, reply_or_close, send_and_close
 
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -36,23 +33,6 @@ values = st.one_of(
     st.binary(max_size=64).map(lambda v: Value(Tag.BLOCK, v)),
 )
 commands = st.one_of(st.sampled_from([int(c) for c in Cmd]), st.integers(0, 2**32 - 1))
-
-
-def send_and_close(server, data: bytes) -> None:
-    """Send bytes, then hang up (possibly mid-frame)."""
-    with contextlib.closing(server.connect(timeout=10)) as s, contextlib.suppress(OSError):
-        s.sendall(data)
-
-
-def reply_or_close(s: socket.socket) -> None:
-    """The server either answers with one well-formed frame or closes the connection."""
-    head = s.recv(HEADER_SIZE, socket.MSG_WAITALL)
-    if not head:
-        return
-    length = parse_header(head, 1 << 31)
-    body = recv_exact(s, length)
-    (flag,) = struct.unpack_from("<i", body)
-    assert flag in (0, 1)
 
 
 def assert_alive(server) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from membrane_py.cli.render import Renderer
+from mock_vast_server.limits import Limits
+
+_LIMITS = Limits()
 
 
 def demo(
@@ -39,25 +42,39 @@ def serve(
     skeletons: Path = typer.Option(None, help="skeleton nodes (JSON or CSV) for annotations"),
     state: Path = typer.Option(None, help="folder where painted layers persist"),
     host: str = typer.Option("127.0.0.1", help="interface to bind; keep 127.0.0.1 unless needed"),
-    port: int = typer.Option(22081, help="TCP port (VAST's default is 22081)"),
-    voxel_size: tuple[float, float, float] = typer.Option(
-        None, help="voxel size in nm as Z Y X (default: from the data, else 1 1 1)"),
     allow_load: list[Path] = typer.Option(
         None, "--allow-load", help="folder VAST clients may load layers from (repeatable); the "
         "volume's folder and the state folder are always allowed"),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="allow a non-loopback --host; the VAST protocol has no "
+        "authentication, so anyone who reaches the port can read and change the data"),
+    port: int = typer.Option(22081, help="TCP port, 0..65535 (VAST's default is 22081; 0 picks "
+                             "a free one)"),
+    voxel_size: tuple[float, float, float] = typer.Option(
+        None, help="voxel size in nm as X Y Z, VAST's order (default: from the data, else 1 1 1)"),
+    max_connections: int = typer.Option(_LIMITS.max_connections,
+                                        help="concurrent connections; more are closed"),
+    idle_timeout: float = typer.Option(_LIMITS.idle_timeout,
+                                       help="close connections idle this many seconds"),
+    stall_timeout: float = typer.Option(
+        _LIMITS.stall_timeout,
+        help="close connections that stop sending in the middle of a request this long"),
 ) -> None:
     """Serve a volume over the VAST remote-control protocol (for users without VAST)."""
-    from mock_vast_server.server import main as server_main
+    from mock_vast_server.server import ServeConfig
+    from mock_vast_server.server import serve as run_server
 
-    argv = ["--volume", volume, "--host", host, "--port", str(port)]
-    for flag, value in (("--labels", labels), ("--skeletons", skeletons), ("--state", state)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if voxel_size is not None:
-        argv += ["--voxel-size", *map(str, voxel_size)]
-    for folder in allow_load or ():
-        argv += ["--allow-load", str(folder)]
-    server_main(argv)
+    try:
+        limits = Limits(max_connections=max_connections, idle_timeout=idle_timeout,
+                        stall_timeout=stall_timeout)
+    except ValueError as exc:
+        typer.echo(f"membrane serve: error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    config = ServeConfig(volume=volume, labels=labels, skeletons=skeletons, state=state,
+                         host=host, port=port, voxel_size_xyz=voxel_size,
+                         allow_remote=allow_remote, limits=limits,
+                         allow_load=tuple(allow_load or ()))
+    raise typer.Exit(run_server(config, prog="membrane serve"))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,10 +9,12 @@ mip); arrays come back (z, y, x[, c]); points (view, nodes, anchors) are (x, y, 
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,11 +43,24 @@ __all__ = ["EM_DTYPES", "SEGMENT_RECORD", "AnnoObject", "LayerInfo", "SegmentDat
 
 #: Largest failure reply (one error code, maybe a message) accepted for a bulk command.
 MAX_ERROR_REPLY = 1 << 16
+#: Largest typed (tagged values) reply; the biggest real ones are a few names or numbers.
+MAX_TYPED_REPLY = 1 << 20
+#: Seconds a request and its whole reply may take when no timeout is given.
+DEFAULT_TIMEOUT = 30.0
+#: First allocation for a reply of unknown content; it doubles as bytes arrive.
+_FIRST_CHUNK = 1 << 16
 #: Bytes per pixel an EM layer may have, with the numpy type of one pixel.
 EM_DTYPES = {1: np.uint8, 3: np.uint8, 4: np.uint32, 8: np.uint64}
 
 #: Commands that only read VAST's state, so resending one after a broken connection is safe.
 READ_ONLY = frozenset(c for c in P.Cmd if c.name.startswith("GET"))
+
+
+class VastTimeoutError(ConnectionError, TimeoutError):
+    """VAST did not finish a reply in time; the connection was dropped.
+
+    A ConnectionError too, so callers that handle a lost VAST handle this the same way.
+    """
 
 
 class VastError(Exception):
@@ -69,19 +84,24 @@ class VastClient:
 
     Use as a context manager or call :meth:`connect` / :meth:`close`. A broken connection is
     re-opened once and the request resent only for read-only (GET...) commands; a write that
-    may have reached VAST is never silently repeated.
+    may have reached VAST is never silently repeated. ``timeout`` bounds sending a request
+    plus receiving its whole reply (default: $MEMBRANE_VAST_TIMEOUT, else 30 s), so a VAST
+    that trickles bytes cannot hold a call forever; past it :class:`VastTimeoutError`.
     """
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = P.DEFAULT_PORT,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         connect_timeout: float = 2.0,
         max_reply_bytes: int = 2**31,
     ) -> None:
+        if timeout is None:
+            timeout = float(os.environ.get("MEMBRANE_VAST_TIMEOUT", DEFAULT_TIMEOUT))
         self.host, self.port = host, int(port)
         self.timeout, self.connect_timeout = timeout, connect_timeout
+        self._deadline = 0.0
         self.max_reply_bytes = int(max_reply_bytes)
         self._sock: socket.socket | None = None
         self._lock = threading.RLock()
@@ -137,18 +157,21 @@ class VastClient:
 
         ``blob`` is sent as a trailing data block without copying. For bulk image commands
         ``expect`` lists the allowed payload sizes (``out``, when given, receives the one
-        that matches its size); other payloads are bounded by ``max_bytes``.
+        that matches its size); other payloads are bounded by ``max_bytes`` (default: a
+        typed reply, :data:`MAX_TYPED_REPLY`).
         """
         with self._lock:
             for attempt in (0, 1):
                 self._ensure_fresh_connection()
+                self._deadline = time.monotonic() + self.timeout
                 try:
                     self._send(cmd, params, blob)
                     return self._receive(cmd, expect, out, max_bytes)
                 except TimeoutError as exc:
                     self.close()  # the stream position is unknown now
-                    raise TimeoutError(
-                        f"VAST did not answer {cmd.name} within {self.timeout} s") from exc
+                    raise VastTimeoutError(
+                        f"VAST at {self.host}:{self.port} did not answer {cmd.name} within "
+                        f"{self.timeout:g} s (the timeout covers the whole reply)") from exc
                 except (ConnectionError, OSError) as exc:
                     self.close()
                     if cmd not in READ_ONLY or attempt:
@@ -167,24 +190,49 @@ class VastClient:
             self.close()  # nothing is outstanding, so "readable" means EOF, a reset or junk
         self.connect()
 
+    def _time_left(self) -> float:
+        """Seconds left of this request's timeout, applied to the socket; TimeoutError at 0."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        assert self._sock is not None
+        self._sock.settimeout(left)
+        return left
+
     def _send(self, cmd: P.Cmd, params: Sequence[P.Value], blob: memoryview | None) -> None:
         body = P.encode_values(params)
+        self._time_left()
         assert self._sock is not None
         if blob is None:
             self._sock.sendall(P.request_header(cmd, len(body)) + body)
             return
         tail = bytes((P.Tag.BLOCK,)) + struct.pack("<I", blob.nbytes)
         self._sock.sendall(P.request_header(cmd, len(body) + len(tail) + blob.nbytes) + body + tail)
+        self._time_left()
         self._sock.sendall(blob)
 
     def _recv_into(self, view: memoryview) -> None:
+        """Fill ``view`` before the request's deadline."""
         assert self._sock is not None
         got, n = 0, view.nbytes
         while got < n:
+            self._time_left()
             k = self._sock.recv_into(view[got:], n - got)
             if k == 0:
                 raise ConnectionResetError("VAST closed the connection in the middle of a reply")
             got += k
+
+    def _recv_payload(self, n: int) -> bytearray:
+        """``n`` bytes into a buffer that grows (doubling) only as they arrive, so a reply
+        header that lies about its length costs little."""
+        payload = bytearray(min(n, _FIRST_CHUNK))
+        got = 0
+        while True:
+            self._recv_into(memoryview(payload)[got:])
+            got = len(payload)
+            if got == n:
+                return payload
+            payload.extend(bytes(min(n, 2 * got) - got))
 
     def _reject(self, cmd: P.Cmd, detail: str) -> VastError:
         self.close()  # the rest of the reply is unread, so this stream cannot be reused
@@ -194,8 +242,11 @@ class VastClient:
                  max_bytes: int | None) -> memoryview | np.ndarray:
         head = memoryview(self._small)
         self._recv_into(head)
-        limit = self.max_reply_bytes if expect is None else max(expect) + 4
-        limit = max(limit if max_bytes is None else min(limit, max_bytes + 4), MAX_ERROR_REPLY)
+        if expect is not None:
+            limit = max(expect) + 4
+        else:
+            limit = (MAX_TYPED_REPLY if max_bytes is None else max_bytes) + 4
+        limit = max(min(limit, self.max_reply_bytes), MAX_ERROR_REPLY)
         try:
             length = P.parse_header(head[: P.HEADER_SIZE], limit)
         except P.ProtocolError as exc:
@@ -205,18 +256,14 @@ class VastClient:
         if flag != 1:
             if n > MAX_ERROR_REPLY:
                 raise self._reject(cmd, f"failure reply of {n} bytes")
-            payload = bytearray(n)
-            self._recv_into(memoryview(payload))
-            raise VastError(P.error_code_of(payload), cmd.name)
+            raise VastError(P.error_code_of(self._recv_payload(n)), cmd.name)
         if expect is not None:
             if n not in expect:
                 raise self._reject(cmd, f"reply has {n} bytes, expected one of {sorted(expect)}")
             buf = out if out is not None and out.nbytes == n else np.empty(n, np.uint8)
             self._recv_into(memoryview(buf).cast("B"))
             return buf
-        payload = bytearray(n)
-        self._recv_into(memoryview(payload))
-        return memoryview(payload)
+        return memoryview(self._recv_payload(n))
 
     def _typed(self, cmd: P.Cmd, params: Sequence[P.Value] = (),
                counts: tuple[int, int, int, int] | None = None) -> P.Grouped:
@@ -238,14 +285,15 @@ class VastClient:
     def _list(self, cmd: P.Cmd, params: Sequence[P.Value], record: np.dtype) -> np.ndarray:
         """Bulk ``u32 N`` then N fixed-size records (layouts in :mod:`.records`)."""
         try:
-            return decode_counted(self._request(cmd, params), record)
+            return decode_counted(self._request(cmd, params, max_bytes=self.max_reply_bytes),
+                                  record)
         except RecordError as exc:
             raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, str(exc)) from exc
 
     def _names(self, cmd: P.Cmd) -> list[str]:
         """Bulk ``u32 N`` then N NUL-terminated strings."""
         try:
-            return decode_names(self._request(cmd))
+            return decode_names(self._request(cmd, max_bytes=self.max_reply_bytes))
         except RecordError as exc:
             raise VastError(P.ErrorCode.UNEXPECTED_DATA, cmd.name, str(exc)) from exc
 
