@@ -41,12 +41,13 @@ class Renderer:
                               "{task.fields[message]}", transient=False,
                               console=Console(stderr=True))
         self._tasks: dict[str, int] = {}
-        self._rich.__enter__()
         return self
 
     def __call__(self, event: Event) -> None:
         if event.kind == "progress":
             self.last[event.task] = event
+            if not self._tasks:  # the bars appear with the first progress event
+                self._rich.start()
             if event.task not in self._tasks:
                 self._tasks[event.task] = self._rich.add_task(event.task, total=event.total,
                                                               message="")
@@ -63,7 +64,8 @@ class Renderer:
             self._rich.console.print(event.message, markup=False, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
-        self._rich.__exit__(*exc)
+        if self._tasks:
+            self._rich.stop()
 
     def finished(self) -> str:
         """What was done when the run stopped, e.g. 'predict: 12/40'."""
