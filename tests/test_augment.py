@@ -65,8 +65,14 @@ def test_intensity_operators():
 
 
 def test_config_validation_and_roundtrip():
-    cfg = AugmentConfig.all_on()
-    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    from membrane_py.augment.patches import PatchJob
+    from membrane_py.jobs import SpecError
+
+    cfg = AugmentConfig.all_on()  # round trip inside a job spec, unknown keys refused
+    job = PatchJob("i", "l", "oi", "ol", augment=cfg)
+    assert PatchJob.from_json(job.to_json()).augment == cfg
+    with pytest.raises(SpecError, match="unknown key 'blur'"):
+        PatchJob.from_dict({**job.to_dict(), "augment": {"blur": 0.5}})
     with pytest.raises(ValueError, match="equalize"):
         AugmentConfig(equalize="sometimes")
     with pytest.raises(ValueError, match="probability"):

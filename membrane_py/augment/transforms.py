@@ -9,7 +9,7 @@ comes from the ``numpy.random.Generator`` passed in, so a (seed, index) pair is 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -63,15 +63,6 @@ class AugmentConfig:
                                  ("contrast", self.contrast > 0), ("gamma", self.gamma > 0),
                                  ("elastic", self.elastic_prob > 0)) if on]
         return names
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AugmentConfig:
-        known = {f.name: f for f in fields(cls)}
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
-        return cls(**kw)
 
 
 def flip_rotate(image: np.ndarray, label: np.ndarray, flip: bool, k: int):
