@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from predict_support import folder_bytes, tiny_checkpoint
 
 from membrane_py.events import Cancelled, CancelToken
-from membrane_py.predict.identity import IDENTITY_FILE, JobMismatchError, model_sha256
+from membrane_py.predict.identity import IDENTITY_FILE, JobMismatchError
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.runner import run_prediction
+from membrane_py.train.checkpoint import weights_sha256
 from mock_vast_server.launch import start_server
 
 SHAPE = (2, 200, 260)  # 2 x 2 x 3 tiles of 128 px
@@ -39,6 +41,11 @@ def job_for(server, checkpoint, out, **kw) -> PredictJob:
     return PredictJob(**{**base, **kw})
 
 
+def _weights_digest(path) -> str:
+    """The digest of the weights as stored in the file (read without our loader)."""
+    return weights_sha256(torch.load(path, weights_only=True)["state_dict"])
+
+
 def _identity(out) -> dict:
     return json.loads((out / IDENTITY_FILE).read_text())
 
@@ -49,7 +56,7 @@ def test_other_model_is_refused_same_model_resumes_overwrite_replaces(server, mo
     first = run_prediction(job_for(server, a, tmp_path))
     assert first.tiles_written == N_TILES
     tiles_a = folder_bytes(tmp_path / "probability")
-    assert _identity(tmp_path)["pixels"]["model"] == model_sha256(a)
+    assert _identity(tmp_path)["pixels"]["model"] == _weights_digest(a)
 
     with pytest.raises(JobMismatchError) as info:
         run_prediction(job_for(server, b, tmp_path))
@@ -65,7 +72,7 @@ def test_other_model_is_refused_same_model_resumes_overwrite_replaces(server, mo
     assert replaced.tiles_written == N_TILES
     assert folder_bytes(tmp_path / "probability") != tiles_a
     identity = _identity(tmp_path)
-    assert identity["pixels"]["model"] == model_sha256(b)
+    assert identity["pixels"]["model"] == _weights_digest(b)
     assert identity["checkpoint"] == str(b) and not identity["overwrite_pending"]
     assert run_prediction(job_for(server, b, tmp_path)).tiles_resumed == N_TILES
 

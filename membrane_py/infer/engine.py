@@ -78,12 +78,13 @@ class TiledPredictor:
     """A :class:`~membrane_py.infer.predictor.Predictor` over any backend."""
 
     def __init__(self, backend: Backend, class_names: list[str], preprocessing: PreprocessConfig,
-                 config: EngineConfig | None = None) -> None:
+                 config: EngineConfig | None = None, model_sha256: str = "") -> None:
         config = config or EngineConfig()
         if len(class_names) != backend.n_classes:
             raise ValueError(f"{len(class_names)} class names for a {backend.n_classes}-class "
                              "model")
         self.backend = backend
+        self.model_sha256 = model_sha256
         self.class_names = list(class_names)
         self.n_classes = backend.n_classes
         self.preprocessing = preprocessing
@@ -151,14 +152,16 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
-        source = model if is_onnx else onnx_model(_checkpoint(model)).SerializeToString()
-        runtime = OnnxBackend(source, device=device)
-        return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config)
+        ck = None if is_onnx else _checkpoint(model)
+        runtime = OnnxBackend(model if ck is None else onnx_model(ck).SerializeToString(),
+                              device=device)
+        return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
+                              runtime.tensors_sha256 if ck is None else ck.digest())
     from membrane_py.infer.torch_backend import TorchBackend
 
     ck = _checkpoint(model)
     net = TorchBackend(ck.build_model(), device=device, compile=compile)
-    return TiledPredictor(net, ck.class_names, ck.preprocess_config, config)
+    return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest())
 
 
 def _checkpoint(model: str | Path | Checkpoint) -> Checkpoint:

@@ -169,7 +169,7 @@ def onnx_tensors_sha256(model: onnx.ModelProto) -> str:
     return tensors_sha256((name, *raw(t)) for name, t in tensors)
 
 
-def read_onnx(model: str | Path | bytes) -> tuple[bytes, OnnxModelInfo | None]:
+def read_onnx(model: str | Path | bytes) -> tuple[bytes, OnnxModelInfo | None, str]:
     """The bytes of an ONNX model and its membrane-py metadata (None for models exported
     elsewhere), with the tensor digest checked. Raises
     :class:`~membrane_py.train.checkpoint.CheckpointError` for a file that is not a
@@ -185,13 +185,14 @@ def read_onnx(model: str | Path | bytes) -> tuple[bytes, OnnxModelInfo | None]:
         raise CheckpointError(f"{label} holds no graph (empty, truncated or another kind of "
                               "file): re-copy or re-export it")
     meta = {p.key: p.value for p in proto.metadata_props}
+    digest = onnx_tensors_sha256(proto)
     if METADATA_KEY not in meta:
-        return data, None
+        return data, None, digest
     info = OnnxModelInfo.from_json(meta[METADATA_KEY])
-    if info.tensors_sha256 is not None and info.tensors_sha256 != onnx_tensors_sha256(proto):
+    if info.tensors_sha256 is not None and info.tensors_sha256 != digest:
         raise CheckpointError(f"{label} is damaged: its weights do not match the digest "
                               "stored at export; re-copy it or export it again")
-    return data, info
+    return data, info, digest
 
 
 def to_probabilities(out: np.ndarray, kind: str) -> np.ndarray:
@@ -221,7 +222,7 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers, self.device_type = _providers(device, ort.get_available_providers())
-        data, info = read_onnx(model)
+        data, info, self.tensors_sha256 = read_onnx(model)
         self.session = ort.InferenceSession(data, opts, providers=providers)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if inp.type != "tensor(float)" or len(inp.shape) != 4 or (

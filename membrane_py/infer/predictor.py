@@ -19,6 +19,7 @@ class Predictor(Protocol):
     n_classes: int
     class_names: list[str]
     margin: int  # context (px) the engine itself adds around each internal tile
+    model_sha256: str  # digest of the weights (checkpoint or ONNX tensors): the model's identity
 
     def predict(self, em: np.ndarray) -> np.ndarray:
         """(z, y, x) uint8 EM -> (z, C, y, x) float32 class probabilities (sum to 1 over C).

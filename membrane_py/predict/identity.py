@@ -8,7 +8,8 @@ to replace the old tiles.
 
 Part of the identity (``pixels``): the model (SHA-256 of its weights, as the checkpoint or
 ONNX digests in :mod:`membrane_py.train.checkpoint` and :mod:`membrane_py.infer.onnx_backend`
-compute it), the source volume (its spec, or for VAST the layer number and name) and shape,
+compute it while loading; the predictor carries it), the source volume (its spec, or for
+VAST the layer number and name) and shape,
 and ``mip``, ``outputs``, ``prob_class``, ``tile``, ``chunk``, ``margin``, ``backend``,
 ``device`` (precision differs between devices), ``skip_blank`` and ``blank_entropy``. Not
 part of it: options that change what is done but not the pixels (region, prefetch, pyramid,
@@ -41,27 +42,13 @@ class JobMismatchError(ValueError):
     differ and how to replace them."""
 
 
-def model_sha256(model: str | Path) -> str:
-    """SHA-256 of a model's weights: the checkpoint's weights digest, or for ``.onnx`` files
-    the digest of the tensors stored in the graph."""
-    if Path(model).suffix.lower() == ".onnx":
-        import onnx
-
-        from membrane_py.infer.onnx_backend import onnx_tensors_sha256
-
-        return onnx_tensors_sha256(onnx.load(str(model)))
-    from membrane_py.train.checkpoint import load_checkpoint, weights_sha256
-
-    return weights_sha256(load_checkpoint(model).state_dict)
-
-
-def pixel_identity(job: PredictJob, volume: VolumeSource) -> dict:
+def pixel_identity(job: PredictJob, volume: VolumeSource, model_sha256: str) -> dict:
     """Everything that decides the pixels of the job's tiles (see the module docstring)."""
     if parse_vast_address(job.source) is not None:
         source = f"VAST layer {job.layer} ({volume.name})"
     else:
         source = str(Path(job.source).resolve()) if Path(job.source).exists() else job.source
-    return {"model": model_sha256(job.checkpoint), "source": source,
+    return {"model": model_sha256, "source": source,
             "volume_shape": list(volume.shape), "mip": job.mip,
             "outputs": sorted(set(job.outputs)), "prob_class": job.prob_class,
             "tile": job.tile, "chunk": list(job.chunk), "margin": job.margin,
@@ -91,12 +78,13 @@ def _differences(old: dict, new: dict, old_checkpoint: str, new_checkpoint: str)
 
 
 @contextmanager
-def claim_output(job: PredictJob, volume: VolumeSource) -> Iterator[None]:
-    """Check ``job`` against the identity recorded in its output folder and record its own;
+def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str) -> Iterator[None]:
+    """Check ``job`` (whose model has the weights digest ``model_sha256``, as the loaded
+    predictor reports it) against the identity recorded in its output folder and record its own;
     raise :class:`JobMismatchError` when they differ and ``job.overwrite`` is off. Wrap the
     writing: an overwrite run stays marked pending unless the block completes."""
     path = Path(job.out) / IDENTITY_FILE
-    pixels = pixel_identity(job, volume)
+    pixels = pixel_identity(job, volume, model_sha256)
     fix = "rerun with overwrite (--overwrite) to replace them, or write into another folder"
     if path.is_file() and not job.overwrite:
         try:

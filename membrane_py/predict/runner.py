@@ -270,7 +270,8 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
                                        tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
         plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
         outputs = make_outputs(job, predictor.class_names)
-        stack.enter_context(claim_output(job, volume))  # refuses tiles of another job
+        # refuses tiles of another job
+        stack.enter_context(claim_output(job, volume, predictor.model_sha256))
         writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
                                   volume.voxel_size, job.pyramid, job.zarr)
         sections = plan.sections()

@@ -58,6 +58,11 @@ class Checkpoint:
     optimizer: dict | None = None
     scheduler: dict | None = None
     best: dict = field(default_factory=dict)
+    weights_sha256: str = ""  # filled by load_checkpoint (see the module docstring)
+
+    def digest(self) -> str:
+        """The weights' SHA-256: as verified when loaded, else computed now."""
+        return self.weights_sha256 or weights_sha256(self.state_dict)
 
     @property
     def model_config(self) -> UNetConfig:
@@ -194,9 +199,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if d.get("version", 0) > VERSION:
         raise CheckpointError(f"checkpoint {path} has version {d['version']}; this membrane-py "
                               f"reads up to {VERSION}: upgrade membrane-py")
-    stored = d.get(DIGEST_KEY)
-    if stored is not None and stored != weights_sha256(d["state_dict"]):
+    stored, digest = d.get(DIGEST_KEY), weights_sha256(d["state_dict"])
+    if stored is not None and stored != digest:
         raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the "
                               "digest stored when it was saved; re-copy it or retrain")
     keys = Checkpoint.__dataclass_fields__
-    return Checkpoint(**{k: v for k, v in d.items() if k in keys})
+    return Checkpoint(**{k: v for k, v in d.items() if k in keys and k != DIGEST_KEY},
+                      weights_sha256=digest)
