@@ -115,10 +115,21 @@ class Box:
 def parse_ints(text: str, n: int, what: str) -> list[int]:
     """'1,2,3' -> [1, 2, 3]: exactly ``n`` comma-separated integers, else a ValueError naming
     ``what`` (the one parser for boxes, points and chunk sizes typed by people)."""
+    return _parse_list(text, int, n, what, "integers")
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """'0.7,0.3,0' -> [0.7, 0.3, 0.0]: comma-separated numbers, else a ValueError naming
+    ``what``."""
+    return _parse_list(text, float, None, what, "numbers")
+
+
+def _parse_list(text: str, kind: type, n: int | None, what: str, noun: str) -> list:
     try:
-        values = [int(v) for v in text.replace(" ", "").split(",")]
+        values = [kind(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
         values = []
-    if len(values) != n:
-        raise ValueError(f"{what} must be {n} comma-separated integers, got {text!r}")
+    if not values or (n is not None and len(values) != n):
+        count = "" if n is None else f"{n} "
+        raise ValueError(f"{what} must be {count}comma-separated {noun}, got {text!r}")
     return values

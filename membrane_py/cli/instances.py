@@ -19,6 +19,7 @@ from membrane_py.cli.options import (
     POINT,
     SAVE_JOB,
     box_option,
+    floats_option,
     ints_option,
     points_option,
     spec_or_exit,
@@ -47,19 +48,9 @@ def _instance_config(h: float, threshold: float, min_size: int, sigma: float, wi
                      halo: int, weights: str = "0.7,0.3,0"):
     from membrane_py.segment.instances import InstanceConfig
 
-    w = tuple(float(v) for v in ints_or_floats(weights))
+    w = tuple(floats_option(weights, "--weights"))
     return spec_or_exit(InstanceConfig, h=h, membrane_threshold=threshold, min_size=min_size,
                         sigma=sigma, window=window, halo=halo, weights=w)
-
-
-def ints_or_floats(text: str) -> list[float]:
-    """'0.7,0.3,0' -> [0.7, 0.3, 0.0]; bad text exits with one line."""
-    from membrane_py.cli.render import fail
-
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise fail(f"--weights must be comma-separated numbers, got {text!r}") from None
 
 
 def _agglomeration(px: int, fraction: float):

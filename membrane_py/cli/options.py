@@ -32,6 +32,13 @@ def ints_option(text: str | None, n: int, what: str) -> list[int] | None:
     return None if text is None else _parsed(parse_ints, text, n, what)
 
 
+def floats_option(text: str | None, what: str) -> list[float] | None:
+    """'0.7,0.3' -> [0.7, 0.3], None stays None; bad text exits with one line."""
+    from membrane_py.geometry import parse_floats
+
+    return None if text is None else _parsed(parse_floats, text, what)
+
+
 def box_option(text: str | None) -> list[int] | None:
     """A ``--box`` value as the spec stores it (VAST order, mip 0, inclusive), checked."""
     from membrane_py.geometry import Box

@@ -82,7 +82,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or an unreachable service, not a bug."""
     from membrane_py.vastapi.client import VastError
 
-    return (ValueError, OSError, VastError, KeyError)
+    return (ValueError, OSError, VastError)
 
 
 def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object:
@@ -113,7 +113,4 @@ def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if isinstance(e, KeyError):
-        text = f"missing {text}"
-    return " ".join(text.split())
+    return " ".join((str(e) or type(e).__name__).split())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.options import SAVE_JOB, spec_or_exit
+from membrane_py.cli.options import SAVE_JOB, floats_option, spec_or_exit
 from membrane_py.cli.render import execute, fail, one_line
 
 
@@ -87,7 +87,7 @@ def train(
             momentum=momentum, weight_decay=weight_decay, schedule=schedule,
             step_epochs=step_epochs,
             step_factor=step_factor, loss=loss,
-            class_weights=[float(w) for w in class_weights.split(",")] if class_weights else None,
+            class_weights=floats_option(class_weights, "--class-weights"),
             shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
