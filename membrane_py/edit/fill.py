@@ -16,8 +16,13 @@ from typing import ClassVar
 import numpy as np
 
 from membrane_py.codes import palette_rgb
-from membrane_py.edit.instances import check_shapes
-from membrane_py.edit.paint import SegmentMap, open_target_layer, vast_address, write_region
+from membrane_py.edit.paint import (
+    SegmentMap,
+    open_target_layer,
+    open_vast_and_source,
+    vast_address,
+    write_region,
+)
 from membrane_py.events import (
     CancelToken,
     Event,
@@ -33,7 +38,6 @@ from membrane_py.segment.fill import fill_region
 from membrane_py.segment.instances import to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST
 from membrane_py.vastapi.client import VastClient
-from membrane_py.volumes.open import open_source
 
 
 def touches_border(mask: np.ndarray, box: Box, full: Box) -> bool:
@@ -109,11 +113,8 @@ def run_fill(job: FillJob, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, client: VastClient | None = None) -> FillResult:
     """Fill from the seed in the probability source and paint the region as one segment."""
     with ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(VastClient(*vast_address(job.vast, job.source)))
-        info = client.get_info()
-        source = stack.enter_context(open_source(job.source, job.source_layer, client=client))
-        check_shapes([source], info.data_size)
+        client, info, source = open_vast_and_source(stack, job.vast, job.source,
+                                                    job.source_layer, client)
         seed = tuple(int(v) for v in (job.seed or client.get_view_coordinates()))
         z, y, x = info.data_size
         if not (0 <= seed[0] < x and 0 <= seed[1] < y and 0 <= seed[2] < z):

@@ -41,7 +41,7 @@ from membrane_py.predict.regions import region_boxes
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate
 from membrane_py.segment.instances import InstanceConfig, segment_stack, to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
-from membrane_py.vastapi.client import VastClient
+from membrane_py.vastapi.client import VastClient, VastInfo
 from membrane_py.volumes.base import VolumeSource
 from membrane_py.volumes.open import open_source
 
@@ -118,6 +118,20 @@ class PaintResult(Result):
 
 
 # --- the target layer and its segments ------------------------------------------------------
+
+
+def open_vast_and_source(stack: ExitStack, vast: str, source: str, source_layer: int,
+                         client: VastClient | None = None, labels: bool = False
+                         ) -> tuple[VastClient, VastInfo, VolumeSource]:
+    """The VAST to paint into (``client``, or a new connection closed with ``stack``), its
+    info, and the job's source volume, which must cover VAST's volume."""
+    if client is None:
+        client = stack.enter_context(VastClient(*vast_address(vast, source)))
+    info = client.get_info()
+    volume = stack.enter_context(open_source(source, source_layer, labels=labels,
+                                             client=client))
+    check_shapes([volume], info.data_size)
+    return client, info, volume
 
 
 def open_target_layer(client: VastClient, layer: int | None, name: str,
@@ -258,12 +272,9 @@ def run_paint(job: PaintJob, progress: ProgressCallback | None = None,
               cancel: CancelToken | None = None, client: VastClient | None = None) -> PaintResult:
     """Paint every region of the job into the target layer, then save the layer."""
     with ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(VastClient(*vast_address(job.vast, job.source)))
-        info = client.get_info()
-        source = stack.enter_context(open_source(job.source, job.source_layer,
-                                                 labels=job.mode == "labels", client=client))
-        check_shapes([source], info.data_size)
+        client, info, source = open_vast_and_source(stack, job.vast, job.source,
+                                                    job.source_layer, client,
+                                                    labels=job.mode == "labels")
         regions = paint_regions(client, job, info.data_size)
         layer = open_target_layer(client, job.layer, job.layer_name)
         segments = SegmentMap(client, f"membrane-py {job.mode}: {source.name}",
