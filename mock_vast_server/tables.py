@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from membrane_py.vastapi.client import pack_color
 from membrane_py.vastapi.records import ANNO_RECORD, SEGMENT_RECORD, word_columns
 
 SEG_MAX_ID = 0xFFFF
@@ -35,7 +36,7 @@ def segment_color(i: int) -> int:
     hue = (i * 0.618033988749895) % 1.0
     sat = 0.55 + 0.4 * ((i * 7919) % 5) / 4
     r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, 0.95))
-    return (r << 24) | (g << 16) | (b << 8)
+    return pack_color(r, g, b)
 
 
 @dataclass
