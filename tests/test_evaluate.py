@@ -85,3 +85,17 @@ def test_cli_train_then_evaluate(tmp_path):
     assert res.exit_code == 0, res.output
     assert "v_rand" in res.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())[0]["image"] == "s0.png"
+
+
+def test_cli_evaluate_names_a_missing_or_unreadable_image(tmp_path, ckpt):
+    from typer.testing import CliRunner
+
+    from membrane_py.cli import app
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    for image, expect in ((tmp_path / "nope.png", "image not found"),
+                          (tmp_path / "notes.txt", "cannot decode image")):
+        r = CliRunner().invoke(app, ["evaluate", str(ckpt), str(image), "--out",
+                                     str(tmp_path / "ev")])
+        assert r.exit_code == 2 and expect in r.output and str(image) in r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -41,12 +41,15 @@ def list_sections(folder: str | Path) -> list[Path]:
 def read_image(path: str | Path) -> np.ndarray:
     """One 2D image as (y, x) or (y, x, 3) RGB, in its stored dtype."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}; check the path")
     if path.suffix.lower() in (".tif", ".tiff"):
         img = tifffile.imread(path)
     else:
         img = read_png(path)
         if img is None:
-            raise ValueError(f"cannot decode image {path}")
+            raise ValueError(f"cannot decode image {path}: it is not a PNG, TIFF or other image "
+                             "file OpenCV reads")
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim == 3 and img.shape[2] == 1:
