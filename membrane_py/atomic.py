@@ -57,8 +57,8 @@ def atomic_path(path: str | Path, sync_dir: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
     os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp's 0600 would hide outputs from other users
     tmp = Path(name)
     try:
         yield tmp

@@ -113,23 +113,29 @@ class StateLock:
             self._file.close()
 
 
-if sys.platform == "win32":
-    import msvcrt
+def _lock(f) -> None:
+    """An exclusive, non-blocking lock on ``f`` (``OSError`` when another process holds it).
+    The platform's module is imported here so that importing this file works everywhere."""
+    if sys.platform == "win32":
+        import msvcrt
 
-    def _lock(f) -> None:
         f.seek(LOCK_OFFSET)
         msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
 
-    def _unlock(f) -> None:
-        f.seek(LOCK_OFFSET)
-        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(f) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
-    def _unlock(f) -> None:
+
+def _unlock(f) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        f.seek(LOCK_OFFSET)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
