@@ -16,6 +16,7 @@ import typer
 
 from membrane_py.cli.options import (
     BOX,
+    CLIP,
     POINT,
     SAVE_JOB,
     box_option,
@@ -68,6 +69,7 @@ def instances(
     mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
                              "sections) or watershed3d"),
     box: str = BOX,
+    clip: bool = CLIP,
     mip: int = MIP,
     invert: bool = INVERT,
     colors: str = typer.Option("ids", help="tiles: ids (id = R*65536+G*256+B, for import) or "
@@ -89,7 +91,7 @@ def instances(
 
     execute(spec_or_exit(
         InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
-        mode=mode, box=box_option(box), mip=mip, invert=invert, colors=colors,
+        mode=mode, box=box_option(box), clip=clip, mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
         agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
         min_size_3d=min_size_3d), save_job)
@@ -105,6 +107,7 @@ def paint(
                                "(cube per skeleton anchor) or nodes (per skeleton node); "
                                "default: box when --box is given, else volume"),
     box: str = BOX,
+    clip: bool = CLIP,
     size: int = typer.Option(1024, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
     depth: int = typer.Option(1, help="cube depth in sections for view/anchors/nodes"),
     point: list[str] = POINT,
@@ -136,7 +139,7 @@ def paint(
 
     regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
                            box=box_option(box), size_xy=size, depth=depth,
-                           anno_layer=anno_layer, points=points_option(point))
+                           anno_layer=anno_layer, points=points_option(point), clip=clip)
     result = execute(spec_or_exit(
         PaintJob, source=source, source_layer=source_layer, vast=vast, mode=mode,
         region=regions, mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,

@@ -8,6 +8,7 @@ import typer
 
 from membrane_py.cli.options import (
     BOX,
+    CLIP,
     POINT,
     SAVE_JOB,
     box_option,
@@ -35,6 +36,7 @@ def predict(
                                "(cube per skeleton anchor) or nodes (per skeleton node); "
                                "default: box when --box is given, else volume"),
     box: str = BOX,
+    clip: bool = CLIP,
     size: int = typer.Option(2048, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
     depth: int = typer.Option(16, help="cube depth in sections for view/anchors/nodes"),
     point: list[str] = POINT,
@@ -66,7 +68,7 @@ def predict(
         raise fail(f"--box applies to --region box, not --region {region}; drop one of them")
     regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
                            box=box_option(box), size_xy=size, depth=depth,
-                           anno_layer=anno_layer, points=points_option(point))
+                           anno_layer=anno_layer, points=points_option(point), clip=clip)
     spec = spec_or_exit(
         PredictJob, checkpoint=str(checkpoint), source=source, out=str(out), layer=layer,
         vast=vast, backend=backend, device=device, mip=mip, region=regions,

@@ -32,7 +32,9 @@ class RegionSpec:
     centred on VAST's view centre, on each skeleton's anchor point, or on each skeleton
     node; overlapping cubes are merged. ``points`` (x, y, z) replaces the points asked
     from VAST (so cube modes also work without VAST); ``anno_layer`` picks VAST's
-    annotation layer (default: the selected one).
+    annotation layer (default: the selected one). A box reaching outside the volume is an
+    error that prints the volume's extent; with ``clip`` it is cut to the volume with a
+    warning (:func:`~membrane_py.geometry.box_in_volume`). Cubes are always clipped.
     """
 
     mode: str = "volume"
@@ -41,6 +43,7 @@ class RegionSpec:
     depth: int = 16
     points: list[list[int]] | None = None
     anno_layer: int | None = None
+    clip: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in REGION_MODES:

@@ -268,7 +268,7 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
 
             predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
                                        tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
-        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
+        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
         outputs = make_outputs(job, predictor.class_names)
         # refuses tiles of another job
         stack.enter_context(claim_output(job, volume, predictor.model_sha256))

@@ -168,6 +168,19 @@ class ArrayLikeVolume(VolumeSource):
         return np.ascontiguousarray(self.data[box.slices()])
 
 
+def _description_json(path: Path) -> dict:
+    """The first page's ImageDescription when it is a JSON object (as membrane-py writes)."""
+    import json
+
+    with tifffile.TiffFile(path) as tif:
+        text = tif.pages[0].description if tif.pages else ""
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class TiffVolume(ArrayLikeVolume):
     """A multi-page TIFF (pages = sections), memory-mapped when its layout allows."""
 
@@ -187,3 +200,5 @@ class TiffVolume(ArrayLikeVolume):
         if data.ndim == 4 and is_label:
             data = rgb_to_ids(np.asarray(data))
         super().__init__(data, voxel_size, is_label, name or self.path.stem)
+        #: the JSON object in the first page's description, if any (what wrote it)
+        self.metadata = _description_json(self.path)

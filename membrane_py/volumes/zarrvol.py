@@ -67,7 +67,12 @@ class ZarrVolume(ArrayLikeVolume):
             raise FileNotFoundError(f"zarr store not found: {self.path}")
         node = zarr.open(str(self.path), mode="r")
         stored, channels_first = None, False
+        #: the OME-Zarr ``multiscales`` metadata (what wrote it, a recorded placement)
+        self.metadata: dict = {}
         if isinstance(node, zarr.Group):
+            ms = node.attrs.get("multiscales")
+            if ms and isinstance(ms[0].get("metadata"), dict):
+                self.metadata = dict(ms[0]["metadata"])
             ome = _ome_level(node, array)
             if ome is not None:
                 array, stored, channels_first = ome
