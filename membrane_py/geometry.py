@@ -83,6 +83,11 @@ class Box:
         z1, y1, x1 = min(self.z1, other.z1), min(self.y1, other.y1), min(self.x1, other.x1)
         return Box(z0, max(z0, z1), y0, max(y0, y1), x0, max(x0, x1))
 
+    def union(self, other: Box) -> Box:
+        """The smallest box holding both (their bounding box)."""
+        return Box(min(self.z0, other.z0), max(self.z1, other.z1), min(self.y0, other.y0),
+                   max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1))
+
     def clip(self, shape: tuple[int, int, int]) -> Box:
         return self.intersect(Box.full(shape))
 
