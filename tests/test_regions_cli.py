@@ -93,3 +93,9 @@ def test_instances_box_pastes_into_paint_labels(tmp_path, prob_tif, vast_server,
     assert not seg.any()  # nothing outside the recorded box
     pairs = {(int(a), int(b)) for a, b in zip(ids[ids > 0], inside[ids > 0], strict=True)}
     assert len(pairs) == len(np.unique(ids[ids > 0]))  # one VAST segment per source id
+
+
+def test_gt_box_outside_prints_the_extent(tmp_path, prob_tif):
+    out = CliRunner().invoke(app, ["gt", "membrane", str(prob_tif), str(tmp_path / "gt"),
+                                   "--box", "0,99,0,300,0,1"])
+    assert out.exit_code == 2 and EXTENT in out.output, out.output

@@ -19,6 +19,7 @@ from membrane_py.cli.options import (
     CLIP,
     POINT,
     SAVE_JOB,
+    VOXEL_SIZE,
     box_option,
     floats_option,
     ints_option,
@@ -84,6 +85,7 @@ def instances(
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
     min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
+    voxel_size: tuple[float, float, float] = VOXEL_SIZE,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
@@ -94,7 +96,7 @@ def instances(
         mode=mode, box=box_option(box), clip=clip, mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
         agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
-        min_size_3d=min_size_3d), save_job)
+        min_size_3d=min_size_3d, voxel_size=list(voxel_size) if voxel_size else None), save_job)
 
 
 def paint(

@@ -11,6 +11,7 @@ from membrane_py.cli.options import (
     CLIP,
     POINT,
     SAVE_JOB,
+    VOXEL_SIZE,
     box_option,
     ints_option,
     points_option,
@@ -59,6 +60,7 @@ def predict(
     chunk: str = typer.Option("16,1024,1024", help="z,y,x sections and pixels per read"),
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
+    voxel_size: tuple[float, float, float] = VOXEL_SIZE,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -75,7 +77,8 @@ def predict(
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
-        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile)
+        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile,
+        voxel_size=list(voxel_size) if voxel_size else None)
     execute(spec, save_job)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from membrane_py.atomic import atomic_dir, atomic_path
 from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, Event, ProgressCallback, report, warn
-from membrane_py.geometry import Box, box_in_volume, size_at_mip
+from membrane_py.geometry import Box, box_in_volume, size_at_mip, volume_extent
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
@@ -41,7 +41,7 @@ from membrane_py.segment.instances import (
     to_probability,
 )
 from membrane_py.vastapi.address import parse_vast_address
-from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.base import VolumeSource, check_voxel_size_xyz, output_voxel_size
 from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.open import open_source
 from membrane_py.volumes.placed import placement_attrs
@@ -74,8 +74,9 @@ def check_shapes(sources: Sequence[VolumeSource], shape: tuple[int, int, int]) -
     """All sources must describe the same mip-0 volume."""
     for s in sources:
         if tuple(s.shape) != tuple(shape):
-            raise ValueError(f"{s.name} has shape {s.shape} (z, y, x) but {shape} was expected; "
-                             "every input must cover the same volume")
+            raise ValueError(f"{s.name} spans {volume_extent(s.shape)} but the volume spans "
+                             f"{volume_extent(shape)} (x, y, z, mip 0); every input must cover "
+                             "the same volume")
 
 
 def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip: int,
@@ -174,6 +175,7 @@ class InstanceJob(JobSpec):
     linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
     inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume; one
     reaching outside the volume is an error unless ``clip`` (then a warning).
+    ``voxel_size`` (nm, x, y, z) is recorded in the outputs; default: the first source's.
     """
 
     kind: ClassVar[str] = "instances"
@@ -190,8 +192,10 @@ class InstanceJob(JobSpec):
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
     min_size_3d: int = 500
     clip: bool = False
+    voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
+        check_voxel_size_xyz(self.voxel_size)
         if self.box is not None:
             Box.from_vast_list(self.box)
         if not self.sources:
@@ -242,7 +246,7 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
         check_shapes(sources, shape)
         box = region_box(job.box, shape, job.mip, job.clip, progress)
         prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
-        voxel_size = sources[0].voxel_size
+        voxel_size = output_voxel_size(sources[0], job.voxel_size, progress, "instances")
     labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
                             progress, cancel)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,

@@ -32,7 +32,7 @@ from membrane_py.predict.regions import plan_region
 from membrane_py.predict.vastload import LayerRefresher, load_or_reuse
 from membrane_py.predict.writers import PredictionWriter, make_outputs
 from membrane_py.vastapi.client import VastClient
-from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.base import VolumeSource, output_voxel_size
 from membrane_py.volumes.blocks import Block, Chunk, TileKey, TilePlan, read_chunks
 from membrane_py.volumes.open import open_source
 
@@ -277,8 +277,9 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
         outputs = make_outputs(job, predictor.class_names)
         # refuses tiles of another job
         stack.enter_context(claim_output(job, volume, predictor.model_sha256))
+        voxel_size = output_voxel_size(volume, job.voxel_size, progress, TASK)
         writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
-                                  volume.voxel_size, job.pyramid, job.zarr)
+                                  voxel_size, job.pyramid, job.zarr)
         sections = plan.sections()
         descriptors = writer.write_descriptors(sections)
         layers: list[int] = []

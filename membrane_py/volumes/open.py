@@ -89,15 +89,18 @@ def open_volume(spec: str | Path, *, labels: bool = False,
         raise ValueError(f"{text!r}: only HDF5 files and zarr stores take a ':name' suffix; "
                          f"accepted forms: {ACCEPTED_FORMS}")
     if path.is_dir():
-        return ImageFolderVolume(path, voxel_size=vs, is_label=labels)
-    if name.endswith(_H5):
-        return Hdf5Volume(path, inner, voxel_size=vs, is_label=labels)
-    if name.endswith((".tif", ".tiff")):
-        vol = TiffVolume(path, voxel_size=vs, is_label=labels)
+        vol = ImageFolderVolume(path, voxel_size=vs, is_label=labels)
+    elif name.endswith(_H5):
+        vol = Hdf5Volume(path, inner, voxel_size=vs, is_label=labels)
+    elif name.endswith((".tif", ".tiff")):
+        vol = TiffVolume(path, voxel_size=voxel_size, is_label=labels)
         return placed(vol, vol.metadata)
-    if name.endswith(".vsvi"):
+    elif name.endswith(".vsvi"):
         return VsviVolume(path, is_label=labels)
-    raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
+    else:
+        raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
+    vol.voxel_size_known = voxel_size is not None  # image folders and HDF5 carry none we read
+    return vol
 
 
 @contextmanager

@@ -41,6 +41,7 @@ class PlacedVolume(VolumeSource):
         self.inner, self.box, self.mip = inner, box, mip
         self._shape = tuple(int(v) for v in shape0)
         self.name, self.is_label = inner.name, inner.is_label
+        self.voxel_size_known = inner.voxel_size_known
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -93,4 +93,5 @@ class ZarrVolume(ArrayLikeVolume):
         self.array_name = array
         label = f"{self.path.name}:{array}" if array else self.path.name
         data = _ChannelsLast(node) if channels_first else node
+        self.voxel_size_known = bool(voxel_size or stored)
         super().__init__(data, voxel_size or stored or (1.0, 1.0, 1.0), is_label, name or label)
