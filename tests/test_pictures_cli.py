@@ -35,3 +35,26 @@ def test_evaluate_draws_false_and_missed_membrane_in_two_colours(tmp_path):
         seen["false"] += int(false.sum())
         seen["missed"] += int(missed.sum())
     assert seen["false"] > 0 and seen["missed"] > 0
+
+
+def test_gt_writes_viewable_previews_that_patches_ignores(tmp_path):
+    syn = make_synthetic((2, 128, 128), seed=5)
+    for z in range(2):
+        write_png(tmp_path / "inst" / f"sec{z}.png", syn.instances[z].astype(np.uint16))
+        write_png(tmp_path / "em" / f"sec{z}.png", syn.em[z])
+    out = CliRunner().invoke(app, ["gt", "membrane", str(tmp_path / "inst"),
+                                   str(tmp_path / "gt")])
+    assert out.exit_code == 0, out.output
+    assert str(tmp_path / "gt" / "preview") in out.output.replace("\n", "")
+    for z in range(2):
+        labels = read_png(tmp_path / "gt" / f"sec{z}_border.png")
+        assert set(np.unique(labels)) == {1, 2}  # the labels themselves are unchanged
+        preview = read_png(tmp_path / "gt" / "preview" / f"sec{z}_border.png")
+        np.testing.assert_array_equal(preview, np.where(labels == 2, 255, 127))
+    out = CliRunner().invoke(app, ["patches", "--images", str(tmp_path / "em"), "--labels",
+                                   str(tmp_path / "gt"), "--out-images", str(tmp_path / "pi"),
+                                   "--out-labels", str(tmp_path / "pl"), "--patch-size", "64",
+                                   "--no-rotate"])
+    assert out.exit_code == 0, out.output
+    cut = {p.name.split("_")[0] for p in (tmp_path / "pl").glob("*.png")}
+    assert cut == {"sec0", "sec1"}  # paired with the labels, not their previews
