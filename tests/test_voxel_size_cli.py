@@ -88,3 +88,25 @@ def test_vast_info_names_its_axes(vast_server):
     assert (view.view_x, view.view_y, view.view_z) == (10, 20, 3)
     assert info.extent() == "x 0..255, y 0..255, z 0..7"
     assert np.array_equal(info.data_size, (info.size_z, info.size_y, info.size_x))
+
+
+def test_train_records_the_voxel_size_or_asks_for_it(tmp_path):
+    from membrane_py.train.checkpoint import load_checkpoint
+
+    syn = make_synthetic((2, 96, 96), seed=4)
+    for z in range(2):
+        write_png(tmp_path / "im" / f"s{z}.png", syn.em[z])
+        write_png(tmp_path / "lab" / f"s{z}.png", syn.membranes[z].astype(np.uint8))
+    base = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
+            "--label-format", "classes", "--depth", "2", "--base-filters", "4",
+            "--patch-size", "64", "--patches-per-epoch", "4", "--val-patches", "2", "--epochs",
+            "1", "--batch-size", "4", "--device", "cpu"]
+    plain = CliRunner().invoke(app, base + ["--out", str(tmp_path / "a")])
+    assert plain.exit_code == 0, plain.output
+    assert ASK in plain.output
+    assert load_checkpoint(tmp_path / "a" / "unet.pt").voxel_size == [1.0, 1.0, 1.0]
+    given = CliRunner().invoke(app, base + ["--out", str(tmp_path / "b"), "--voxel-size", "4",
+                                            "5", "40"])
+    assert given.exit_code == 0, given.output
+    assert ASK not in given.output
+    assert load_checkpoint(tmp_path / "b" / "unet.pt").voxel_size == [40.0, 5.0, 4.0]  # z, y, x

@@ -41,7 +41,7 @@ from membrane_py.segment.instances import (
     to_probability,
 )
 from membrane_py.vastapi.address import parse_vast_address
-from membrane_py.volumes.base import VolumeSource, check_voxel_size_xyz, output_voxel_size
+from membrane_py.volumes.base import VolumeSource, check_voxel_size, output_voxel_size
 from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.open import open_source
 from membrane_py.volumes.placed import placement_attrs
@@ -195,7 +195,7 @@ class InstanceJob(JobSpec):
     voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
-        check_voxel_size_xyz(self.voxel_size)
+        check_voxel_size(self.voxel_size)
         if self.box is not None:
             Box.from_vast_list(self.box)
         if not self.sources:

@@ -13,7 +13,7 @@ from typing import ClassVar
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
-from membrane_py.volumes.base import check_voxel_size_xyz
+from membrane_py.volumes.base import check_voxel_size
 
 #: what can be written: the probability of one class (8-bit, 1..255), the class map,
 #: an RGB image of three class probabilities, or one probability folder per class
@@ -103,7 +103,7 @@ class PredictJob(JobSpec):
     voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
-        check_voxel_size_xyz(self.voxel_size)
+        check_voxel_size(self.voxel_size)
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
         checks = [
             (bool(self.outputs) and not bad,

@@ -126,12 +126,11 @@ def output_voxel_size(volume: VolumeSource, voxel_size_xyz=None,
     return tuple(float(v) for v in volume.voxel_size)
 
 
-def check_voxel_size_xyz(values) -> None:
-    """A ``voxel_size`` job field: None or three positive numbers (x, y, z nm)."""
+def check_voxel_size(values) -> None:
+    """A ``voxel_size`` job field: None or three positive numbers (nm)."""
     if values is not None and (len(values) != 3 or any(
             isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in values)):
-        raise ValueError(f"voxel_size is three positive numbers X Y Z in nm (VAST's order), "
-                         f"got {values}")
+        raise ValueError(f"voxel_size must be three positive numbers (nm), got {values}")
 
 
 class ArrayVolume(VolumeSource):
