@@ -96,7 +96,7 @@ def test_box_run_descriptor_places_tiles_at_their_sections(tmp_path, checkpoint)
     out = tmp_path / "pred"
     result = CliRunner().invoke(app, [
         "predict", str(checkpoint), "--source", SPEC, "--out", str(out), "--box",
-        "130,250,20,100,3,4", "--tile", "128", "--chunk", "2,128,128", "--margin", "16",
+        "130,250,20,100,3,4", "--tile", "128", "--chunk", "128,128,2", "--margin", "16",
         "--no-skip-blank", "--no-pyramid"])
     assert result.exit_code == 0, result.output
     raw = json.loads((out / "probability.vsvi").read_text())
@@ -120,7 +120,7 @@ def test_box_run_descriptor_places_tiles_at_their_sections(tmp_path, checkpoint)
 def test_load_refreshes_as_tiles_land_and_reruns_reuse_the_layer(tmp_path, server, checkpoint):
     address = f"vast://{server.host}:{server.port}"
     args = ["predict", str(checkpoint), "--source", address, "--out", str(tmp_path / "p"),
-            "--load", "--tile", "128", "--chunk", "2,128,128", "--margin", "16",
+            "--load", "--tile", "128", "--chunk", "128,128,2", "--margin", "16",
             "--no-skip-blank", "--layer-name", "refresh test"]
     with VastClient(server.host, server.port) as c:
         before = c.get_layer_names()

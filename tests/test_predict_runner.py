@@ -213,7 +213,7 @@ def test_killed_cli_process_restarts_byte_identical(reference, server, checkpoin
     cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "predict",
            str(checkpoint), "--source", f"vast://{server.host}:{server.port}", "--out",
            str(tmp_path), "--outputs", "probability,classes", "--zarr", "--tile", str(TILE),
-           "--chunk", "2,256,256", "--margin", str(MARGIN)]
+           "--chunk", "256,256,2", "--margin", str(MARGIN)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(tile_keys(tmp_path / "classes", 0)) < 8 and proc.poll() is None:  # one chunk

@@ -42,7 +42,7 @@ def test_box_in_volume_error_and_clip():
 
 def test_predict_box_outside_is_an_error_and_clip_warns(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "net.pt")
-    base = ["predict", str(ckpt), "--source", "synthetic:8x256x256", "--chunk", "4,128,128",
+    base = ["predict", str(ckpt), "--source", "synthetic:8x256x256", "--chunk", "128,128,4",
             "--tile", "128", "--margin", "16", "--no-skip-blank"]
     bad = CliRunner().invoke(app, base + ["--out", str(tmp_path / "a"),
                                           "--box", "100,300,0,99,0,3"])

@@ -35,7 +35,7 @@ def _predict(tmp_path, folder, out, *extra):
     ckpt = tiny_checkpoint(tmp_path / "net.pt")
     return CliRunner().invoke(app, [
         "predict", str(ckpt), "--source", str(folder), "--out", str(tmp_path / out), "--tile",
-        "128", "--chunk", "2,128,128", "--margin", "16", "--no-skip-blank", "--zarr", *extra])
+        "128", "--chunk", "128,128,2", "--margin", "16", "--no-skip-blank", "--zarr", *extra])
 
 
 def test_predict_without_voxel_size_warns_and_option_is_xyz(tmp_path, folder):

@@ -57,7 +57,8 @@ def predict(
     blank_entropy: float = typer.Option(1.0, help="grey-level entropy (bits) below which a tile "
                                         "is blank"),
     overwrite: bool = typer.Option(False, help="recompute tiles that already exist"),
-    chunk: str = typer.Option("16,1024,1024", help="z,y,x sections and pixels per read"),
+    chunk: str = typer.Option("1024,1024,16", help="x,y,z pixels and sections per read (at "
+                              "--mip; x and y multiples of --tile)"),
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
     voxel_size: tuple[float, float, float] = VOXEL_SIZE,
@@ -77,7 +78,7 @@ def predict(
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
-        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile,
+        chunk=ints_option(chunk, 3, "--chunk")[::-1], margin=margin, tile=tile,
         voxel_size=list(voxel_size) if voxel_size else None)
     execute(spec, save_job)
 
