@@ -99,3 +99,10 @@ def test_gt_box_outside_prints_the_extent(tmp_path, prob_tif):
     out = CliRunner().invoke(app, ["gt", "membrane", str(prob_tif), str(tmp_path / "gt"),
                                    "--box", "0,99,0,300,0,1"])
     assert out.exit_code == 2 and EXTENT in out.output, out.output
+
+
+def test_fill_seed_outside_prints_the_extent(prob_tif, vast_server):
+    out = CliRunner().invoke(app, ["fill", str(prob_tif), "--vast",
+                                   f"vast://{vast_server.host}:{vast_server.port}",
+                                   "--seed", "10,300,2", "--no-save"])
+    assert out.exit_code == 2 and EXTENT in out.output and "10,300,2" in out.output, out.output
