@@ -5,6 +5,7 @@ rerun reuses its layer instead of adding another one of the same name."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -148,3 +149,16 @@ def test_load_refreshes_as_tiles_land_and_reruns_reuse_the_layer(tmp_path, serve
     assert again == names  # the same layer, not a second one of the same name
     assert f"loaded into VAST as layer(s) {layer}" in second.output
     assert shown.min() > 0  # the second run's tiles show through the reused layer
+
+    # a changed descriptor (here the voxel size) is loaded afresh in place of the old layer
+    third = CliRunner().invoke(app, args + ["--box", "0,127,0,127,5,5", "--voxel-size", "4",
+                                            "4", "30"])
+    assert third.exit_code == 0, third.output
+    with VastClient(server.host, server.port) as c:
+        assert c.get_layer_names() == names
+    assert f"loaded into VAST as layer(s) {layer}" in third.output
+    record = json.loads((tmp_path / "p" / "vast_layers.json").read_text())
+    entry = record[f"{server.host}:{server.port}"]["probability.vsvi"]
+    descriptor = (tmp_path / "p" / "probability.vsvi").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(descriptor).hexdigest()  # loaded anew
+    assert b'"TargetVoxelSizeZnm": 30.0' in descriptor

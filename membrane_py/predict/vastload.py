@@ -10,13 +10,16 @@ A rerun into the same output folder reuses the layer it loaded before instead of
 another layer of the same name: the folder's ``vast_layers.json`` records, per VAST
 address, the name VAST gave each descriptor's layer (and the layer name the job asked
 for), and the layer with that name is reused when VAST still has it and the job asks for
-the same name. The descriptors cover the whole volume and do not change between
-runs (:mod:`membrane_py.volumes.tiles`), so a reused layer shows the new tiles once
-refreshed. A layer of the same name that this folder did not load is left alone.
+the same name. The descriptors cover the whole volume (:mod:`membrane_py.volumes.tiles`),
+so they rarely change between runs and a reused layer shows the new tiles once refreshed;
+when one did change (e.g. a pyramid or a voxel size was added), its layer is removed and
+loaded again at the same place. A layer of the same name that this folder did not load is
+left alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -50,16 +53,21 @@ def load_or_reuse(client: VastClient, out: str | Path, descriptors: list[Path],
     layers: list[int] = []
     reused: list[bool] = []
     for path, name in zip(descriptors, layer_names, strict=True):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
         before = loaded.get(path.name)
-        nr = None
+        nr, ref = None, layers[-1] if layers else -1
         if isinstance(before, dict) and before.get("layer_name") == name \
                 and before.get("vast_name") in names:
             nr = names.index(before["vast_name"])
+            if before.get("sha256") != digest:  # e.g. new mip levels: load it afresh there
+                client.remove_layer(nr)
+                ref = layers[-1] if layers else nr - 1
+                nr = None
         reused.append(nr is not None)
         if nr is None:
-            nr = client.load_layer(str(path.resolve()), layers[-1] if layers else -1)
+            nr = client.load_layer(str(path.resolve()), ref)
             names = client.get_layer_names()
-            loaded[path.name] = {"layer_name": name,
+            loaded[path.name] = {"layer_name": name, "sha256": digest,
                                  "vast_name": names[nr] if nr < len(names) else name}
         layers.append(nr)
     record[key] = loaded
