@@ -106,3 +106,18 @@ def test_fill_seed_outside_prints_the_extent(prob_tif, vast_server):
                                    f"vast://{vast_server.host}:{vast_server.port}",
                                    "--seed", "10,300,2", "--no-save"])
     assert out.exit_code == 2 and EXTENT in out.output and "10,300,2" in out.output, out.output
+
+
+def test_paint_box_outside_is_an_error_and_clip_paints_the_inside(prob_tif, vast_server):
+    address = f"vast://{vast_server.host}:{vast_server.port}"
+    base = ["paint", str(prob_tif), "--vast", address, "--mode", "mask", "--no-save",
+            "--layer-name", "clip test", "--box", "200,300,0,40,7,9"]
+    bad = CliRunner().invoke(app, base)
+    assert bad.exit_code == 2 and EXTENT in bad.output and "--clip" in bad.output, bad.output
+    ok = CliRunner().invoke(app, base + ["--clip"])
+    assert ok.exit_code == 0 and "clipped to 200,255,0,40,7,7" in ok.output, ok.output
+    with VastClient(vast_server.host, vast_server.port) as c:
+        c.set_api_layers_enabled(True)
+        c.set_selected_api_layer(c.get_layer_names().index("clip test"))
+        seg = c.get_seg_image(Box.full(SHAPE))
+    assert seg[7, :41, 200:].any() and not seg[:7].any() and not seg[7, 41:].any()
