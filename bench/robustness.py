@@ -343,7 +343,7 @@ def killed_predictions(tmp: Path, kill_after: list[int]) -> dict:
             cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "predict",
                    str(ckpt), "--source", f"vast://{srv.host}:{srv.port}", "--out", str(out),
                    "--outputs", "probability,classes", "--tile", str(tile),
-                   "--chunk", "2,256,256", "--margin", "32"]
+                   "--chunk", "256,256,2", "--margin", "32"]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 120
             while (len(tile_keys(out / "probability", 0)) < after and proc.poll() is None

@@ -151,6 +151,16 @@ def palette_rgb(ids: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def class_preview(classes: np.ndarray) -> np.ndarray | None:
+    """A viewable uint8 picture of a small class map (0 unknown, 1, 2): ``255 k // 2``,
+    i.e. 0 / 127 / 255, membrane white; None when the map holds other values (it is
+    already viewable, or not a class map)."""
+    top = int(classes.max(initial=0))
+    if classes.min(initial=0) < 0 or not 1 <= top <= 2:
+        return None
+    return (classes.astype(np.uint16) * 255 // 2).astype(np.uint8)
+
+
 # --- PNG files -----------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@
 4. Read the prediction layer back through the server (it must equal the tiles on disk) and
    score it against the served ground-truth segmentation layer: ISBI V_rand of the
    membrane-derived cells and the pixel error of the thresholded membrane map.
+5. Draw one picture to look at: the middle section's EM | membrane probability | 2D
+   instances (`preview.png`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from membrane_py.codes import write_png
 from membrane_py.events import Event, ProgressCallback, report
 from membrane_py.geometry import Box
 
@@ -52,6 +55,25 @@ class DemoResult:
     identical: bool
     v_rand: float
     pixel_error: float
+    preview: Path
+
+
+def preview_picture(em: np.ndarray, prob_u8: np.ndarray, side: int = 512) -> np.ndarray:
+    """One RGB picture of a section: EM | membrane probability | 2D instances (palette
+    colours), each panel at most ``side`` px wide, separated by a white gap."""
+    import cv2
+
+    from membrane_py.codes import palette_rgb
+    from membrane_py.segment.instances import segment_section, to_probability
+
+    ids = segment_section(to_probability(prob_u8))
+    scale = min(1.0, side / max(em.shape))
+    size = (max(1, round(em.shape[1] * scale)), max(1, round(em.shape[0] * scale)))
+    grey = [np.repeat(cv2.resize(p, size, interpolation=cv2.INTER_AREA)[..., None], 3, 2)
+            for p in (em, prob_u8)]
+    panels = [*grey, cv2.resize(palette_rgb(ids), size, interpolation=cv2.INTER_NEAREST)]
+    gap = np.full((size[1], 8, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
 
 def train_demo_model(cfg: DemoConfig, progress: ProgressCallback | None = None) -> Path:
@@ -116,6 +138,11 @@ def run_demo(cfg: DemoConfig, progress: ProgressCallback | None = None) -> DemoR
         client.set_selected_api_layer(names.index("ground truth"))
         v_rand, error = score_membranes(served, client.get_seg_image_rle(whole))
         report(progress, Event.progress("demo: score against the ground truth", 1, 1))
+        z = whole.z1 // 2
+        em = client.get_em_image(0, Box(z, z + 1, 0, whole.y1, 0, whole.x1))[0]
+    preview = out / "preview.png"
+    write_png(preview, preview_picture(em, served[z]))
+    report(progress, Event.artifact(preview, "demo", "EM | probability | instances"))
     return DemoResult(checkpoint, train_seconds, result.out / "probability", descriptor, layer_nr,
                       result.tiles_written, result.megabytes_read, result.seconds, identical,
-                      v_rand, error)
+                      v_rand, error, preview)

@@ -83,6 +83,11 @@ class Box:
         z1, y1, x1 = min(self.z1, other.z1), min(self.y1, other.y1), min(self.x1, other.x1)
         return Box(z0, max(z0, z1), y0, max(y0, y1), x0, max(x0, x1))
 
+    def union(self, other: Box) -> Box:
+        """The smallest box holding both (their bounding box)."""
+        return Box(min(self.z0, other.z0), max(self.z1, other.z1), min(self.y0, other.y0),
+                   max(self.y1, other.y1), min(self.x0, other.x0), max(self.x1, other.x1))
+
     def clip(self, shape: tuple[int, int, int]) -> Box:
         return self.intersect(Box.full(shape))
 
@@ -110,6 +115,44 @@ class Box:
         """A box at mip ``mip`` in mip-0 voxels."""
         f = 1 << mip
         return Box(self.z0, self.z1, self.y0 * f, self.y1 * f, self.x0 * f, self.x1 * f)
+
+
+def volume_extent(shape0: Sequence[int]) -> str:
+    """A (z, y, x) mip-0 volume size as VAST shows its coordinates:
+    ``x 0..W-1, y 0..H-1, z 0..D-1`` (inclusive)."""
+    z, y, x = (int(v) for v in shape0)
+    return f"x 0..{x - 1}, y 0..{y - 1}, z 0..{z - 1}"
+
+
+def box_extent(box: Box) -> str:
+    """A non-empty box as VAST order inclusive ranges: ``x a..b, y c..d, z e..f``."""
+    minx, maxx, miny, maxy, minz, maxz = box.to_vast()
+    return f"x {minx}..{maxx}, y {miny}..{maxy}, z {minz}..{maxz}"
+
+
+def box_in_volume(values: Sequence[int], shape0: tuple[int, int, int],
+                  clip: bool = False) -> tuple[Box, str | None]:
+    """A user's box (VAST order ``[minx, maxx, miny, maxy, minz, maxz]``, inclusive, mip 0)
+    checked against a (z, y, x) mip-0 volume: the one check every ``--box`` goes through.
+
+    Returns the mip-0 :class:`Box` and, when ``clip`` cut it to the volume, a warning that
+    says what is kept. A box reaching outside without ``clip`` (or lying wholly outside)
+    is a ValueError that prints the volume's extent and how to fix the box.
+    """
+    box = Box.from_vast_list(values)
+    inside = box.clip(tuple(shape0))
+    if inside == box:
+        return box, None
+    given = f"box {','.join(map(str, values))} ({box_extent(box)})"
+    extent = f"the volume spans {volume_extent(shape0)} (x, y, z inclusive, mip 0)"
+    if inside.empty:
+        raise ValueError(f"{given} lies outside the volume: {extent}; give a box inside it")
+    kept = ",".join(map(str, inside.to_vast()))
+    if not clip:
+        raise ValueError(f"{given} reaches outside the volume: {extent}; give a box inside "
+                         f"it (e.g. --box {kept}) or add --clip to use the part inside")
+    return inside, f"{given} reaches outside the volume ({extent}); clipped to {kept} " \
+                   f"({box_extent(inside)})"
 
 
 def parse_ints(text: str, n: int, what: str) -> list[int]:

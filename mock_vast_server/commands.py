@@ -531,6 +531,18 @@ def get_em_raw_immediate(s: MockVast, nr: int, mip: int, *rest: int) -> Reply:
     return _em_read(s, nr, mip, rest[:6])
 
 
+@command(Cmd.REFRESHLAYERREGION, "uuuuuuu")
+def refresh_layer_region(s: MockVast, nr: int, *vbox: int) -> None:
+    """Reread a mip-0 box of an image layer. The mock's file layers already read tiles
+    afresh when their files change, so it only checks the request and logs it."""
+    la = s.layer(nr)
+    if la.kind is not LayerKind.IMAGE:
+        raise StateError(31, f"layer {nr} is not an image layer")
+    s.check_box(la, 0, list(vbox), 0)
+    log.info("REFRESHLAYERREGION layer %d (%s): x %d..%d, y %d..%d, z %d..%d", nr, la.name,
+             *vbox)
+
+
 @command(Cmd.GETPIXELVALUE, "uuuuu")
 def get_pixel_value(s: MockVast, nr: int, mip: int, x: int, y: int, z: int) -> Reply:
     la = s.layer(nr)

@@ -301,6 +301,10 @@ def _open_volumes(cfg: ServeConfig) -> tuple[VolumeSource, VolumeSource | None]:
         labels = None if spec is None else open_volume(spec, labels=True, voxel_size=voxel)
     except Exception as exc:  # noqa: BLE001 - any reader failure is the user's input
         raise ServeError(f"cannot open volume {spec!r}: {exc}") from exc
+    if not em.voxel_size_known:
+        print(f"warning: {cfg.volume} has no voxel size metadata, so VAST clients are told "
+              "1 x 1 x 1 nm; pass --voxel-size X Y Z (nm, VAST's x, y, z order)",
+              file=sys.stderr, flush=True)
     return em, labels
 
 

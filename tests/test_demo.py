@@ -7,6 +7,7 @@ import numpy as np
 from membrane_py.codes import read_png
 from membrane_py.demo import DemoConfig, run_demo
 from membrane_py.vastapi.descriptors import read_vsvi
+from membrane_py.volumes.synthetic import make_synthetic
 
 
 def test_small_demo_trains_predicts_loads_and_scores(tmp_path):
@@ -24,3 +25,13 @@ def test_small_demo_trains_predicts_loads_and_scores(tmp_path):
     assert tile.shape == (1024, 1024) and tile[:256, :256].min() >= 1
     assert 0 <= r.pixel_error < 0.5 and 0 < r.v_rand <= 1 and np.isfinite(r.v_rand)
     assert {e.task for e in events} >= {"train", "predict", "demo: score against the ground truth"}
+    # one picture: EM | probability | instances of the middle section, 256 px panels
+    assert r.preview == tmp_path / "preview.png"
+    pic = read_png(r.preview)
+    assert pic.shape == (256, 3 * 256 + 2 * 8, 3)
+    em = make_synthetic((3, 256, 256), 0).em[1]  # what the server serves
+    np.testing.assert_array_equal(pic[:, :256, 0], em)
+    prob = read_png(r.prediction_dir / "mip0" / "Sect_000001" / "sect_000001_r0_c0.png")
+    np.testing.assert_array_equal(pic[:, 264:520, 1], prob[:256, :256])
+    instances = pic[:, 528:]
+    assert len(np.unique(instances.reshape(-1, 3), axis=0)) > 5  # several coloured cells

@@ -85,8 +85,12 @@ def test_instances_read_back_and_replace_atomically(tmp_path):
         {"type": "translation", "translation": [40.0, 160.0, 320.0]}]}]
     assert ms["metadata"]["box_zyx"] == [1, 3, 10, 50, 20, 70] and ms["metadata"]["job"] == {"a": 1}
     vol = open_volume(path, labels=True)
-    assert vol.dtype == np.uint32 and vol.voxel_size == (40.0, 16.0, 16.0)
-    np.testing.assert_array_equal(vol.read(Box.full(vol.shape)), labels)
+    # placed in the whole volume at its recorded box (mip 1), voxel size of mip 0
+    assert vol.dtype == np.uint32 and vol.voxel_size == (40.0, 8.0, 8.0)
+    assert vol.shape == (4, 200, 300)
+    np.testing.assert_array_equal(vol.read(box, 1), labels)
+    np.testing.assert_array_equal(vol.read(box.to_mip0(1))[:, ::2, ::2], labels)
+    assert not vol.read(Box(0, 1, 0, 200, 0, 300)).any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.zarr"]  # no temporaries left
 
 

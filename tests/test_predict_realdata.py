@@ -62,7 +62,7 @@ def test_isbi2012_prediction_through_the_server(shared_data, tmp_path):
     assert prob[membrane].mean() > prob[~membrane].mean() + 10  # it learnt something
 
     v = read_vsvi(result.descriptors[0])
-    assert (v.source_min_s, v.source_max_s, v.offset_z) == (16, 19, 16)
+    assert (v.source_min_s, v.source_max_s, v.offset_z) == (0, 19, 0)
     assert (v.source_max_r, v.source_max_c, v.source_tile_size_x) == (0, 0, 1024)
     assert (v.target_data_size_x, v.target_data_size_y, v.target_data_size_z) == (512, 512, 20)
     assert (v.target_voxel_size_x_nm, v.target_voxel_size_z_nm) == (4.0, 50.0)

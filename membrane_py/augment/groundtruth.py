@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from membrane_py.augment import labels as L
+from membrane_py.codes import class_preview
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
@@ -23,6 +24,9 @@ from membrane_py.volumes.tiles import write_png
 
 CONVERSIONS = ("membrane", "skeleton", "import")
 IMPORT_MODES = ("binary", "map", "values")
+#: subfolder of viewable previews of {1, 2} label PNGs (``codes.class_preview``); a
+#: subfolder, so label folders still pair with image folders file by file
+PREVIEW_DIR = "preview"
 _SUFFIX = {"membrane": "_border", "skeleton": "_skel", "import": "_label"}
 
 
@@ -93,7 +97,10 @@ class GtResult(Result):
     files: list[Path]
 
     def summary(self) -> str:
-        return f"wrote {len(self.files)} label images to {self.output}"
+        text = f"wrote {len(self.files)} label images to {self.output}"
+        previews = self.output / PREVIEW_DIR
+        return text + (f"; viewable previews (0/127/255) in {previews}" if previews.is_dir()
+                       else "")
 
 
 def _inputs(job: GtJob) -> list[tuple[str, np.ndarray | Path]]:
@@ -120,8 +127,11 @@ def run_gt(job: GtJob, progress: ProgressCallback | None = None,
         report(progress, Event.progress(task, i, len(inputs), stem))
         labels = L.read_label_image(item) if isinstance(item, Path) else item
         out = Path(job.output) / f"{stem}{suffix}.png"
-        write_png(out, job.convert(labels))
+        converted = job.convert(labels)
+        write_png(out, converted)
         written.append(out)
+        if (preview := class_preview(converted)) is not None:  # {1, 2} looks black
+            write_png(Path(job.output) / PREVIEW_DIR / out.name, preview)
     report(progress, Event.progress(task, len(inputs), len(inputs), "done"))
     report(progress, Event.artifact(job.output, task, "label folder"))
     return GtResult(Path(job.output), written)

@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
 from membrane_py.codes import rgb_to_ids
-from membrane_py.geometry import Box
+from membrane_py.geometry import Box, box_in_volume, volume_extent
 from membrane_py.volumes.open import open_source
 from membrane_py.volumes.stacks import list_sections, read_image
 
@@ -184,8 +184,10 @@ def read_label_stack(spec: str | Path, box: Box | None = None, mip: int = 0) -> 
     try:
         with open_source(spec, labels=True) as volume:
             full = Box.full(volume.shape_at(mip))
-            if box is not None and box.intersect(full) != box:
-                raise ValueError(f"box {box} reaches outside the volume {full} at mip {mip}")
+            if box is not None and box.intersect(full) != box:  # says the extent, x, y, z
+                box_in_volume(list(box.to_mip0(mip).to_vast()), volume.shape)
+                raise ValueError(f"box {list(box.to_vast())} reaches outside the volume at mip "
+                                 f"{mip}, which spans {volume_extent(full.shape)} there")
             return read_volume_labels(volume, box or full, mip)
     except FileNotFoundError as e:
         raise ValueError(f"unknown ground-truth source {str(spec)!r}: {e}") from e

@@ -30,6 +30,7 @@ def demo(
     typer.echo(f"server loaded the descriptor as layer {r.layer_nr}; read back: {status}")
     typer.echo(f"validation against the synthetic ground truth: V_rand {r.v_rand:.4f}, "
                f"pixel error {100 * r.pixel_error:.2f}%")
+    typer.echo(f"preview (EM | probability | instances): {r.preview}")
     if not r.identical:
         raise typer.Exit(1)
 

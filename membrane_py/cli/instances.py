@@ -16,8 +16,10 @@ import typer
 
 from membrane_py.cli.options import (
     BOX,
+    CLIP,
     POINT,
     SAVE_JOB,
+    VOXEL_SIZE,
     box_option,
     floats_option,
     ints_option,
@@ -68,6 +70,7 @@ def instances(
     mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
                              "sections) or watershed3d"),
     box: str = BOX,
+    clip: bool = CLIP,
     mip: int = MIP,
     invert: bool = INVERT,
     colors: str = typer.Option("ids", help="tiles: ids (id = R*65536+G*256+B, for import) or "
@@ -82,6 +85,7 @@ def instances(
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
     min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
+    voxel_size: tuple[float, float, float] = VOXEL_SIZE,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
@@ -89,10 +93,10 @@ def instances(
 
     execute(spec_or_exit(
         InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
-        mode=mode, box=box_option(box), mip=mip, invert=invert, colors=colors,
+        mode=mode, box=box_option(box), clip=clip, mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
         agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
-        min_size_3d=min_size_3d), save_job)
+        min_size_3d=min_size_3d, voxel_size=list(voxel_size) if voxel_size else None), save_job)
 
 
 def paint(
@@ -105,6 +109,7 @@ def paint(
                                "(cube per skeleton anchor) or nodes (per skeleton node); "
                                "default: box when --box is given, else volume"),
     box: str = BOX,
+    clip: bool = CLIP,
     size: int = typer.Option(1024, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
     depth: int = typer.Option(1, help="cube depth in sections for view/anchors/nodes"),
     point: list[str] = POINT,
@@ -136,7 +141,7 @@ def paint(
 
     regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
                            box=box_option(box), size_xy=size, depth=depth,
-                           anno_layer=anno_layer, points=points_option(point))
+                           anno_layer=anno_layer, points=points_option(point), clip=clip)
     result = execute(spec_or_exit(
         PaintJob, source=source, source_layer=source_layer, vast=vast, mode=mode,
         region=regions, mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,

@@ -12,6 +12,10 @@ from membrane_py.cli.render import fail, one_line
 
 BOX = typer.Option(None, help="minx,maxx,miny,maxy,minz,maxz (mip 0, inclusive, as VAST shows "
                    "them); default: the whole volume")
+CLIP = typer.Option(False, help="cut a --box that reaches outside the volume to the volume "
+                    "(a warning) instead of stopping with an error")
+VOXEL_SIZE = typer.Option(None, help="voxel size in nm as X Y Z, VAST's order, recorded in "
+                          "the outputs (default: from the data; asked for when it has none)")
 POINT = typer.Option(None, help="x,y,z (mip 0) to use instead of asking VAST; repeat for "
                      "several cubes")
 SAVE_JOB = typer.Option(None, help="also write the job spec as JSON here (run it again with "

@@ -8,8 +8,10 @@ import typer
 
 from membrane_py.cli.options import (
     BOX,
+    CLIP,
     POINT,
     SAVE_JOB,
+    VOXEL_SIZE,
     box_option,
     ints_option,
     points_option,
@@ -35,6 +37,7 @@ def predict(
                                "(cube per skeleton anchor) or nodes (per skeleton node); "
                                "default: box when --box is given, else volume"),
     box: str = BOX,
+    clip: bool = CLIP,
     size: int = typer.Option(2048, help="cube width in x and y (mip-0 px) for view/anchors/nodes"),
     depth: int = typer.Option(16, help="cube depth in sections for view/anchors/nodes"),
     point: list[str] = POINT,
@@ -54,9 +57,11 @@ def predict(
     blank_entropy: float = typer.Option(1.0, help="grey-level entropy (bits) below which a tile "
                                         "is blank"),
     overwrite: bool = typer.Option(False, help="recompute tiles that already exist"),
-    chunk: str = typer.Option("16,1024,1024", help="z,y,x sections and pixels per read"),
+    chunk: str = typer.Option("1024,1024,16", help="x,y,z pixels and sections per read (at "
+                              "--mip; x and y multiples of --tile)"),
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
+    voxel_size: tuple[float, float, float] = VOXEL_SIZE,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -66,14 +71,15 @@ def predict(
         raise fail(f"--box applies to --region box, not --region {region}; drop one of them")
     regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
                            box=box_option(box), size_xy=size, depth=depth,
-                           anno_layer=anno_layer, points=points_option(point))
+                           anno_layer=anno_layer, points=points_option(point), clip=clip)
     spec = spec_or_exit(
         PredictJob, checkpoint=str(checkpoint), source=source, out=str(out), layer=layer,
         vast=vast, backend=backend, device=device, mip=mip, region=regions,
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
-        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile)
+        chunk=ints_option(chunk, 3, "--chunk")[::-1], margin=margin, tile=tile,
+        voxel_size=list(voxel_size) if voxel_size else None)
     execute(spec, save_job)
 
 

@@ -59,7 +59,7 @@ class Renderer:
             self._rich.console.print(f"epoch {event.data.get('epoch')}: {values}")
         elif event.kind in ("warning", "error"):
             self._rich.console.print(f"{event.kind}: {event.message}", style="yellow",
-                                     markup=False, highlight=False)
+                                     markup=False, highlight=False, soft_wrap=True)
         elif event.kind == "log":
             self._rich.console.print(event.message, markup=False, highlight=False)
 

@@ -65,6 +65,9 @@ def train(
                                        "IMAGES:LABELS[:FORMAT] (repeatable)"),
     episodic_ratio: float = typer.Option(0.25, help="share of each batch from --episodic data"),
     mip: int = typer.Option(0, help="mip level the images were taken at (recorded)"),
+    voxel_size: tuple[float, float, float] = typer.Option(
+        None, help="voxel size of the images in nm as X Y Z, VAST's order (recorded in the "
+        "checkpoint; asked for when not given)"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Train a 2D U-Net; writes the best and last checkpoints, a .log and a metrics .jsonl."""
@@ -90,6 +93,7 @@ def train(
             class_weights=floats_option(class_weights, "--class-weights"),
             shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
+            voxel_size=list(voxel_size[::-1]) if voxel_size else None,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
             episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
         cfg = finetune_config(pretrained, **options) if pretrained else TrainJob(**options)

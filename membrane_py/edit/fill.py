@@ -118,8 +118,8 @@ def run_fill(job: FillJob, progress: ProgressCallback | None = None,
         seed = tuple(int(v) for v in (job.seed or client.get_view_coordinates()))
         z, y, x = info.data_size
         if not (0 <= seed[0] < x and 0 <= seed[1] < y and 0 <= seed[2] < z):
-            raise ValueError(f"seed {seed} (x, y, z at mip 0) lies outside the volume "
-                             f"({x}, {y}, {z})")
+            raise ValueError(f"seed {','.join(map(str, seed))} (x, y, z at mip 0) lies outside "
+                             f"the volume, which spans {info.extent()}; give --seed inside it")
         full = Box.full(size_at_mip(info.data_size, job.mip))
         cube = cube_around(seed, job.max_size, job.max_depth if job.three_d else 1,
                            info.data_size)

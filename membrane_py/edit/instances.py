@@ -30,8 +30,8 @@ import numpy as np
 
 from membrane_py.atomic import atomic_dir, atomic_path
 from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
-from membrane_py.events import CancelToken, Event, ProgressCallback, report
-from membrane_py.geometry import Box
+from membrane_py.events import CancelToken, Event, ProgressCallback, report, warn
+from membrane_py.geometry import Box, box_in_volume, size_at_mip, volume_extent
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
@@ -41,9 +41,10 @@ from membrane_py.segment.instances import (
     to_probability,
 )
 from membrane_py.vastapi.address import parse_vast_address
-from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.base import VolumeSource, check_voxel_size, output_voxel_size
 from membrane_py.volumes.omezarr import open_multiscale
 from membrane_py.volumes.open import open_source
+from membrane_py.volumes.placed import placement_attrs
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
 COLORINGS = ("ids", "palette")
@@ -73,20 +74,23 @@ def check_shapes(sources: Sequence[VolumeSource], shape: tuple[int, int, int]) -
     """All sources must describe the same mip-0 volume."""
     for s in sources:
         if tuple(s.shape) != tuple(shape):
-            raise ValueError(f"{s.name} has shape {s.shape} (z, y, x) but {shape} was expected; "
-                             "every input must cover the same volume")
+            raise ValueError(f"{s.name} spans {volume_extent(s.shape)} but the volume spans "
+                             f"{volume_extent(shape)} (x, y, z, mip 0); every input must cover "
+                             "the same volume")
 
 
-def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip: int) -> Box:
-    """The processing box at ``mip`` from an inclusive mip-0 VAST-order box (None = all)."""
-    full = Box(0, shape[0], 0, shape[1] >> mip, 0, shape[2] >> mip)
+def region_box(vast_box: Sequence[int] | None, shape: tuple[int, int, int], mip: int,
+               clip: bool = False, progress: ProgressCallback | None = None) -> Box:
+    """The processing box at ``mip`` from an inclusive mip-0 VAST-order box (None = all);
+    a box outside the volume is an error, or with ``clip`` a warning
+    (:func:`~membrane_py.geometry.box_in_volume`)."""
+    full = Box.full(size_at_mip(shape, mip))
     if vast_box is None:
         return full
-    box = Box.from_vast_list(vast_box, mip).intersect(full)
-    if box.empty:
-        raise ValueError(f"box {tuple(vast_box)} lies outside the volume (x, y, z) = "
-                         f"({shape[2]}, {shape[1]}, {shape[0]})")
-    return box
+    box, clipped = box_in_volume(vast_box, shape, clip)
+    if clipped:
+        warn(progress, clipped, "instances")
+    return box.to_mip(mip).intersect(full)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -146,10 +150,11 @@ def write_instances(labels: np.ndarray, output: str | Path, *, volume_shape, box
     """Write ids by the output's form: ``.zarr`` directory, ``.tif``/``.tiff``, else a tile
     folder with a ``.vsvi``. Returns what to open (the descriptor for tiles).
 
-    ``voxel_size`` is that of mip 0; zarr/TIFF record it with the box and mip they hold.
+    ``voxel_size`` is that of mip 0; zarr/TIFF record it with the box and mip they hold and
+    the whole volume's size, so readers place them back (:mod:`membrane_py.volumes.placed`).
     """
-    attrs = {"box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1], "mip": mip,
-             "voxel_size_zyx": list(voxel_size), **(attrs or {})}
+    attrs = {**placement_attrs(volume_shape, box, mip), "voxel_size_zyx": list(voxel_size),
+             **(attrs or {})}
     text = str(output).lower()
     if text.endswith(".zarr"):
         return write_zarr(labels, output, box, mip, voxel_size, name, attrs)
@@ -168,7 +173,9 @@ class InstanceJob(JobSpec):
     ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
     are taken from ``layers`` in order. ``mode``: ``2d`` (per section), ``3d`` (2D segments
     linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
-    inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume.
+    inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume; one
+    reaching outside the volume is an error unless ``clip`` (then a warning).
+    ``voxel_size`` (nm, x, y, z) is recorded in the outputs; default: the first source's.
     """
 
     kind: ClassVar[str] = "instances"
@@ -184,8 +191,11 @@ class InstanceJob(JobSpec):
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
     min_size_3d: int = 500
+    clip: bool = False
+    voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
+        check_voxel_size(self.voxel_size)
         if self.box is not None:
             Box.from_vast_list(self.box)
         if not self.sources:
@@ -234,9 +244,9 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
             spec, next(layers) if parse_vast_address(spec) else None)) for spec in job.sources]
         shape = sources[0].shape
         check_shapes(sources, shape)
-        box = region_box(job.box, shape, job.mip)
+        box = region_box(job.box, shape, job.mip, job.clip, progress)
         prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
-        voxel_size = sources[0].voxel_size
+        voxel_size = output_voxel_size(sources[0], job.voxel_size, progress, "instances")
     labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
                             progress, cancel)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,

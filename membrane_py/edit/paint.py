@@ -44,6 +44,7 @@ from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 from membrane_py.vastapi.client import VastClient, VastInfo
 from membrane_py.volumes.base import VolumeSource
 from membrane_py.volumes.open import open_source
+from membrane_py.volumes.placed import PlacedVolume
 
 SEG_MAX_ID = 0xFFFF
 SEGMENTATION_LAYER = 2  # ADDNEWLAYER type: segmentation with XY mipmapping
@@ -246,10 +247,19 @@ def write_region(client: VastClient, box: Box, mip: int, labels: np.ndarray, seg
     return written, kept
 
 
-def paint_regions(client: VastClient, job: PaintJob, shape: tuple[int, int, int]) -> list[Box]:
-    """The job's region as boxes at its mip (duplicates dropped, empty ones skipped)."""
+def paint_regions(client: VastClient, job: PaintJob, source: VolumeSource,
+                  progress: ProgressCallback | None = None) -> list[Box]:
+    """The job's region as boxes at its mip (duplicates dropped, empty ones skipped).
+
+    Region "volume" of a source that holds one box (`membrane instances --box` output)
+    is that box, so the ids paste back where they were computed."""
+    shape = source.shape
     full = Box.full(size_at_mip(shape, job.mip))
-    boxes = [b.to_mip(job.mip).intersect(full) for b in region_boxes(job.region, shape, client)]
+    if job.region.mode == "volume" and isinstance(source, PlacedVolume):
+        mip0 = [source.box_mip0]
+    else:
+        mip0 = region_boxes(job.region, shape, client, progress)
+    boxes = [b.to_mip(job.mip).intersect(full) for b in mip0]
     return [b for b in dict.fromkeys(boxes) if not b.empty]
 
 
@@ -275,7 +285,7 @@ def run_paint(job: PaintJob, progress: ProgressCallback | None = None,
         client, info, source = open_vast_and_source(stack, job.vast, job.source,
                                                     job.source_layer, client,
                                                     labels=job.mode == "labels")
-        regions = paint_regions(client, job, info.data_size)
+        regions = paint_regions(client, job, source, progress)
         layer = open_target_layer(client, job.layer, job.layer_name)
         segments = SegmentMap(client, f"membrane-py {job.mode}: {source.name}",
                               lambda i: _NAMES[job.mode].format(id=i, class_name=job.class_name))

@@ -1,7 +1,8 @@
 """Evaluate a trained network on sample images: pictures and numbers.
 
-For each image: prediction, probability and overlay PNGs; with labels, a metric table
-(pixel error, per-class IoU/Dice and, for membrane maps, the ISBI scores).
+For each image: prediction, probability and overlay PNGs; with labels, an error map (the
+EM with false membrane in magenta and missed membrane in cyan) and a metric table (pixel
+error, per-class IoU/Dice and, for membrane maps, the ISBI scores).
 """
 
 from __future__ import annotations
@@ -29,6 +30,26 @@ from membrane_py.train.metrics import class_scores, membrane_scores
 # overlay colours (RGB) for classes 2..K; class 1 (background / non-membrane) stays grey
 PALETTE = np.array([[255, 40, 40], [40, 200, 40], [60, 90, 255], [255, 200, 0], [220, 0, 220],
                     [0, 220, 220]], dtype=np.float32)
+
+
+#: error map colours (RGB): predicted membrane where the labels say otherwise, and
+#: labelled membrane the network missed
+FALSE_MEMBRANE = np.array([255, 0, 255], dtype=np.float32)
+MISSED_MEMBRANE = np.array([0, 255, 255], dtype=np.float32)
+
+
+def error_map(image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
+              target: int) -> np.ndarray:
+    """RGB picture of where a prediction disagrees with the labels about class ``target``
+    (1-based, e.g. membrane): false ``target`` in :data:`FALSE_MEMBRANE`, missed ``target``
+    in :data:`MISSED_MEMBRANE`, blended over the grey EM. ``pred`` holds classes 1..K,
+    ``gt`` 0..K; unlabelled pixels (0) are never errors."""
+    rgb = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    labelled = gt > 0
+    for mask, colour in (((pred == target) & (gt != target) & labelled, FALSE_MEMBRANE),
+                         ((pred != target) & (gt == target), MISSED_MEMBRANE)):
+        rgb[mask] = 0.3 * rgb[mask] + 0.7 * colour
+    return rgb.astype(np.uint8)
 
 
 def predict_probabilities(model: UNet, image: np.ndarray, cfg: PreprocessConfig,
@@ -65,8 +86,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
     by the tiled engine), write ``<stem>_{prediction,probability,overlay}.png`` to
-    ``out_dir`` and, with labels, ``metrics.json`` / ``metrics.csv`` (rows per image plus a
-    ``mean`` row). Returns the metric rows (empty without labels)."""
+    ``out_dir`` and, with labels, ``<stem>_errors.png`` (:func:`error_map` for the membrane
+    class, else the last class) and ``metrics.json`` / ``metrics.csv`` (rows per image plus
+    a ``mean`` row). Returns the metric rows (empty without labels)."""
     from membrane_py.augment import labels as L
     from membrane_py.train.trainer import convert_labels
 
@@ -94,6 +116,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             (gt,), _ = convert_labels([raw], label_format, k)
             if gt.shape != image.shape:
                 raise ValueError(f"{labels[i]}: label shape {gt.shape} != image {image.shape}")
+            target = names.index("membrane") + 1 if "membrane" in names else k
+            write_png(out / f"{path.stem}_errors.png",
+                      error_map(image, prob.argmax(0) + 1, gt, target))
             row = {"image": path.name, **class_scores(prob.argmax(0) + 1, gt, k, names)}
             if membrane and (gt == 1).any():
                 row.update(membrane_scores(prob[1], gt, threshold, method))

@@ -13,6 +13,7 @@ from typing import ClassVar
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
+from membrane_py.volumes.base import check_voxel_size
 
 #: what can be written: the probability of one class (8-bit, 1..255), the class map,
 #: an RGB image of three class probabilities, or one probability folder per class
@@ -32,7 +33,9 @@ class RegionSpec:
     centred on VAST's view centre, on each skeleton's anchor point, or on each skeleton
     node; overlapping cubes are merged. ``points`` (x, y, z) replaces the points asked
     from VAST (so cube modes also work without VAST); ``anno_layer`` picks VAST's
-    annotation layer (default: the selected one).
+    annotation layer (default: the selected one). A box reaching outside the volume is an
+    error that prints the volume's extent; with ``clip`` it is cut to the volume with a
+    warning (:func:`~membrane_py.geometry.box_in_volume`). Cubes are always clipped.
     """
 
     mode: str = "volume"
@@ -41,6 +44,7 @@ class RegionSpec:
     depth: int = 16
     points: list[list[int]] | None = None
     anno_layer: int | None = None
+    clip: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in REGION_MODES:
@@ -67,7 +71,9 @@ class PredictJob(JobSpec):
     into when the source is not VAST itself. ``prob_class`` (name or 1-based number) is
     the class of the ``probability`` output (default: "membrane", else the last class).
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
-    ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout).
+    ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout). ``voxel_size``
+    (nm, VAST's x, y, z order) is what the ``.vsvi`` and OME-Zarr outputs record; default:
+    the source's own (a source without one gets a warning and 1 nm).
     """
 
     kind: ClassVar[str] = "predict"
@@ -94,8 +100,10 @@ class PredictJob(JobSpec):
     margin: int = 64
     tile: int = 1024
     prefetch: int = 2
+    voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
+        check_voxel_size(self.voxel_size)
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
         checks = [
             (bool(self.outputs) and not bad,

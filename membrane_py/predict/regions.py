@@ -8,7 +8,8 @@ does not list its points. :func:`plan_region` turns them into the tile plan of
 
 from __future__ import annotations
 
-from membrane_py.geometry import Box
+from membrane_py.events import ProgressCallback, warn
+from membrane_py.geometry import Box, box_in_volume
 from membrane_py.predict.job import RegionSpec
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.blocks import TilePlan, plan_tiles
@@ -49,12 +50,19 @@ def skeleton_points(client: VastClient, anno_layer: int | None,
 
 
 def region_boxes(region: RegionSpec, shape0: tuple[int, int, int],
-                 client: VastClient | None) -> list[Box]:
-    """The mip-0 boxes of a region; VAST is asked for the view or skeletons when needed."""
+                 client: VastClient | None, progress: ProgressCallback | None = None
+                 ) -> list[Box]:
+    """The mip-0 boxes of a region; VAST is asked for the view or skeletons when needed.
+
+    A box must lie inside the volume (or is clipped with a warning when the region says
+    ``clip``); see :func:`~membrane_py.geometry.box_in_volume`."""
     if region.mode == "volume":
         return [Box.full(shape0)]
     if region.mode == "box":
-        return [Box.from_vast(*region.box)]
+        box, clipped = box_in_volume(region.box, shape0, region.clip)
+        if clipped:
+            warn(progress, clipped, "region")
+        return [box]
     points = region.points
     if points is None:
         if client is None:
@@ -72,6 +80,7 @@ def region_boxes(region: RegionSpec, shape0: tuple[int, int, int],
 
 
 def plan_region(region: RegionSpec, shape0: tuple[int, int, int], mip: int, tile: int,
-                client: VastClient | None) -> TilePlan:
+                client: VastClient | None, progress: ProgressCallback | None = None
+                ) -> TilePlan:
     """The :class:`TilePlan` of a job's region."""
-    return plan_tiles(region_boxes(region, shape0, client), shape0, mip, tile)
+    return plan_tiles(region_boxes(region, shape0, client, progress), shape0, mip, tile)

@@ -22,16 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from membrane_py.events import CancelToken, Event, ProgressCallback, report
+from membrane_py.events import CancelToken, Event, ProgressCallback, report, warn
 from membrane_py.geometry import Box
 from membrane_py.infer.predictor import Predictor
 from membrane_py.jobs.spec import Result
 from membrane_py.predict.identity import claim_output
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.regions import plan_region
+from membrane_py.predict.vastload import LayerRefresher, load_or_reuse
 from membrane_py.predict.writers import PredictionWriter, make_outputs
 from membrane_py.vastapi.client import VastClient
-from membrane_py.volumes.base import VolumeSource
+from membrane_py.volumes.base import VolumeSource, output_voxel_size
 from membrane_py.volumes.blocks import Block, Chunk, TileKey, TilePlan, read_chunks
 from membrane_py.volumes.open import open_source
 
@@ -136,9 +137,9 @@ class _WriterThread:
     """Writes predicted chunks and builds each finished z block's pyramid, in order."""
 
     def __init__(self, writer: PredictionWriter, plan: TilePlan, chunk_z: int, pyramid: bool,
-                 tally: _Tally) -> None:
+                 tally: _Tally, refresher: LayerRefresher | None = None) -> None:
         self.writer, self.plan, self.chunk_z, self.pyramid = writer, plan, chunk_z, pyramid
-        self.tally = tally
+        self.tally, self.refresher = tally, refresher
         self.written: dict[int, set[TileKey]] = defaultdict(set)
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=2)
@@ -172,12 +173,16 @@ class _WriterThread:
                     self.writer.write(chunk.core, sections, probs, keys)
                     self.written[chunk.z_block].update(keys)
                     self.tally.add(written=len(keys))
+                    if self.refresher is not None:
+                        self.refresher.add(chunk.core.to_mip0(self.writer.mip))
                 else:  # ("block", k): every chunk of z block k is done
                     k = item[1]
                     written = self.written.pop(k, set())
                     if self.pyramid:
                         keys = self.plan.tiles(k * self.chunk_z, (k + 1) * self.chunk_z)
                         self.tally.add(pyramid=self.writer.build_pyramid(keys, written))
+                    if self.refresher is not None:
+                        self.refresher.flush()
         except BaseException as exc:  # handed to the producer, re-raised there
             self.error = exc
 
@@ -200,7 +205,7 @@ def _tile_pixels(chunk: Chunk, key: TileKey, tile: int) -> np.ndarray:
 
 def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
                     writer: PredictionWriter, predictor: Predictor, tally: _Tally,
-                    cancel: CancelToken | None) -> None:
+                    cancel: CancelToken | None, refresher: LayerRefresher | None = None) -> None:
     """The read -> predict -> write pipeline over every chunk of the plan."""
     chunk_z, m = job.chunk[0], job.margin
     planned: dict[Box, Block] = {}
@@ -216,7 +221,7 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
 
     blocks = iter(plan.blocks(chunk_z))
     next_block = next(blocks, None)
-    out = _WriterThread(writer, plan, chunk_z, job.pyramid, tally)
+    out = _WriterThread(writer, plan, chunk_z, job.pyramid, tally, refresher)
     try:
         chunks = read_chunks(lambda b: volume.read(b, job.mip), pending(), plan.shape,
                              (0, m, m), job.prefetch, cancel)
@@ -268,20 +273,31 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
 
             predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
                                        tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
-        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
+        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
         outputs = make_outputs(job, predictor.class_names)
         # refuses tiles of another job
         stack.enter_context(claim_output(job, volume, predictor.model_sha256))
+        voxel_size = output_voxel_size(volume, job.voxel_size, progress, TASK)
         writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
-                                  volume.voxel_size, job.pyramid, job.zarr)
+                                  voxel_size, job.pyramid, job.zarr)
         sections = plan.sections()
         descriptors = writer.write_descriptors(sections)
         layers: list[int] = []
-        for path in descriptors if job.load_in_vast else []:  # each after the one before
-            layers.append(client.load_layer(str(path.resolve()), layers[-1] if layers else -1))
+        refresher = None
+        if job.load_in_vast:  # reuses the layers an earlier run into this folder loaded
+            layers, _ = load_or_reuse(client, job.out, descriptors,
+                                      [o.layer_name for o in outputs])
+            refresher = LayerRefresher(client, layers, volume.shape)
         tally = _Tally(plan.n_tiles, progress)
-        _predict_chunks(job, volume, plan, writer, predictor, tally, cancel)
+        try:
+            _predict_chunks(job, volume, plan, writer, predictor, tally, cancel, refresher)
+        finally:  # what was written shows in VAST, also after a cancel
+            if refresher is not None:
+                refresher.flush()
         descriptors = writer.write_descriptors(sections)
+        if refresher is not None and refresher.error:
+            warn(progress, f"VAST stopped refreshing the prediction layers ({refresher.error}); "
+                 "tiles written since may stay black in VAST until the layer is reloaded", TASK)
     for path in descriptors:
         report(progress, Event.artifact(path.resolve(), TASK, "VAST descriptor"))
     return PredictResult(

@@ -10,6 +10,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
+from membrane_py.volumes.base import check_voxel_size
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
@@ -86,9 +87,12 @@ class TrainJob(JobSpec):
     # provenance recorded in the checkpoint
     preprocess: dict = field(default_factory=lambda: PreprocessConfig().to_dict())
     mip: int = 0
-    voxel_size: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    #: nm, (z, y, x) as the checkpoint records it; None: unknown (training images carry
+    #: none), recorded as 1 nm with a warning asking for --voxel-size
+    voxel_size: list[float] | None = None
 
     def __post_init__(self) -> None:
+        check_voxel_size(self.voxel_size)
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),

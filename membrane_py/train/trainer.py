@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report
+from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report, warn
 from membrane_py.jobs.spec import Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
@@ -253,10 +253,15 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     iters = len(loader)
     total = cfg.epochs * iters
 
+    voxel_size = list(cfg.voxel_size or (1.0, 1.0, 1.0))
+    if cfg.voxel_size is None:
+        warn(progress, "the training images carry no voxel size, so the checkpoint records "
+             "1 x 1 x 1 nm; pass --voxel-size X Y Z (nm, VAST's x, y, z order)", "train")
+
     def snapshot(epoch: int) -> Checkpoint:
         return Checkpoint(
             state_dict=model.state_dict(), model=model_cfg.to_dict(), class_names=class_names,
-            preprocess=cfg.preprocess, mip=cfg.mip, voxel_size=list(cfg.voxel_size),
+            preprocess=cfg.preprocess, mip=cfg.mip, voxel_size=voxel_size,
             patch_size=cfg.patch_size, history=history,
             train_config={**cfg.to_dict(), "class_weights": weights}, lineage=lineage,
             epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best)

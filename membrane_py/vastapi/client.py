@@ -355,6 +355,11 @@ class VastClient:
     def remove_layer(self, nr: int, force: bool = True) -> None:
         self._request(P.Cmd.REMOVELAYER, [P.u32(nr), P.u32(int(force))])
 
+    def refresh_layer_region(self, layer: int, box: Box) -> None:
+        """Make VAST reread ``box`` (mip-0 voxels) of an image layer from its files, so tiles
+        written after VAST first showed the region appear (REFRESHLAYERREGION)."""
+        self._request(P.Cmd.REFRESHLAYERREGION, [P.u32(layer)] + [P.u32(v) for v in box.to_vast()])
+
     def get_mipmap_scale_factors(self, layer: int) -> np.ndarray:
         """(n_mips, 3) uint32 rows of (fx, fy, fz); row m is mip m."""
         rows = self._list(P.Cmd.GETMIPMAPSCALEFACTORS, [P.u32(layer)], MIP_FACTORS_RECORD)

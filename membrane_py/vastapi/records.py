@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from membrane_py.geometry import Box, size_at_mip
+from membrane_py.geometry import Box, size_at_mip, volume_extent
 from membrane_py.vastapi.protocol import Grouped, Value, f64, i32, text, u32
 
 #: 0xFFFFFFFF in a node link word means "no node".
@@ -132,7 +132,11 @@ Counts = tuple[int, int, int, int]  # (uint32, double, text, int32) values of a 
 class VastInfo:
     """GETINFO: 7u size x,y,z, cube x,y,z, mips; 3d voxel x,y,z; 3i view x,y,z.
 
-    Sizes are (z, y, x) like every array here; ``view`` is (x, y, z) at mip 0.
+    The tuples ``data_size``, ``cube_size`` and ``voxel_size`` are (z, y, x), the order of
+    numpy shapes here (the wire sends x, y, z); ``view`` is (x, y, z) at mip 0, as VAST
+    shows it. To avoid confusing the two orders, read single axes by name: ``size_x``,
+    ``size_y``, ``size_z`` (mip-0 voxels), ``voxel_x``, ``voxel_y``, ``voxel_z`` (nm),
+    ``view_x``, ``view_y``, ``view_z``; :meth:`extent` prints the volume as VAST does.
     """
 
     COUNTS: ClassVar[Counts] = (7, 3, 0, 3)
@@ -142,6 +146,46 @@ class VastInfo:
     n_mips: int
     voxel_size: tuple[float, float, float]
     view: tuple[int, int, int]
+
+    @property
+    def size_x(self) -> int:
+        return self.data_size[2]
+
+    @property
+    def size_y(self) -> int:
+        return self.data_size[1]
+
+    @property
+    def size_z(self) -> int:
+        return self.data_size[0]
+
+    @property
+    def voxel_x(self) -> float:
+        return self.voxel_size[2]
+
+    @property
+    def voxel_y(self) -> float:
+        return self.voxel_size[1]
+
+    @property
+    def voxel_z(self) -> float:
+        return self.voxel_size[0]
+
+    @property
+    def view_x(self) -> int:
+        return self.view[0]
+
+    @property
+    def view_y(self) -> int:
+        return self.view[1]
+
+    @property
+    def view_z(self) -> int:
+        return self.view[2]
+
+    def extent(self) -> str:
+        """The volume as VAST's coordinates read: ``x 0..W-1, y 0..H-1, z 0..D-1``."""
+        return volume_extent(self.data_size)
 
     def size_at(self, mip: int) -> tuple[int, int, int]:
         """(z, y, x) volume size at a mip level (x and y halved ``mip`` times)."""

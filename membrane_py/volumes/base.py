@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from membrane_py.events import ProgressCallback, warn
 from membrane_py.geometry import Box, size_at_mip
 
 MIN_MIP_SIZE = 16  # a mip level exists while its smaller xy side keeps at least this many voxels
@@ -50,6 +51,9 @@ class VolumeSource(ABC):
     name: str = "volume"
     #: True for label/segmentation volumes (nearest-neighbour downsampling)
     is_label: bool = False
+    #: False when the data carry no voxel size and none was given (``voxel_size`` is then a
+    #: 1 nm placeholder that outputs should not record silently; see :func:`output_voxel_size`)
+    voxel_size_known: bool = True
 
     @property
     @abstractmethod
@@ -101,6 +105,32 @@ class VolumeSource(ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, shape={self.shape}, "
                 f"dtype={np.dtype(self.dtype).name}, voxel_size={self.voxel_size})")
+
+
+def output_voxel_size(volume: VolumeSource, voxel_size_xyz=None,
+                      progress: ProgressCallback | None = None,
+                      task: str = "") -> tuple[float, float, float]:
+    """The (z, y, x) nm voxel size to record in what a job writes from ``volume``.
+
+    ``voxel_size_xyz`` (the user's ``--voxel-size X Y Z``, VAST's order) wins; otherwise the
+    volume's own. A volume without voxel size metadata gets a one-line warning that asks
+    for ``--voxel-size`` instead of 1 nm being written silently.
+    """
+    if voxel_size_xyz is not None:
+        x, y, z = (float(v) for v in voxel_size_xyz)
+        return (z, y, x)
+    if not volume.voxel_size_known:
+        warn(progress, f"{volume.name} has no voxel size metadata, so 1 x 1 x 1 nm is written "
+             "into the outputs; pass --voxel-size X Y Z (nm, VAST's x, y, z order, e.g. "
+             "--voxel-size 4 4 40)", task)
+    return tuple(float(v) for v in volume.voxel_size)
+
+
+def check_voxel_size(values) -> None:
+    """A ``voxel_size`` job field: None or three positive numbers (nm)."""
+    if values is not None and (len(values) != 3 or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in values)):
+        raise ValueError(f"voxel_size must be three positive numbers (nm), got {values}")
 
 
 class ArrayVolume(VolumeSource):

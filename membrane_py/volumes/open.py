@@ -58,8 +58,12 @@ def _split_inner(spec: str) -> tuple[Path, str | None]:
 
 def open_volume(spec: str | Path, *, labels: bool = False,
                 voxel_size: tuple[float, float, float] | None = None) -> VolumeSource:
-    """A volume source for ``spec`` (see ACCEPTED_FORMS); ``labels`` marks a label volume."""
+    """A volume source for ``spec`` (see ACCEPTED_FORMS); ``labels`` marks a label volume.
+
+    A zarr or TIFF that records the box it holds (`membrane instances --box`) opens as the
+    whole volume, 0 outside that box (:mod:`membrane_py.volumes.placed`)."""
     from membrane_py.volumes.hdf5 import Hdf5Volume
+    from membrane_py.volumes.placed import placed
     from membrane_py.volumes.stacks import ImageFolderVolume, TiffVolume
     from membrane_py.volumes.synthetic import synthetic_volumes
     from membrane_py.volumes.tiles import VsviVolume
@@ -79,19 +83,24 @@ def open_volume(spec: str | Path, *, labels: bool = False,
     name = path.name.lower()
     if path.is_dir() and (name.endswith(".zarr") or (path / "zarr.json").exists()
                           or (path / ".zarray").exists() or (path / ".zgroup").exists()):
-        return ZarrVolume(path, inner, voxel_size=voxel_size, is_label=labels)
+        vol = ZarrVolume(path, inner, voxel_size=voxel_size, is_label=labels)
+        return placed(vol, vol.metadata)
     if inner is not None and not name.endswith(_H5):
         raise ValueError(f"{text!r}: only HDF5 files and zarr stores take a ':name' suffix; "
                          f"accepted forms: {ACCEPTED_FORMS}")
     if path.is_dir():
-        return ImageFolderVolume(path, voxel_size=vs, is_label=labels)
-    if name.endswith(_H5):
-        return Hdf5Volume(path, inner, voxel_size=vs, is_label=labels)
-    if name.endswith((".tif", ".tiff")):
-        return TiffVolume(path, voxel_size=vs, is_label=labels)
-    if name.endswith(".vsvi"):
+        vol = ImageFolderVolume(path, voxel_size=vs, is_label=labels)
+    elif name.endswith(_H5):
+        vol = Hdf5Volume(path, inner, voxel_size=vs, is_label=labels)
+    elif name.endswith((".tif", ".tiff")):
+        vol = TiffVolume(path, voxel_size=voxel_size, is_label=labels)
+        return placed(vol, vol.metadata)
+    elif name.endswith(".vsvi"):
         return VsviVolume(path, is_label=labels)
-    raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
+    else:
+        raise ValueError(f"unsupported volume {text!r}; accepted forms: {ACCEPTED_FORMS}")
+    vol.voxel_size_known = voxel_size is not None  # image folders and HDF5 carry none we read
+    return vol
 
 
 @contextmanager

@@ -168,10 +168,23 @@ class ArrayLikeVolume(VolumeSource):
         return np.ascontiguousarray(self.data[box.slices()])
 
 
+def _description_json(path: Path) -> dict:
+    """The first page's ImageDescription when it is a JSON object (as membrane-py writes)."""
+    import json
+
+    with tifffile.TiffFile(path) as tif:
+        text = tif.pages[0].description if tif.pages else ""
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class TiffVolume(ArrayLikeVolume):
     """A multi-page TIFF (pages = sections), memory-mapped when its layout allows."""
 
-    def __init__(self, path: str | Path, voxel_size: tuple[float, float, float] = (1, 1, 1),
+    def __init__(self, path: str | Path, voxel_size: tuple[float, float, float] | None = None,
                  is_label: bool = False, name: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -186,4 +199,14 @@ class TiffVolume(ArrayLikeVolume):
             data = data[..., :3]
         if data.ndim == 4 and is_label:
             data = rgb_to_ids(np.asarray(data))
-        super().__init__(data, voxel_size, is_label, name or self.path.stem)
+        #: the JSON object in the first page's description, if any (what wrote it)
+        self.metadata = _description_json(self.path)
+        recorded = self.metadata.get("voxel_size_zyx")  # mip 0, written by membrane-py
+        if isinstance(recorded, list) and len(recorded) == 3:  # -> that of the stored mip
+            f = 2 ** int(self.metadata.get("mip", 0))
+            recorded = (float(recorded[0]), float(recorded[1]) * f, float(recorded[2]) * f)
+        else:
+            recorded = None
+        self.voxel_size_known = bool(voxel_size or recorded)
+        super().__init__(data, voxel_size or recorded or (1.0, 1.0, 1.0), is_label,
+                         name or self.path.stem)

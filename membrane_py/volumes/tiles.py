@@ -4,10 +4,16 @@ Layout: ``<out>/mip<m>/Sect_<zzzzzz>/sect_<zzzzzz>_r<row>_c<col>.png``, 1024 x 1
 rows and columns 0-based at mip m, edge tiles zero-padded to full size. A ``.vsvi``
 descriptor next to the tiles lets VAST (and :class:`VsviVolume`) load them as a layer.
 
-Section numbers in file names are z indices of the full volume. When only part of the z
-range is written, the descriptor says ``SourceMinS`` = first written section and
-``OffsetZ`` = that same number, so z index = section number; :class:`VsviVolume` reads
-z as ``section_numbers[z - OffsetZ]``. A writer at mip m > 0 writes no mip-0 tiles: its
+Section numbers in file names are z indices of the full volume. The descriptor always
+covers the whole volume: sections ``SourceMinS`` = 0 .. ``SourceMaxS`` = depth - 1, every
+row and column, and ``OffsetX/Y/Z`` = 0, so VAST's z index k shows file section k
+whichever way it reads ``OffsetZ`` (the protocol notes leave its meaning open, and
+z index 0 is ``SourceMinS``). Tiles not (yet) written read as black
+(``MissingImagePolicy``). A box or anchor run therefore lands where it was predicted, and
+its descriptor stays the same from run to run, so a layer VAST loaded once only needs
+refreshing. :class:`VsviVolume` reads z as ``section_numbers[z - OffsetZ]``, which also
+places descriptors of other writers that shift by ``OffsetZ``. A writer at mip m > 0
+writes no mip-0 tiles: its
 descriptor keeps the mip-0 template (missing tiles read as black) and says
 ``SourceMinM`` = m, so readers find the data through the mipmap template at mip m and up.
 """
@@ -189,10 +195,11 @@ class TileWriter:
     def write_descriptor(self, path: str | Path, voxel_size: tuple[float, float, float],
                          layer_name: str, missing: str = "black", sections: Iterable[int] = (),
                          top_mip: int | None = None) -> Path:
-        """A .vsvi whose section, row, column and mip ranges match the tiles on disk.
+        """A .vsvi covering the whole volume (see the module docstring) whose mip range
+        matches the tiles on disk.
 
-        ``sections`` and ``top_mip`` add what a running job is about to write, so VAST can
-        show a layer while its tiles are still appearing (missing tiles read as black).
+        ``sections`` and ``top_mip`` say what a running job is about to write, so VAST can
+        show a layer before its tiles appear (missing tiles read as black).
         """
         path = Path(path)
         levels = [m for m in _levels(self.out_dir) if m >= self.mip]
@@ -201,8 +208,6 @@ class TileWriter:
             levels = sorted({*levels, self.mip, self.mip if top_mip is None else top_mip})
         if self.mip not in levels:
             raise ValueError(f"no tiles written at mip {self.mip} in {self.out_dir}")
-        level_dir = self.out_dir / f"mip{self.mip}"
-        sections = sorted(planned.union(_sections(level_dir) if level_dir.is_dir() else ()))
         rows, cols = self.grid(0)
         rel = os.path.relpath(self.out_dir.resolve(), path.parent.resolve()).replace(os.sep, "/")
         prefix = "./" if rel == "." else f"./{rel}/"
@@ -212,7 +217,7 @@ class TileWriter:
             comment=f"written by membrane-py (tiles at mip {self.mip})",
             source_file_name_template=prefix + MIP0_TEMPLATE,
             source_param_sequence="ssrc",
-            source_min_s=sections[0], source_max_s=sections[-1],
+            source_min_s=0, source_max_s=self.volume_shape[0] - 1,
             source_min_r=0, source_max_r=rows - 1, source_min_c=0, source_max_c=cols - 1,
             mip_map_file_name_template=prefix + MIPMAP_TEMPLATE,
             mip_map_param_sequence="mssrc",
@@ -222,7 +227,6 @@ class TileWriter:
             missing_image_policy=missing,
             target_data_size_x=self.volume_shape[2], target_data_size_y=self.volume_shape[1],
             target_data_size_z=self.volume_shape[0],
-            offset_z=sections[0],
             target_voxel_size_x_nm=float(vx), target_voxel_size_y_nm=float(vy),
             target_voxel_size_z_nm=float(vz),
             target_layer_name=layer_name,

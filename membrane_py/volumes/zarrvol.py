@@ -67,7 +67,12 @@ class ZarrVolume(ArrayLikeVolume):
             raise FileNotFoundError(f"zarr store not found: {self.path}")
         node = zarr.open(str(self.path), mode="r")
         stored, channels_first = None, False
+        #: the OME-Zarr ``multiscales`` metadata (what wrote it, a recorded placement)
+        self.metadata: dict = {}
         if isinstance(node, zarr.Group):
+            ms = node.attrs.get("multiscales")
+            if ms and isinstance(ms[0].get("metadata"), dict):
+                self.metadata = dict(ms[0]["metadata"])
             ome = _ome_level(node, array)
             if ome is not None:
                 array, stored, channels_first = ome
@@ -88,4 +93,5 @@ class ZarrVolume(ArrayLikeVolume):
         self.array_name = array
         label = f"{self.path.name}:{array}" if array else self.path.name
         data = _ChannelsLast(node) if channels_first else node
+        self.voxel_size_known = bool(voxel_size or stored)
         super().__init__(data, voxel_size or stored or (1.0, 1.0, 1.0), is_label, name or label)
