@@ -105,9 +105,9 @@ class Worker:
         """Bind both sockets on 127.0.0.1 (OS-chosen ports) and publish the address file.
         Refuses when another live worker owns the state folder."""
         self._refuse_if_running()
-        ctx = zmq.Context.instance()
-        self._control = ctx.socket(zmq.ROUTER)
-        self._events = ctx.socket(zmq.PUB)
+        self._ctx = zmq.Context()  # its own: closing it waits only for the worker's sockets
+        self._control = self._ctx.socket(zmq.ROUTER)
+        self._events = self._ctx.socket(zmq.PUB)
         for sock in (self._control, self._events):  # the last replies and events still go out
             sock.setsockopt(zmq.LINGER, 1000)
         self._control.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -179,6 +179,7 @@ class Worker:
             pass
         self._control.close()
         self._events.close()
+        self._ctx.term()  # sends what is still queued (up to the linger time)
 
     def _beat(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "time": time.time(), "running": sorted(self._running),
@@ -400,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
         worker.serve()
     except KeyboardInterrupt:
         return 130
-    finally:
-        zmq.Context.instance().term()  # sends what is still queued (up to the linger time)
     return 0
 
 
