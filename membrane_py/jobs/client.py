@@ -254,14 +254,17 @@ class WorkerClient:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_seen = time.monotonic()
             try:
                 if frames[0] == b"heartbeat" and len(frames) == 2:
-                    self.last_heartbeat = json.loads(frames[1])
+                    beat = json.loads(frames[1])
+                    # when it was sent, not when read: a backlog read late is old news
+                    age = max(0.0, time.time() - float(beat["time"]))
+                    self._last_seen = max(self._last_seen, time.monotonic() - age)
+                    self.last_heartbeat = beat
                 elif frames[0] == b"event" and len(frames) == 4:
                     self._raw.append((frames[1].decode(), int(frames[2]),
                                       Event.from_dict(json.loads(frames[3]))))
-            except (ValueError, TypeError, UnicodeDecodeError):
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
                 continue  # not from a worker of ours
 
     def poll_events(self, timeout_ms: int = 0) -> list[tuple[str, Event]]:
