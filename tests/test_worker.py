@@ -150,10 +150,64 @@ def test_cancel_running_and_queued_jobs(client, slow_source, checkpoint, tmp_pat
     assert not (tmp_path / "b").exists()
 
 
+def cli(*args, timeout=120):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_worker_starts_answers_and_stops_on_ctrl_c(tmp_path):
+    state = tmp_path / "state"
+    worker = subprocess.Popen([*CLI, "worker", "--state-dir", str(state)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = worker.stdout.readline()
+        assert first.strip() == f"worker listening; address file: {state / 'worker.json'}"
+        listed = cli("jobs", "list", "--worker", str(state))
+        assert (listed.returncode, listed.stdout) == (0, "no jobs\n"), listed.stderr
+        again = cli("worker", "--state-dir", str(state))  # one worker per state folder
+        assert again.returncode == 2 and "a worker is already running" in again.stderr
+    finally:
+        if os.name == "posix":
+            worker.send_signal(signal.SIGINT)  # Ctrl-C
+        else:
+            worker.terminate()
+        worker.wait(30)
+    if os.name == "posix":
+        assert worker.returncode == 130 and not (state / "worker.json").exists()
+
+
+def test_cli_jobs_submit_list_watch_cancel(client, server, checkpoint, slow_source, tmp_path):
+    address = str(client.address_file)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(predict_spec(server, checkpoint, tmp_path / "out").to_json())
+    run = cli("jobs", "submit", str(job_file), "--watch", "--worker", address)
+    assert run.returncode == 0, run.stderr
+    job_id, summary = run.stdout.splitlines()[:2]
+    assert job_id.startswith("predict-") and "48 tiles written" in summary
+    assert "predict" in run.stderr  # the progress bar
+    assert client.status(job_id).state == "done"
+
+    slow = client.submit(slow_spec(slow_source, checkpoint, tmp_path / "slow"))
+    listed = cli("jobs", "list", "--worker", address)
+    rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()}
+    assert rows[job_id] == "done" and rows[slow] in ("queued", "running")
+    cancel = cli("jobs", "cancel", slow, "--worker", address)
+    assert cancel.returncode == 0 and cancel.stdout.startswith(f"{slow}: ")
+    watch = cli("jobs", "watch", slow, "--worker", address)
+    assert watch.returncode == 130 and "cancelled" in watch.stderr
+    assert client.status(slow).state == "cancelled"
+
+    none = cli("jobs", "list", "--worker", str(tmp_path / "elsewhere"))
+    assert none.returncode == 2
+    assert none.stderr.strip().splitlines() == [
+        f"error: no worker running (no address file {tmp_path / 'elsewhere' / 'worker.json'});"
+        " start one with `membrane worker`"]
+
+
 def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
-        reference, server, checkpoint, tmp_path):
-    local = WorkerClient.start_local(tmp_path / "state")
-    observer = WorkerClient.connect(tmp_path / "state")  # sees the heartbeat only
+        client, reference, server, checkpoint, tmp_path):
+    """Runs last: it kills the module's worker (the client restarts it)."""
+    local = client
+    observer = WorkerClient.connect(local.address_file)  # sees the heartbeat only
     try:
         spec = predict_spec(server, checkpoint, tmp_path / "out")
         local.submit(spec)
@@ -172,6 +226,7 @@ def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
         old_pid = local.process.pid
         local.restart()
         assert local.alive() and local.process.pid != old_pid and local.jobs() == []
+        assert local.address_file.is_file()
         job_id = local.submit(spec)  # the same spec continues from the tiles on disk
         end = list(local.watch(job_id))[-1]
         assert end.kind == "done", end.message
@@ -184,49 +239,3 @@ def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
         assert time.monotonic() - killed_at >= DEAD_AFTER_S - 1
     finally:
         observer.close()
-        local.close(stop_worker=True)
-
-
-def cli(*args, timeout=120):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def test_cli_worker_and_jobs_commands(server, checkpoint, slow_source, tmp_path):
-    state = tmp_path / "state"
-    worker = subprocess.Popen([*CLI, "worker", "--state-dir", str(state)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = worker.stdout.readline()
-        assert first.strip() == f"worker listening; address file: {state / 'worker.json'}"
-        job_file = tmp_path / "job.json"
-        job_file.write_text(predict_spec(server, checkpoint, tmp_path / "out").to_json())
-        run = cli("jobs", "submit", str(job_file), "--watch", "--worker", str(state))
-        assert run.returncode == 0, run.stderr
-        job_id, summary = run.stdout.splitlines()[:2]
-        assert job_id.startswith("predict-") and "48 tiles written" in summary
-        assert "predict" in run.stderr  # the progress bar
-
-        with WorkerClient.connect(state / "worker.json") as api:
-            slow = api.submit(slow_spec(slow_source, checkpoint, tmp_path / "slow"))
-            listed = cli("jobs", "list", "--worker", str(state / "worker.json"))
-            rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()}
-            assert rows[job_id] == "done" and rows[slow] in ("queued", "running")
-            cancel = cli("jobs", "cancel", slow, "--worker", str(state))
-            assert cancel.returncode == 0 and cancel.stdout.startswith(f"{slow}: ")
-            watch = cli("jobs", "watch", slow, "--worker", str(state))
-            assert watch.returncode == 130 and "cancelled" in watch.stderr
-            assert api.status(slow).state == "cancelled"
-
-        none = cli("jobs", "list", "--worker", str(tmp_path / "elsewhere"))
-        assert none.returncode == 2
-        assert none.stderr.strip().splitlines() == [
-            f"error: no worker running (no address file {tmp_path / 'elsewhere' / 'worker.json'});"
-            " start one with `membrane worker`"]
-    finally:
-        if os.name == "posix":
-            worker.send_signal(signal.SIGINT)  # Ctrl-C
-        else:
-            worker.terminate()
-        worker.wait(30)
-    if os.name == "posix":
-        assert worker.returncode == 130 and not (state / "worker.json").exists()
