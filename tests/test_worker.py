@@ -140,9 +140,16 @@ def test_cancel_running_and_queued_jobs(client, slow_source, checkpoint, tmp_pat
     while not any(e.data.get("written") for e in events):  # the first tiles are on disk
         assert time.monotonic() < deadline
         events += [e for j, e in client.poll_events(100) if j == running]
-    client.cancel(running)
-    end = collect(client, running)[-1]
-    assert (end.kind, end.data["state"]) == ("error", "cancelled")
+    late = WorkerClient.connect(client.address_file)  # joins mid-run, wants it all
+    try:
+        late.follow(running)
+        client.cancel(running)
+        events += collect(client, running)
+        end = events[-1]
+        assert (end.kind, end.data["state"]) == ("error", "cancelled")
+        assert client.past_events(running) == events == collect(late, running)
+    finally:
+        late.close()
     info = client.status(running)
     assert info.state == "cancelled" and info.error and info.result is None
     kept = tile_keys(tmp_path / "a" / "probability", 0)
@@ -152,6 +159,15 @@ def test_cancel_running_and_queued_jobs(client, slow_source, checkpoint, tmp_pat
 
 def cli(*args, timeout=120):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_started_worker_ends_with_its_parent(tmp_path):
+    local = WorkerClient.start_local(tmp_path)
+    assert local.ping()["pid"] == local.process.pid
+    local.process.stdin.close()  # what the OS does when the starting process dies
+    assert local.process.wait(30) == 0
+    assert not (tmp_path / "worker.json").exists() and not local.alive()
+    local.close()
 
 
 def test_cli_worker_starts_answers_and_stops_on_ctrl_c(tmp_path):

@@ -77,6 +77,7 @@ class WorkerClient:
         self._rid = 0
         self._next: dict[str, int] = {}  # per job: the seq of the next event to deliver
         self._raw: deque[tuple[str, int, Event]] = deque()
+        self._catch_up: set[str] = set()  # jobs whose stored events are fetched next poll
         self.last_heartbeat: dict[str, Any] = {}
         self._open_sockets()
 
@@ -271,32 +272,47 @@ class WorkerClient:
         """Events received since the last call as (job id, event), in order per job; waits up
         to ``timeout_ms`` when none are there yet. Never raises for a dead worker (see
         :meth:`alive`)."""
-        if not self._raw:
+        if not self._raw and not self._catch_up:
             self._drain(timeout_ms)
         self._drain(0)
         out: list[tuple[str, Event]] = []
+        for job_id in self._catch_up:
+            out += self._fetch(job_id)
+        self._catch_up.clear()
         while self._raw:
             job_id, seq, event = self._raw.popleft()
-            expected = self._next.get(job_id, seq)
-            if seq < expected:
+            if seq > self._next.get(job_id, seq):  # dropped by PUB: fetch the gap
+                out += self._fetch(job_id, before=seq)
+            if seq < self._next.get(job_id, seq):
                 continue  # already delivered
-            if seq > expected:  # dropped by PUB: fetch the gap from the worker's store
-                with contextlib.suppress(WorkerError, ValueError):
-                    out += [(job_id, e) for s, e in self._past(job_id, expected) if s < seq]
             out.append((job_id, event))
             self._next[job_id] = seq + 1
         return out
 
+    def follow(self, job_id: str, since: int = 0) -> None:
+        """Deliver the job's events from number ``since`` on through :meth:`poll_events`,
+        the earlier ones fetched from the worker's store (a view opened late, a client that
+        connected mid-run)."""
+        self._next[job_id] = since
+        self._catch_up.add(job_id)
+
+    def _fetch(self, job_id: str, before: int | None = None) -> list[tuple[str, Event]]:
+        """Stored events of a job from the next undelivered one (up to ``before``)."""
+        try:
+            past = self._past(job_id, self._next[job_id])
+        except (WorkerError, ValueError):
+            return []
+        past = [(s, e) for s, e in past if before is None or s < before]
+        if past:
+            self._next[job_id] = past[-1][0] + 1
+        return [(job_id, e) for _, e in past]
+
     def watch(self, job_id: str, poll_ms: int = 200) -> Iterator[Event]:
         """Every event of one job from its first, live until its ``done`` or ``error``
-        event. Consumes the other jobs' events received meanwhile. WorkerError when the
-        worker dies."""
-        past = self._past(job_id, 0)
-        for _, event in past:
-            yield event
-            if event.kind in TERMINAL:
-                return
-        self._next[job_id] = past[-1][0] + 1 if past else 0
+        event. Consumes the other jobs' events received meanwhile. ValueError for an
+        unknown job, WorkerError when the worker dies."""
+        self.status(job_id)
+        self.follow(job_id)
         while True:
             for jid, event in self.poll_events(poll_ms):
                 if jid == job_id:
@@ -326,6 +342,7 @@ class WorkerClient:
         self._close_sockets()
         self._next.clear()
         self._raw.clear()
+        self._catch_up.clear()
         if self.process is None:
             if self.address_file is None:
                 raise WorkerError("this client did not start the worker; start it again with "
