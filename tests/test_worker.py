@@ -243,7 +243,7 @@ def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
         local.restart()
         assert local.alive() and local.process.pid != old_pid and local.jobs() == []
         assert local.address_file.is_file()
-        job_id = local.submit(spec)  # the same spec continues from the tiles on disk
+        job_id = local.submit(spec.resumed())  # predict: the same spec skips written tiles
         end = list(local.watch(job_id))[-1]
         assert end.kind == "done", end.message
         assert end.data["result"]["tiles_resumed"] >= 8
