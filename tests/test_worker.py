@@ -111,6 +111,12 @@ def test_late_subscriber_gets_past_events(client, reference):
         assert late.status(job_id).state == "done"
     finally:
         late.close()
+    # by its control URL alone: the events URL comes from a ping
+    by_url = WorkerClient.connect(client.ping()["control"])
+    try:
+        assert by_url.alive() and by_url.past_events(job_id) == events
+    finally:
+        by_url.close()
 
 
 def test_bad_spec_and_unknown_job_are_one_line_errors(client, checkpoint):

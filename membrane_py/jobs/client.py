@@ -90,7 +90,10 @@ class WorkerClient:
         process that started it ends."""
         state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         proc = _spawn(state_dir)
-        client = cls._wait_for(proc, state_dir)
+        addresses = _await_address(proc, state_dir)
+        client = cls(addresses["control"], addresses["events"], address_file=address_path(
+            state_dir), process=proc)
+        client._handshake_or_kill()
         return client
 
     @classmethod
@@ -119,28 +122,6 @@ class WorkerClient:
                               "start one with `membrane worker`") from None
         return client
 
-    @classmethod
-    def _wait_for(cls, proc: subprocess.Popen, state_dir: Path) -> WorkerClient:
-        """Connect to ``proc`` once its address file names it."""
-        path = address_path(state_dir)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise WorkerError(f"the worker exited with code {proc.returncode}: "
-                                  f"{_log_tail(state_dir)}")
-            with contextlib.suppress(OSError, ValueError):
-                addresses = read_address(path)
-                if addresses.get("pid") == proc.pid:
-                    client = cls(addresses["control"], addresses["events"],
-                                 address_file=path, process=proc)
-                    client._handshake()
-                    return client
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise WorkerError(f"the worker did not start within {START_TIMEOUT_S:.0f} s: "
-                                  f"{_log_tail(state_dir)}")
-            time.sleep(0.05)
-
     def _open_sockets(self) -> None:
         ctx = zmq.Context.instance()
         self._dealer = ctx.socket(zmq.DEALER)
@@ -159,6 +140,15 @@ class WorkerClient:
         self.events_url = url
         self._sub.connect(url)
         self._await_heartbeat()
+
+    def _handshake_or_kill(self) -> None:
+        """Handshake with a worker this client started; kill it when that fails."""
+        try:
+            self._handshake()
+        except WorkerError:
+            self.close()
+            _stop(self.process, grace_s=0.0)
+            raise
 
     def _handshake(self) -> None:
         """Ping, then wait for the first heartbeat so that no event after this is missed
@@ -270,8 +260,8 @@ class WorkerClient:
 
     def poll_events(self, timeout_ms: int = 0) -> list[tuple[str, Event]]:
         """Events received since the last call as (job id, event), in order per job; waits up
-        to ``timeout_ms`` when none are there yet. Never raises for a dead worker (see
-        :meth:`alive`)."""
+        to ``timeout_ms`` when none are there yet. Events missed (a gap, or :meth:`follow`)
+        are fetched with a request. Never raises for a dead worker (see :meth:`alive`)."""
         if not self._raw and not self._catch_up:
             self._drain(timeout_ms)
         self._drain(0)
@@ -347,19 +337,21 @@ class WorkerClient:
             if self.address_file is None:
                 raise WorkerError("this client did not start the worker; start it again with "
                                   "`membrane worker`")
-            addresses = read_address(self.address_file)
+            try:
+                addresses = read_address(self.address_file)
+            except (OSError, ValueError) as e:
+                raise WorkerError(str(e)) from None
             self.control_url, self.events_url = addresses["control"], addresses["events"]
             self._open_sockets()
             self._handshake()
             return
         _stop(self.process, grace_s=0.0)
         state_dir = self.address_file.parent
-        fresh = self._wait_for(_spawn(state_dir), state_dir)
-        fresh._close_sockets()
-        self.process, self.control_url, self.events_url = (fresh.process, fresh.control_url,
-                                                           fresh.events_url)
+        self.process = _spawn(state_dir)
+        addresses = _await_address(self.process, state_dir)
+        self.control_url, self.events_url = addresses["control"], addresses["events"]
         self._open_sockets()
-        self._handshake()
+        self._handshake_or_kill()
 
     def close(self, stop_worker: bool = False) -> None:
         """Close the sockets; with ``stop_worker`` ask the worker to cancel its jobs and exit
@@ -390,6 +382,25 @@ def _spawn(state_dir: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "membrane_py.jobs.worker", "--state-dir",
                                  str(state_dir), "--exit-with-parent"],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _await_address(proc: subprocess.Popen, state_dir: Path) -> dict[str, Any]:
+    """The addresses of a started worker, once its address file names it."""
+    path = address_path(state_dir)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise WorkerError(f"the worker exited with code {proc.returncode}: "
+                              f"{_log_tail(state_dir)}")
+        with contextlib.suppress(OSError, ValueError):
+            addresses = read_address(path)
+            if addresses.get("pid") == proc.pid:
+                return addresses
+        if time.monotonic() > deadline:
+            _stop(proc, grace_s=0.0)
+            raise WorkerError(f"the worker did not start within {START_TIMEOUT_S:.0f} s: "
+                              f"{_log_tail(state_dir)}")
+        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:

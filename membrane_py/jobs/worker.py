@@ -49,7 +49,7 @@ from membrane_py.jobs.channel import (
     read_address,
     write_address,
 )
-from membrane_py.jobs.registry import run, spec_from_dict
+from membrane_py.jobs.registry import KINDS, lookup, run, spec_from_dict
 from membrane_py.jobs.spec import JobSpec, SpecError
 
 log = logging.getLogger("membrane_py.worker")
@@ -141,6 +141,8 @@ class Worker:
             self.bind()
         log.info("worker %d listening: control %s, events %s", os.getpid(),
                  self.addresses["control"], self.addresses["events"])
+        preload = threading.Thread(target=self._preload, name="preload", daemon=True)
+        preload.start()
         next_beat = 0.0
         stop_by = None
         try:
@@ -166,6 +168,18 @@ class Worker:
             raise
         finally:
             self._close()
+            preload.join()  # an import cut short by the interpreter's exit can crash it
+
+    def _preload(self) -> None:
+        """Import every job's module in the background, so that the first submit of a kind
+        (its spec is checked by importing it) answers at once instead of after seconds."""
+        for kind in KINDS:
+            if self._stopping:
+                return
+            try:
+                lookup(kind)
+            except Exception as e:  # reported again, to the submitter, when that kind is used
+                log.warning("cannot import the %s job: %s", kind, one_line(e))
 
     def request_stop(self) -> None:
         """Stop from another thread (e.g. when the parent process is gone)."""
