@@ -203,7 +203,8 @@ class WorkerClient:
                               "restart it")
 
     def ping(self) -> dict[str, Any]:
-        """The worker's addresses, pid, running and queued jobs."""
+        """The worker's addresses, pid, running and queued jobs, and whether it has imported
+        every job's module yet (``preloaded``)."""
         return self._request("ping")
 
     def submit(self, spec: JobSpec | dict) -> str:

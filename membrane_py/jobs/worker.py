@@ -98,6 +98,7 @@ class Worker:
         self._running: set[str] = set()
         self._inbox: queue.Queue = queue.Queue()
         self._stopping = False
+        self._preloaded = False
         self.addresses: dict[str, Any] = {}
 
     # ---- setup -------------------------------------------------------------------------
@@ -180,6 +181,7 @@ class Worker:
                 lookup(kind)
             except Exception as e:  # reported again, to the submitter, when that kind is used
                 log.warning("cannot import the %s job: %s", kind, one_line(e))
+        self._preloaded = True
 
     def request_stop(self) -> None:
         """Stop from another thread (e.g. when the parent process is gone)."""
@@ -197,7 +199,7 @@ class Worker:
 
     def _beat(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "time": time.time(), "running": sorted(self._running),
-                "queued": len(self._queued)}
+                "queued": len(self._queued), "preloaded": self._preloaded}
 
     @staticmethod
     def _json(value: Any) -> bytes:
