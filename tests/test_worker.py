@@ -111,12 +111,27 @@ def test_late_subscriber_gets_past_events(client, reference):
         assert late.status(job_id).state == "done"
     finally:
         late.close()
-    # by its control URL alone: the events URL comes from a ping
-    by_url = WorkerClient.connect(client.ping()["control"])
+    # by its control URL and token: the events URL comes from a ping
+    by_url = WorkerClient.connect(f"{client.ping()['control']}#{client.token}")
     try:
         assert by_url.alive() and by_url.past_events(job_id) == events
     finally:
         by_url.close()
+
+
+def test_requests_need_the_token_of_the_private_address_file(client):
+    if os.name == "posix":
+        assert client.address_file.stat().st_mode & 0o777 == 0o600
+    stranger = WorkerClient.connect(client.ping()["control"])  # another user: no token
+    try:
+        assert stranger.alive()  # ping answers without the token
+        with pytest.raises(WorkerError, match="wrong or missing token"):
+            stranger.jobs()
+        with pytest.raises(WorkerError, match="wrong or missing token"):
+            stranger.submit({"kind": "predict", "checkpoint": "m.pt"})
+    finally:
+        stranger.close()
+    assert client.jobs()
 
 
 def test_bad_spec_and_unknown_job_are_one_line_errors(client, checkpoint):

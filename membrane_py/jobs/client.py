@@ -68,9 +68,10 @@ class WorkerClient:
     """Requests to and events from one worker (see the module docstring)."""
 
     def __init__(self, control: str, events: str, timeout_s: float = 10.0,
-                 address_file: Path | None = None,
-                 process: subprocess.Popen | None = None) -> None:
+                 address_file: Path | None = None, process: subprocess.Popen | None = None,
+                 token: str = "") -> None:
         self.control_url, self.events_url = control, events
+        self.token = token  #: from the address file; every request but ping carries it
         self.timeout_s = timeout_s
         self.address_file = address_file
         self.process = process  #: the worker process when this client started it
@@ -92,16 +93,18 @@ class WorkerClient:
         proc = _spawn(state_dir)
         addresses = _await_address(proc, state_dir)
         client = cls(addresses["control"], addresses["events"], address_file=address_path(
-            state_dir), process=proc)
+            state_dir), process=proc, token=addresses.get("token", ""))
         client._handshake_or_kill()
         return client
 
     @classmethod
     def connect(cls, address_file_or_url: str | Path, timeout_s: float = 10.0) -> WorkerClient:
         """Connect to a running worker through its address file (or its state folder, or
-        its control URL ``tcp://127.0.0.1:PORT``); WorkerError when none answers."""
+        its control URL and the token from its address file, ``tcp://127.0.0.1:PORT#TOKEN``);
+        WorkerError when none answers."""
         if str(address_file_or_url).startswith("tcp://"):
-            client = cls(str(address_file_or_url), "", timeout_s)
+            url, _, token = str(address_file_or_url).partition("#")
+            client = cls(url, "", timeout_s, token=token)
             try:
                 client._reconnect_events(client._request("ping", timeout=3.0)["events"])
             except WorkerError:
@@ -113,7 +116,8 @@ class WorkerClient:
             addresses = read_address(path)
         except (OSError, ValueError) as e:
             raise WorkerError(str(e)) from None
-        client = cls(addresses["control"], addresses["events"], timeout_s, path)
+        client = cls(addresses["control"], addresses["events"], timeout_s, path,
+                     token=addresses.get("token", ""))
         try:
             client._handshake()
         except WorkerError:
@@ -171,7 +175,8 @@ class WorkerClient:
         spec or an unknown job."""
         self._rid += 1
         rid = self._rid
-        self._dealer.send_multipart([b"", json.dumps({"op": op, "rid": rid, **fields}).encode()])
+        request = {"op": op, "rid": rid, "token": self.token, **fields}
+        self._dealer.send_multipart([b"", json.dumps(request).encode()])
         deadline = time.monotonic() + (timeout or self.timeout_s)
         while True:
             self._check_process()
@@ -342,17 +347,20 @@ class WorkerClient:
                 addresses = read_address(self.address_file)
             except (OSError, ValueError) as e:
                 raise WorkerError(str(e)) from None
-            self.control_url, self.events_url = addresses["control"], addresses["events"]
-            self._open_sockets()
+            self._use(addresses)
             self._handshake()
             return
         _stop(self.process, grace_s=0.0)
         state_dir = self.address_file.parent
         self.process = _spawn(state_dir)
-        addresses = _await_address(self.process, state_dir)
-        self.control_url, self.events_url = addresses["control"], addresses["events"]
-        self._open_sockets()
+        self._use(_await_address(self.process, state_dir))
         self._handshake_or_kill()
+
+    def _use(self, addresses: dict[str, Any]) -> None:
+        """Open the sockets to the worker of an address file."""
+        self.control_url, self.events_url = addresses["control"], addresses["events"]
+        self.token = addresses.get("token", "")
+        self._open_sockets()
 
     def close(self, stop_worker: bool = False) -> None:
         """Close the sockets; with ``stop_worker`` ask the worker to cancel its jobs and exit

@@ -16,7 +16,8 @@ arrive on a ROUTER, events leave on a PUB (see :mod:`membrane_py.jobs.channel`).
 and the threads that validate submitted specs (importing a job's module can take seconds)
 only put messages on a queue the main loop drains, so heartbeats never wait for them.
 
-Control requests are JSON objects ``{"op": ..., "rid": ...}`` answered with ``{"rid": ...,
+Control requests are JSON objects ``{"op": ..., "rid": ..., "token": ...}`` (the token is
+in the address file, see :mod:`membrane_py.jobs.channel`) answered with ``{"rid": ...,
 "ok": true, ...}`` or ``{"ok": false, "error": one line, "type": ...}``: ``ping``,
 ``submit`` (``spec``), ``cancel`` / ``status`` / ``events`` (``job``, ``since``), ``list``,
 ``shutdown``. Run it with ``membrane worker`` or ``python -m membrane_py.jobs.worker``.
@@ -99,6 +100,7 @@ class Worker:
         self._inbox: queue.Queue = queue.Queue()
         self._stopping = False
         self._preloaded = False
+        self._token = secrets.token_urlsafe(24)
         self.addresses: dict[str, Any] = {}
 
     # ---- setup -------------------------------------------------------------------------
@@ -118,7 +120,7 @@ class Worker:
         self.addresses = {"control": f"tcp://127.0.0.1:{control}",
                           "events": f"tcp://127.0.0.1:{events}", "pid": os.getpid(),
                           "started": time.time()}
-        write_address(self.address_file, self.addresses)
+        write_address(self.address_file, {**self.addresses, "token": self._token})
         return self.addresses
 
     def _refuse_if_running(self) -> None:
@@ -249,6 +251,9 @@ class Worker:
 
         if op == "ping":
             ok(**{**self.addresses, **self._beat()})
+        elif not secrets.compare_digest(str(req.get("token", "")), self._token):
+            error(f"wrong or missing token: it is in the worker's address file "
+                  f"{self.address_file}", "token")
         elif op == "submit":
             threading.Thread(target=self._validate, args=(ident, rid, req.get("spec")),
                              name="validate-spec", daemon=True).start()
