@@ -12,10 +12,11 @@ Label images on disk come in three formats (:data:`LABEL_FORMATS`), and ``patche
   (what ``membrane patches`` writes, with K in its manifest.json);
 - ``isbi``: a binary mask, 0 = membrane, 255 = interior (the ISBI 2012 labels).
 
-``auto`` (the default) decides from the values: all in 0..2 is ``classes``; 0/255 is a
-binary mask whose rarer value is the membrane (``isbi`` when 0 is rarer, ``codes`` with two
-classes when 255 is); the codes of 3..``max_classes`` classes are ``codes``. Anything else
-stops with the values found and the option to pass.
+``auto`` (the default) decides from the values where they are unambiguous: all in 0..2 is
+``classes``; 0/255 is a binary mask whose rarer value is the membrane (``isbi`` when 0 is
+rarer, ``codes`` with two classes when 255 is); the codes of 3..``max_classes`` classes
+(which include 255) are ``codes``. Anything else stops with the values found and the option
+to pass: small integers above 2, for one, may be painted classes or a few instance ids.
 """
 
 from __future__ import annotations
@@ -247,7 +248,10 @@ def detect_label_format(raw: Sequence[np.ndarray], max_classes: int = MAX_CLASSE
         if set(values.tolist()) <= set(label_codes(k).tolist()) and 255 in values:
             return "codes"
     if values.max() <= max_classes and values.min() >= 0:
-        return "classes"
+        raise ValueError(f"label values {_values_text(values)} could be {int(values.max())} "
+                         "painted classes or a few instance ids; pass --label-format classes "
+                         "if they are classes, or turn instance ids into membranes with "
+                         "`membrane gt membrane`")
     raise ValueError(f"label values {_values_text(values)} are no label format: not classes "
                      f"0..{max_classes}, not a 0/255 mask, not mEMbrain codes; instance ids "
                      f"become membranes with `membrane gt membrane`; otherwise {hint}")
