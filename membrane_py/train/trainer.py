@@ -345,8 +345,10 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         report(progress, Event.log(message, "train"))
         raise Cancelled(message) from None
     if time.perf_counter() >= deadline and completed < cfg.epochs:
-        message = (f"time budget of {cfg.minutes:g} minutes reached after {completed} epoch(s) "
-                   f"(the last one possibly shortened); saved {cfg.last_path}")
+        cut = history[-1].get("iterations") if history else None
+        short = f" (the last after {cut} of {iters} iterations)" if cut is not None else ""
+        message = (f"time budget of {cfg.minutes:g} minutes reached after {completed} "
+                   f"epoch(s){short}; saved {cfg.last_path}")
         log.note(message)
         report(progress, Event.log(message, "train"))
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
