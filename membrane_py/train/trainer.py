@@ -2,7 +2,10 @@
 
 Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown.
 Each epoch writes ``<name>_last.pt`` (resumable) and, when the validation metric improves,
-``<name>.pt``; cancellation also leaves a resumable ``<name>_last.pt``. A run may start from a
+``<name>.pt``. Cancellation or Ctrl-C (KeyboardInterrupt), also mid-epoch, saves
+``<name>_last.pt`` and ``<name>_resume.json`` (the job resuming from it) and raises
+:class:`~membrane_py.events.Cancelled` saying how to resume. ``TrainJob.minutes`` ends the run
+at a time budget: the epoch in progress is cut short, validated and saved. A run may start from a
 pretrained checkpoint in a transfer mode and replay earlier data sets (episodic memory); the
 checkpoint's ``lineage`` then records where it came from.
 """
