@@ -70,6 +70,13 @@ def test_gt_membrane_trains_two_classes_and_codes_are_refused(data, tmp_path):
             tmp_path / "gt", "--out", tmp_path / "ev")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())[0]["v_rand"] > 0
+    # labels of a volume, named after it, do not pair with the EM: evaluate says what is there
+    r = cli("gt", "membrane", data / "ids.tif", tmp_path / "gt_vol", "--thickness", "2")
+    assert r.exit_code == 0, r.output
+    r = cli("evaluate", tmp_path / "run" / "unet.pt", data / "em" / "s0.png", "--label-dir",
+            tmp_path / "gt_vol", "--out", tmp_path / "ev2")
+    assert r.exit_code == 2 and "1 of 1 images have no label" in r.output
+    assert "3 files: ids_0000_border.png" in r.output
 
 
 def test_instance_ids_and_bad_formats_are_one_line(data, tmp_path):
