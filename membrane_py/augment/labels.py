@@ -228,7 +228,9 @@ def _values_text(values: np.ndarray) -> str:
 def detect_label_format(raw: Sequence[np.ndarray], max_classes: int = MAX_CLASSES) -> str:
     """The format (``classes``, ``codes`` or ``isbi``) of label images, read from their values
     (see the module docstring); values that fit none, or fit two, raise ValueError."""
-    values, counts = np.unique(np.concatenate([r.ravel() for r in raw]), return_counts=True)
+    per_image = [np.unique(r, return_counts=True) for r in raw]  # never one giant array
+    values, where = np.unique(np.concatenate([v for v, _ in per_image]), return_inverse=True)
+    counts = np.bincount(where, weights=np.concatenate([c for _, c in per_image]))
     hint = ("pass --label-format classes, codes or isbi (and --max-classes N for more than "
             f"{max_classes} classes)")
     if values.size and values.min() >= 0 and values.max() <= 2:
