@@ -284,8 +284,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     completed = first_epoch
     try:
         for epoch in range(first_epoch, cfg.epochs):
-            if time.perf_counter() >= deadline:
-                break
+            if epoch > first_epoch and time.perf_counter() >= deadline:
+                break  # a run trains at least one iteration, whatever the budget
             train_mode(model, cfg.transfer_mode)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -355,7 +355,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         log.note(message)
         report(progress, Event.log(message, "train"))
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
-        save_checkpoint(cfg.best_path, snapshot(cfg.epochs))
+        save_checkpoint(cfg.best_path, snapshot(completed))
     report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))
     return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start)
 
