@@ -365,7 +365,7 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str =
     """(paths, uint8 images, class maps, K, format) for image/label files of two folders paired
     by name. A patch folder's manifest.json says its labels are codes and gives K."""
     from membrane_py.augment import labels as L
-    from membrane_py.augment.patches import pair_by_name, read_manifest
+    from membrane_py.augment.patches import pair_by_name, resolve_label_format
 
     pairs = pair_by_name(L.list_images(image_dir), L.list_images(label_dir))
     images = []
@@ -374,12 +374,9 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str =
         if im.dtype != np.uint8 or im.ndim != 2:
             raise ValueError(f"{p}: EM images must be 8-bit grayscale, got {im.dtype} {im.shape}")
         images.append(im)
-    manifest = read_manifest(label_dir)
-    if label_format == "auto" and manifest is not None:
-        label_format, n_classes = "codes", n_classes or int(manifest["n_classes"])
     raw = [L.decode_label_image(L.read_image(q)) for _, q in pairs]
-    if label_format == "auto":
-        label_format = L.detect_label_format(raw, max_classes)
+    label_format, n_classes = resolve_label_format(label_dir, raw, label_format, n_classes,
+                                                   max_classes)
     labels, k = L.convert_labels(raw, label_format, n_classes, max_classes)
     return [p for p, _ in pairs], images, labels, k, label_format
 
