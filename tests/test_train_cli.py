@@ -210,3 +210,27 @@ def test_ctrl_c_saves_last_checkpoint_and_the_printed_job_resumes(data, tmp_path
     done = load_checkpoint(out / "unet_last.pt")
     assert done.epoch == 1 and [h["epoch"] for h in done.history] == [1]
     assert "Base Network: " + str(out / "unet_last.pt") in (out / "unet.log").read_text()
+
+
+@pytest.mark.realdata
+def test_isbi_raw_masks_and_gt_import_give_the_same_patches(shared_data, tmp_path):
+    """One convention: ISBI 2012's 0/255 masks read directly (auto -> isbi) and their
+    `gt import` classes (auto -> classes) cut byte-identical patch folders."""
+    for name in ("images", "labels"):
+        (tmp_path / name).mkdir()
+        for stem in ("00", "01"):
+            (tmp_path / name / f"{stem}.png").symlink_to(shared_data / "isbi2012" / name /
+                                                         f"{stem}.png")
+    r = cli("gt", "import", tmp_path / "labels", tmp_path / "gt")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "gt").iterdir()) == ["00_label.png",
+                                                                   "01_label.png"]
+    folders = {}
+    for labels in ("labels", "gt"):
+        r = cli("patches", "--images", tmp_path / "images", "--labels", tmp_path / labels,
+                "--out-images", tmp_path / f"{labels}_pi", "--out-labels",
+                tmp_path / f"{labels}_pl", "--patch-size", "64", "--density", "20")
+        assert r.exit_code == 0, r.output
+        folders[labels] = {p.name: p.read_bytes() for p in (tmp_path / f"{labels}_pl").iterdir()
+                           if p.suffix == ".png"}
+    assert len(folders["gt"]) == 10 and folders["gt"] == folders["labels"]  # 5 per 512^2
