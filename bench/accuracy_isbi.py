@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 
 from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
+from membrane_py.augment.labels import convert_labels
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.events import Cancelled, CancelToken
 from membrane_py.predict.evaluate import predict_probabilities
@@ -28,7 +29,7 @@ from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainJob
 from membrane_py.train.device import device_description, pick_device
 from membrane_py.train.metrics import class_scores, membrane_scores, rand_info_scores
-from membrane_py.train.trainer import convert_labels, train_model
+from membrane_py.train.trainer import train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 

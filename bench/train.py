@@ -1,6 +1,9 @@
 """Training throughput: U-Net patches per second on the current device (one JSON object).
 
-    python bench/train.py [--patch 256 --batch 8 --depth 5 --base-filters 32 --iters 20]
+    python bench/train.py [--patch 256 --batch 8 --sizes 4x16,5x32 --seconds 5]
+
+Each size (depth x base filters) trains for about ``--seconds`` after a warm-up; the default
+sizes are the CPU and CUDA defaults of ``membrane train`` (train/config.py DEFAULT_ARCH).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import torch
 
 from membrane_py.models.unet import UNet, UNetConfig
+from membrane_py.train.config import DEFAULT_ARCH
 from membrane_py.train.device import (
     autocast,
     device_description,
@@ -22,23 +26,11 @@ from membrane_py.train.device import (
 from membrane_py.train.losses import cross_entropy
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--patch", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--depth", type=int, default=5)
-    ap.add_argument("--base-filters", type=int, default=32)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-amp", action="store_true")
-    args = ap.parse_args()
-
+def measure(depth: int, filters: int, args, dev: torch.device, amp: bool) -> dict:
+    """Patches per second of one U-Net size, timed over about ``args.seconds``."""
     seed_everything(0)
-    dev = pick_device(args.device)
-    amp = not args.no_amp
     fmt = memory_format(dev)
-    cfg = UNetConfig(depth=args.depth, base_filters=args.base_filters)
+    cfg = UNetConfig(depth=depth, base_filters=filters)
     model = UNet(cfg).to(dev, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, 1, args.patch, args.patch, device=dev).to(memory_format=fmt)
@@ -59,17 +51,37 @@ def main() -> None:
     for _ in range(args.warmup):
         step()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
+    t0, iters = time.perf_counter(), 0
+    while iters < 2 or time.perf_counter() - t0 < args.seconds:
         step()
-    sync()
+        iters += 1
+        sync()
     seconds = time.perf_counter() - t0
+    return {"model": cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+            "iterations": iters, "seconds": round(seconds, 3),
+            "patches_per_second": round(iters * args.batch / seconds, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--sizes", default="4x16,5x32", help="depth x base filters, comma-separated")
+    ap.add_argument("--seconds", type=float, default=5.0, help="timed training per size")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-amp", action="store_true")
+    args = ap.parse_args()
+
+    dev = pick_device(args.device)
+    amp = not args.no_amp
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    results = [measure(d, f, args, dev, amp) for d, f in sizes]
     print(json.dumps({
         "bench": "train", "device": device_description(dev), "amp_bf16": amp and dev.type == "cuda",
-        "channels_last": fmt == torch.channels_last, "patch": args.patch, "batch": args.batch,
-        "model": cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
-        "iterations": args.iters, "seconds": round(seconds, 3),
-        "patches_per_second": round(args.iters * args.batch / seconds, 2),
+        "channels_last": memory_format(dev) == torch.channels_last, "patch": args.patch,
+        "batch": args.batch, "default_size": list(DEFAULT_ARCH.get(dev.type, DEFAULT_ARCH["cpu"])),
+        "results": results,
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if dev.type == "cuda" else None,
     }))

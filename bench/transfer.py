@@ -29,6 +29,7 @@ import torch
 
 from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
+from membrane_py.augment.labels import convert_labels
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.predict.evaluate import predict_probabilities
 from membrane_py.train.checkpoint import load_checkpoint
@@ -36,7 +37,7 @@ from membrane_py.train.config import TrainJob
 from membrane_py.train.device import device_description, pick_device
 from membrane_py.train.episodic import split_batch
 from membrane_py.train.metrics import membrane_scores, pixel_error
-from membrane_py.train.trainer import convert_labels, train_model
+from membrane_py.train.trainer import train_model
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 from membrane_py.volumes.hdf5 import gunzip_cached
 

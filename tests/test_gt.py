@@ -219,3 +219,25 @@ def test_cli_gt_membrane_from_vast_box(tmp_path, vast_server):
     r = CliRunner().invoke(app, ["gt", "membrane", spec, str(tmp_path / "m2"),
                                  "--box", "0,300,0,10,0,1"])
     assert r.exit_code == 2 and "outside the volume" in r.output
+
+
+def test_label_format_detection_and_class_limit():
+    mask = np.full((10, 10), 255)
+    mask[:2] = 0  # membrane is the rarer value
+    assert L.detect_label_format([mask]) == "isbi"
+    assert L.detect_label_format([255 - mask]) == "codes"  # 255 rarer: membrane white
+    classes, k = L.convert_labels([255 - mask])
+    assert k == 2 and (classes[0] == np.where(mask == 0, 2, 1)).all()  # the same membranes
+    half = np.repeat([[0, 255]], 5, axis=0)
+    with pytest.raises(ValueError, match="ambiguous; pass --label-format isbi"):
+        L.detect_label_format([half])
+    assert L.detect_label_format([np.array([[0, 128, 255]])]) == "codes"
+    assert L.convert_labels([np.array([[0, 128, 255]])])[1] == 3
+    assert L.detect_label_format([np.array([[0, 1, 2]])]) == "classes"
+    many = np.arange(20).reshape(4, 5)
+    with pytest.raises(ValueError, match="so 19 classes, more than --max-classes 16"):
+        L.convert_labels([many], "classes")
+    classes, k = L.convert_labels([many], "classes", max_classes=20)  # asked for explicitly
+    assert k == 19 and classes[0].max() == 19
+    with pytest.raises(ValueError, match="only class"):
+        L.convert_labels([np.array([[0, 1, 1]])])

@@ -76,16 +76,20 @@ def test_written_patches_are_saturated_and_aligned(tmp_path, synth):
 def test_job_errors(tmp_path, synth):
     s, labels = synth
     _write_folders(tmp_path, s, labels, label_names=("c.png", "a.png"))
-    with pytest.raises(ValueError, match="no label image named like"):
+    with pytest.raises(ValueError, match="have no label named like them") as err:
         generate_patches(_job(tmp_path))
+    assert "holds 2 files: a.png, b.png" in str(err.value)  # what the folders really hold
+    assert "holds 2 files: a.png, c.png" in str(err.value)
     (tmp_path / "gt" / "c.png").rename(tmp_path / "gt" / "b.png")
     cv2.imwrite(str(tmp_path / "gt" / "b.png"), labels[1][:200])
     with pytest.raises(ValueError, match="same size"):
         generate_patches(_job(tmp_path))
     cv2.imwrite(str(tmp_path / "gt" / "b.png"), np.zeros_like(labels[1]))
     cv2.imwrite(str(tmp_path / "gt" / "a.png"), np.zeros_like(labels[0]))
-    with pytest.raises(ValueError, match="no annotated pixel"):
+    with pytest.raises(ValueError, match=r"hold only class\(es\) \[0\]"):
         generate_patches(_job(tmp_path))
+    for name, lab in zip(("a.png", "b.png"), labels, strict=True):
+        cv2.imwrite(str(tmp_path / "gt" / name), lab)
     cv2.imwrite(str(tmp_path / "em" / "a.png"), s.em[0].astype(np.uint16) * 200)
     with pytest.raises(ValueError, match="8-bit"):
         generate_patches(_job(tmp_path))

@@ -58,7 +58,8 @@ class Sections(Dataset):
 
 def _cfg(tmp_path, name: str, **kw) -> TrainJob:
     base = dict(out_dir=str(tmp_path), name=name, depth=2, base_filters=4, patch_size=PATCH,
-                batch_size=4, epochs=1, lr=1e-2, log_every=1, seed=1, device="cpu", amp=False)
+                batch_size=4, epochs=1, lr=1e-2, log_every=1, seed=1, device="cpu", amp=False,
+                loss="ce")  # weighted_ce would read the datasets to count classes
     return TrainJob(**{**base, **kw})
 
 

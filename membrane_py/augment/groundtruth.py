@@ -20,6 +20,7 @@ from membrane_py.codes import class_preview
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
+from membrane_py.volumes.open import open_source
 from membrane_py.volumes.tiles import write_png
 
 CONVERSIONS = ("membrane", "skeleton", "import")
@@ -40,7 +41,10 @@ class GtJob(JobSpec):
     mask; ``membrane_value`` -> 2, the other value -> 1), ``map`` (``label_map`` value ->
     class; 0 = unknown) or ``values`` (sorted distinct non-zero values -> 1..K).
     ``box``: mip-0 ``minx, maxx, miny, maxy, minz, maxz`` (inclusive, as VAST shows it) to
-    read from a volume, at ``mip``.
+    read from a volume, at ``mip``. ``images``: the folder of EM sections a volume's labels
+    belong to; slice z is then named after the z-th image (natural order), so the label
+    folder pairs with the EM folder by name in ``patches``, ``train`` and ``evaluate``.
+    Without it, slices are named ``<volume name>_<z>``.
     """
 
     kind: ClassVar[str] = "gt"
@@ -57,6 +61,7 @@ class GtJob(JobSpec):
     membrane_value: int = 0
     box: list[int] | None = None
     mip: int = 0
+    images: str | None = None
 
     def __post_init__(self) -> None:
         if self.conversion not in CONVERSIONS:
@@ -107,12 +112,30 @@ def _inputs(job: GtJob) -> list[tuple[str, np.ndarray | Path]]:
     """(output stem, 2D label source) for a folder of images or every slice of a stack."""
     path = Path(job.input)
     if path.is_dir() and job.box is None:
+        if job.images is not None:
+            raise ValueError(f"{job.input} is a folder of label images, which keep their names; "
+                             "--images names the slices of a volume (.tif, .h5, .zarr, VAST)")
         return [(p.stem, p) for p in L.list_images(path)]
     box = None if job.box is None else Box.from_vast_list(job.box).to_mip(job.mip)
     stack = L.read_label_stack(job.input, box, job.mip)
-    stem = "vast" if job.input.startswith("vast") else Path(job.input.partition(":")[0]).stem
     z0 = box.z0 if box is not None else 0
+    if job.images is not None:
+        names = _em_names(job, z0 + stack.shape[0])
+        return [(names[z0 + z], stack[z]) for z in range(stack.shape[0])]
+    stem = "vast" if job.input.startswith("vast") else Path(job.input.partition(":")[0]).stem
     return [(f"{stem}_{z0 + z:04d}", stack[z]) for z in range(stack.shape[0])]
+
+
+def _em_names(job: GtJob, needed: int) -> list[str]:
+    """The stems of the EM folder's images, one per section of the label volume."""
+    em = L.list_images(job.images)
+    with open_source(job.input, labels=True) as volume:
+        depth = volume.shape_at(0)[0]
+    if len(em) != depth or needed > depth:
+        raise ValueError(f"{job.images} holds {len(em)} images ({em[0].name} ... {em[-1].name}) "
+                         f"but the label volume {job.input} has {depth} sections; slice z takes "
+                         "the name of the z-th EM image, so the counts must match")
+    return [p.stem for p in em]
 
 
 def run_gt(job: GtJob, progress: ProgressCallback | None = None,

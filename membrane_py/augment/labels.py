@@ -3,6 +3,20 @@
 Conventions: 0 = unknown (ignored by losses), classes 1..K. Membrane ground truth is
 1 = non-membrane, 2 = membrane; skeleton ground truth is 1 = background, 2 = near a skeleton.
 All conversions are numpy-in / numpy-out; the folder drivers live in :mod:`patches`.
+
+Label images on disk come in three formats (:data:`LABEL_FORMATS`), and ``patches``,
+``train`` and ``evaluate`` read them all through :func:`convert_labels`:
+
+- ``classes``: pixel values are the classes, 0 = unknown (what ``membrane gt`` writes);
+- ``codes``: mEMbrain's PNG class codes, class k of K stored as round(255 (k-1)/(K-1))
+  (what ``membrane patches`` writes, with K in its manifest.json);
+- ``isbi``: a binary mask, 0 = membrane, 255 = interior (the ISBI 2012 labels).
+
+``auto`` (the default) decides from the values where they are unambiguous: all in 0..2 is
+``classes``; 0/255 is a binary mask whose rarer value is the membrane (``isbi`` when 0 is
+rarer, ``codes`` with two classes when 255 is); the codes of 3..``max_classes`` classes
+(which include 255) are ``codes``. Anything else stops with the values found and the option
+to pass: small integers above 2, for one, may be painted classes or a few instance ids.
 """
 
 from __future__ import annotations
@@ -15,12 +29,19 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
-from membrane_py.codes import rgb_to_ids
+from membrane_py.codes import decode_label_png, infer_n_classes, label_codes, rgb_to_ids
 from membrane_py.geometry import Box, box_in_volume, volume_extent
 from membrane_py.volumes.open import open_source
 from membrane_py.volumes.stacks import list_sections, read_image
 
 NON_MEMBRANE, MEMBRANE = 1, 2
+LABEL_FORMATS = ("auto", "classes", "codes", "isbi")
+#: the most classes a network gets unless asked for more: a person paints a handful of classes
+#: (membrane, mitochondria, synapses, vesicles, ...); more means instance ids or a wrong format
+MAX_CLASSES = 16
+#: a binary mask's rarer value is taken as membrane only when it covers less than this share
+#: of the pixels (membranes cover about a fifth of a section); closer to half is ambiguous
+_MASK_MINORITY = 0.4
 
 
 def _check_2d_integer(labels: np.ndarray, what: str) -> None:
@@ -199,3 +220,93 @@ def read_volume_labels(source, box: Box, mip: int = 0) -> np.ndarray:
     if data.ndim == 4:
         return rgb_to_ids(data[..., :3]) if data.shape[-1] >= 3 else data[..., 0].astype(np.int64)
     return data.astype(np.int64)
+
+
+def _values_text(values: np.ndarray) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:8])
+    return f"{shown}{', ...' if len(values) > 8 else ''} ({len(values)} distinct)"
+
+
+def detect_label_format(raw: Sequence[np.ndarray], max_classes: int = MAX_CLASSES) -> str:
+    """The format (``classes``, ``codes`` or ``isbi``) of label images, read from their values
+    (see the module docstring); values that fit none, or fit two, raise ValueError."""
+    per_image = [np.unique(r, return_counts=True) for r in raw]  # never one giant array
+    values, where = np.unique(np.concatenate([v for v, _ in per_image]), return_inverse=True)
+    counts = np.bincount(where, weights=np.concatenate([c for _, c in per_image]))
+    hint = ("pass --label-format classes, codes or isbi (and --max-classes N for more than "
+            f"{max_classes} classes)")
+    if values.size and values.min() >= 0 and values.max() <= 2:
+        return "classes"
+    if values.tolist() == [255]:
+        raise ValueError("labels hold only the value 255: nothing to learn; paint at least two "
+                         f"classes, or {hint}")
+    if set(values.tolist()) <= {0, 255}:
+        share = dict(zip(values.tolist(), (counts / counts.sum()).tolist(), strict=True))
+        rarer = min(share, key=share.get)
+        if share[rarer] < _MASK_MINORITY:
+            return "isbi" if rarer == 0 else "codes"
+        raise ValueError("labels hold the values 0 and 255 in about equal shares, so which is "
+                         "membrane is ambiguous; pass --label-format isbi (0 = membrane) or "
+                         "codes (255 = membrane)")
+    for k in range(3, max_classes + 1):
+        if set(values.tolist()) <= set(label_codes(k).tolist()) and 255 in values:
+            return "codes"
+    if values.max() <= max_classes and values.min() >= 0:
+        raise ValueError(f"label values {_values_text(values)} could be {int(values.max())} "
+                         "painted classes or a few instance ids; pass --label-format classes "
+                         "if they are classes, or turn instance ids into membranes with "
+                         "`membrane gt membrane`")
+    raise ValueError(f"label values {_values_text(values)} are no label format: not classes "
+                     f"0..{max_classes}, not a 0/255 mask, not mEMbrain codes; instance ids "
+                     f"become membranes with `membrane gt membrane`; otherwise {hint}")
+
+
+def convert_labels(raw: Sequence[np.ndarray], label_format: str = "auto",
+                   n_classes: int | None = None,
+                   max_classes: int = MAX_CLASSES) -> tuple[list[np.ndarray], int]:
+    """Label images as read from disk -> class maps (uint8 or uint16, 0 unknown, 1..K) and K.
+
+    ``n_classes`` fixes K (e.g. a network's, or a patch manifest's) instead of the largest
+    class present. A K above ``max_classes`` raises unless ``max_classes`` is raised.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label format must be one of {LABEL_FORMATS}, got {label_format!r}")
+    if not raw:
+        raise ValueError("no label images")
+    if label_format == "auto":
+        label_format = detect_label_format(raw, max_classes)
+    if label_format == "isbi":
+        for r in raw:
+            bad = np.setdiff1d(np.unique(r), [0, 255])
+            if bad.size:
+                raise ValueError(f"isbi labels hold only 0 (membrane) and 255, found "
+                                 f"{bad[:8].tolist()}; pass --label-format auto or classes")
+        labels, k = [binary_to_classes(r, membrane_value=0) for r in raw], 2
+    elif label_format == "codes":
+        seen = np.unique(np.concatenate([np.unique(r) for r in raw]))
+        k = n_classes or infer_n_classes(seen)
+        if k > max_classes:
+            raise ValueError(f"label values {_values_text(seen)} read as mEMbrain codes mean "
+                             f"{k} classes, more than --max-classes {max_classes}; values 0..2 "
+                             "are classes: pass --label-format auto or classes (or raise "
+                             "--max-classes)")
+        labels = [decode_label_png(r, k).astype(np.uint8) for r in raw]
+    else:
+        top = max(int(r.max()) for r in raw)
+        low = min(int(r.min()) for r in raw)
+        k = max(n_classes or 0, top, 2)
+        if low < 0 or k > max_classes:
+            raise ValueError(f"labels read as classes hold values {low}..{top}, so {k} classes, "
+                             f"more than --max-classes {max_classes}; instance ids become "
+                             "membranes with `membrane gt membrane`, or pass --max-classes "
+                             f"{k} if you painted {k} classes")
+        if n_classes is not None and top > n_classes:
+            raise ValueError(f"labels hold class {top} but the network has {n_classes} classes")
+        labels = [r.astype(np.uint8 if k < 256 else np.uint16) for r in raw]
+    present = np.unique(np.concatenate([np.unique(x) for x in labels]))
+    if np.count_nonzero(present) < 2 and n_classes is None:
+        raise ValueError(f"labels ({label_format}) hold only class(es) {present.tolist()}; a "
+                         "network needs at least two classes painted (0 is unknown); a 0/1 "
+                         "mask becomes classes with `membrane gt import --mode binary "
+                         "--membrane-value 1`")
+    return labels, k

@@ -54,10 +54,25 @@ def pair_by_name(images: list[Path], labels: list[Path]) -> list[tuple[Path, Pat
         else:
             missing.append(img.name)
     if missing:
-        raise ValueError(f"no label image named like {missing[:5]} (of {len(missing)} images "
-                         "without labels); labels pair by file name, e.g. 'sec01.png' with "
-                         "'sec01.png' or 'sec01_border.png'")
+        raise ValueError(f"{len(missing)} of {len(images)} images have no label named like them "
+                         f"(e.g. {', '.join(missing[:3])}); {_folder_text(images)} holds "
+                         f"{_names_text(images)}, {_folder_text(labels)} holds "
+                         f"{_names_text(labels)}; labels pair by file name ('sec01.png' with "
+                         "'sec01.png' or 'sec01_border.png'); `membrane gt ... --images "
+                         "EM_FOLDER` names labels after the EM")
     return pairs
+
+
+def _folder_text(files: list[Path]) -> str:
+    folders = {str(p.parent) for p in files}
+    return folders.pop() if len(folders) == 1 else "the list"
+
+
+def _names_text(files: list[Path]) -> str:
+    """'3 files: a.png, b.png, c.png' (the first few names)."""
+    names = ", ".join(p.name for p in files[:3])
+    return f"{len(files)} file{'s' if len(files) != 1 else ''}: {names}" + (
+        ", ..." if len(files) > 3 else "")
 
 
 def parse_label_map(text: str | None) -> dict[int, int] | None:
@@ -70,13 +85,16 @@ def parse_label_map(text: str | None) -> dict[int, int] | None:
         raise ValueError(f"label map must look like '0:2,255:1' (value:class), got {text!r}") from e
 
 
-def _to_classes(raw: np.ndarray, label_map: dict[int, int] | None, name: str) -> np.ndarray:
-    classes = L.map_values(raw, label_map) if label_map else raw
-    if classes.min() < 0 or classes.max() > 65535:
-        raise ValueError(f"{name}: label values {int(classes.min())}..{int(classes.max())} are not "
-                         "classes 0..K; convert instance ids first (membrane gt membrane) or "
-                         "pass a label map")
-    return classes.astype(np.uint16)
+def resolve_label_format(label_dir: str | Path, raw: list[np.ndarray], label_format: str,
+                         n_classes: int | None, max_classes: int) -> tuple[str, int | None]:
+    """The format and K to read a label folder with: ``auto`` on a patch folder (one with a
+    manifest.json) is ``codes`` with the manifest's K, else it is read from the values."""
+    manifest = read_manifest(label_dir) if label_format == "auto" else None
+    if manifest is not None:
+        return "codes", n_classes or int(manifest["n_classes"])
+    if label_format == "auto":
+        return L.detect_label_format(raw, max_classes), n_classes
+    return label_format, n_classes
 
 
 def _read_em(path: Path) -> np.ndarray:
@@ -104,8 +122,10 @@ def _contrast(image: np.ndarray, mode: str, tile: int) -> np.ndarray:
 class PatchJob(JobSpec):
     """Cut saturated training patches from paired EM and label folders into PNG patch folders.
 
-    ``label_map`` maps raw label values to classes (e.g. ISBI ``{0: 2, 255: 1}``);
-    ``augment`` (None = none) is applied while writing; ``contrast`` bakes CLAHE into the
+    ``label_format`` says how label values mean classes (``auto``, ``classes``, ``codes``,
+    ``isbi``: see :mod:`membrane_py.augment.labels`); ``label_map`` instead maps raw label
+    values to classes (e.g. ISBI ``{0: 2, 255: 1}``); more than ``max_classes`` classes is
+    refused. ``augment`` (None = none) is applied while writing; ``contrast`` bakes CLAHE into the
     EM (``image`` or per ``tile``).
     """
 
@@ -121,8 +141,10 @@ class PatchJob(JobSpec):
     angle_step: float = 5.0
     downsample: int = 1
     contrast: str = "none"  # "image" or "tile": CLAHE baked into the written EM
+    label_format: str = "auto"
     label_map: dict[int, int] | None = None
     n_classes: int | None = None  # default: the largest class present
+    max_classes: int = L.MAX_CLASSES
     augment: AugmentConfig | None = None
     seed: int = 0
     overwrite: bool = False
@@ -132,6 +154,12 @@ class PatchJob(JobSpec):
             raise ValueError(f"contrast must be one of {CONTRAST_MODES}, got {self.contrast!r}")
         if self.patch_size < 2 or self.downsample < 1:
             raise ValueError("patch_size must be >= 2 and downsample >= 1")
+        if self.label_format not in L.LABEL_FORMATS:
+            raise ValueError(f"label_format must be one of {L.LABEL_FORMATS}, got "
+                             f"{self.label_format!r}")
+        if self.label_map and self.label_format not in ("auto", "classes"):
+            raise ValueError("a label map already says what each value means; leave "
+                             "label_format at auto")
 
 
 @dataclass
@@ -162,10 +190,18 @@ class PatchSource:
 def load_sources(job: PatchJob) -> list[PatchSource]:
     """Read, pair by name, check and prepare every source of a job."""
     pairs = pair_by_name(L.list_images(job.images), L.list_images(job.labels))
+    raw = [L.read_label_image(lab_path) for _, lab_path in pairs]
+    if job.label_map:
+        raw = [L.map_values(r, job.label_map) for r in raw]
+        fmt, n_classes = "classes", job.n_classes
+    else:
+        fmt, n_classes = resolve_label_format(job.labels, raw, job.label_format, job.n_classes,
+                                              job.max_classes)
+    classes, _ = L.convert_labels(raw, fmt, n_classes, job.max_classes)
     sources, used = [], set()
-    for img_path, lab_path in pairs:
+    for (img_path, lab_path), label in zip(pairs, classes, strict=True):
         image = _read_em(img_path)
-        label = _to_classes(L.read_label_image(lab_path), job.label_map, lab_path.name)
+        label = label.astype(np.uint16)
         if image.shape != label.shape:
             raise ValueError(f"{img_path.name} is {image.shape} but its label {lab_path.name} is "
                              f"{label.shape}; they must have the same size")

@@ -17,6 +17,8 @@ import numpy as np
 from membrane_py.augment.preprocess import apply_clahe
 
 EQUALIZE_MODES = ("none", "hist", "clahe", "random")
+#: augmentations a user names (``--augmentations blur,elastic``), besides flips and rot90
+AUGMENTATIONS = ("blur", "motion_blur", "equalize", "intensity", "elastic")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,27 @@ class AugmentConfig:
         """Every augmentation enabled at moderate strength (benchmarks, strong regularisation)."""
         return cls(blur_prob=0.3, motion_blur_prob=0.3, equalize="random", equalize_prob=0.3,
                    brightness=0.1, contrast=0.2, gamma=0.3, elastic_prob=0.3)
+
+    @classmethod
+    def from_names(cls, names: list[str], flips: bool = True) -> AugmentConfig:
+        """Flips and rot90 (when ``flips``) plus the named :data:`AUGMENTATIONS` (``all`` for
+        every one) at the strengths of :meth:`all_on`."""
+        unknown = sorted(set(names) - {*AUGMENTATIONS, "all"})
+        if unknown:
+            raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from "
+                             f"{', '.join(AUGMENTATIONS)} or all")
+        on = set(AUGMENTATIONS) if "all" in names else set(names)
+        full = cls.all_on()
+        return cls(
+            flip=flips, rot90=flips,
+            blur_prob=full.blur_prob if "blur" in on else 0.0,
+            motion_blur_prob=full.motion_blur_prob if "motion_blur" in on else 0.0,
+            equalize=full.equalize if "equalize" in on else "none",
+            equalize_prob=full.equalize_prob,
+            brightness=full.brightness if "intensity" in on else 0.0,
+            contrast=full.contrast if "intensity" in on else 0.0,
+            gamma=full.gamma if "intensity" in on else 0.0,
+            elastic_prob=full.elastic_prob if "elastic" in on else 0.0)
 
     def enabled(self) -> list[str]:
         """Names of the augmentations this config can apply."""

@@ -18,6 +18,15 @@ VOXEL_SIZE = typer.Option(None, help="voxel size in nm as X Y Z, VAST's order, r
                           "the outputs (default: from the data; asked for when it has none)")
 POINT = typer.Option(None, help="x,y,z (mip 0) to use instead of asking VAST; repeat for "
                      "several cubes")
+LABEL_FORMAT = typer.Option(
+    "auto", help="what label values mean: auto (read from the values), classes (0 unknown, "
+    "1..K, as `membrane gt` writes), codes (mEMbrain PNG codes, as `membrane patches` writes) "
+    "or isbi (0 = membrane, 255 = interior)")
+MAX_CLASSES = typer.Option(16, min=2, help="refuse labels with more classes than this (more "
+                           "usually means instance ids or a wrong --label-format)")
+AUGMENTATIONS = typer.Option(None, help="extra augmentations, comma-separated: blur, "
+                             "motion_blur, equalize, intensity (brightness, contrast, gamma), "
+                             "elastic, or all")
 SAVE_JOB = typer.Option(None, help="also write the job spec as JSON here (run it again with "
                         "`membrane run FILE`)")
 
@@ -68,3 +77,14 @@ def label_map_option(text: str | None) -> dict[int, int] | None:
 def spec_or_exit(spec_cls, **fields):
     """Build a job spec; an invalid combination of options exits with one line."""
     return _parsed(lambda: spec_cls(**fields))
+
+
+def augment_option(flips: bool, names: str | None):
+    """``--augment/--no-augment`` (flips, rot90) plus ``--augmentations a,b`` -> an
+    AugmentConfig, or None when nothing is on."""
+    from membrane_py.augment.transforms import AugmentConfig
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else []
+    if not flips and not chosen:
+        return None
+    return _parsed(AugmentConfig.from_names, chosen, flips)

@@ -85,7 +85,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, VastError)
 
 
-def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object:
+def execute(spec, save_job: Path | None = None) -> object:
     """Save (optionally) and run ``spec``; print its summary; exit cleanly on errors."""
     from membrane_py.events import Cancelled
     from membrane_py.jobs import run
@@ -100,8 +100,11 @@ def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object
     try:
         with renderer:
             result = run(spec, progress=renderer)
-    except (KeyboardInterrupt, Cancelled):
-        hint = resume_hint or "rerunning the same command continues from there"
+    except (KeyboardInterrupt, Cancelled) as e:
+        # a job that knows how it resumes says so in its Cancelled message (train: the job
+        # file that continues from _last.pt); others resume by running the same job again
+        said = str(e) if isinstance(e, Cancelled) else ""
+        hint = said or "rerunning the same command continues from there"
         typer.echo(f"interrupted; done so far: {renderer.finished()}; {hint}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except user_errors() as e:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.options import SAVE_JOB, floats_option, spec_or_exit
+from membrane_py.cli.options import (
+    AUGMENTATIONS,
+    LABEL_FORMAT,
+    MAX_CLASSES,
+    SAVE_JOB,
+    augment_option,
+    floats_option,
+    spec_or_exit,
+)
 from membrane_py.cli.render import execute, fail, one_line
 
 
@@ -15,8 +23,8 @@ def train(
     labels: Path = typer.Option(..., help="folder of label images, matched to images by name"),
     out: Path = typer.Option(Path("runs"), help="folder for checkpoints and logs"),
     name: str = typer.Option("unet", help="run name: <out>/<name>.pt (best), <name>_last.pt"),
-    label_format: str = typer.Option("codes", help="codes (mEMbrain PNG class codes), isbi "
-                                     "(0 = membrane, 255 = interior) or classes (0 unknown, 1..K)"),
+    label_format: str = LABEL_FORMAT,
+    max_classes: int = MAX_CLASSES,
     n_classes: int = typer.Option(None, help="number of classes (default: from the labels)"),
     class_names: str = typer.Option(None, help="comma-separated class names, class 1 first"),
     patch_size: int = typer.Option(256, help="training patch side (multiple of 2**depth)"),
@@ -24,15 +32,19 @@ def train(
     val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
-    depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5, or the "
-                              "pretrained network's)"),
+    augmentations: str = AUGMENTATIONS,
+    depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5 on CUDA, "
+                              "4 on CPU, or the pretrained / resumed network's)"),
     base_filters: int = typer.Option(None, help="filters of the first stage, doubling per stage "
-                                     "(default 32, or the pretrained network's)"),
+                                     "(default 32 on CUDA, 16 on CPU, or the pretrained / "
+                                     "resumed network's)"),
     norm: str = typer.Option(None, help="batch, group or none (default batch, or the "
                              "pretrained network's)"),
     dropout: float = typer.Option(None, help="dropout at the deepest stage and bridge "
                                   "(default 0, or the pretrained network's)"),
     epochs: int = typer.Option(10),
+    minutes: float = typer.Option(None, help="time budget: stop after this many minutes of "
+                                  "training (the epoch in progress ends early), save, report"),
     batch_size: int = typer.Option(8),
     lr: float = typer.Option(1e-3, help="initial learning rate"),
     optimizer: str = typer.Option("adam", help="adam, adamw, sgd (with momentum) or rmsprop"),
@@ -41,8 +53,9 @@ def train(
     schedule: str = typer.Option("none", help="none, step (drop every N epochs) or cosine"),
     step_epochs: int = typer.Option(2, help="step schedule: epochs between drops"),
     step_factor: float = typer.Option(0.1, help="step schedule: factor per drop"),
-    loss: str = typer.Option("ce", help="ce, weighted_ce (recommended for thin membranes), dice, "
-                             "ce_dice, squared or logistic"),
+    loss: str = typer.Option("weighted_ce", help="weighted_ce (classes weighted by inverse "
+                             "frequency, so thin membranes count), ce, dice, ce_dice, squared or "
+                             "logistic"),
     class_weights: str = typer.Option(None, help="comma-separated weights for weighted_ce "
                                       "(default: inverse class frequency)"),
     shuffle: bool = typer.Option(True),
@@ -83,10 +96,11 @@ def train(
         options = dict(
             {k: v for k, v in inheritable.items() if v is not None},
             image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
-            label_format=label_format, n_classes=n_classes,
+            label_format=label_format, max_classes=max_classes, n_classes=n_classes,
             class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
             patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
-            augment=augment, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            augment=augment_option(augment, augmentations), epochs=epochs, minutes=minutes,
+            batch_size=batch_size, lr=lr, optimizer=optimizer,
             momentum=momentum, weight_decay=weight_decay, schedule=schedule,
             step_epochs=step_epochs,
             step_factor=step_factor, loss=loss,
@@ -99,7 +113,7 @@ def train(
         cfg = finetune_config(pretrained, **options) if pretrained else TrainJob(**options)
     except (ValueError, OSError) as e:
         raise fail(one_line(e)) from None
-    execute(cfg, save_job, resume_hint=f"resume with --resume {cfg.last_path}")
+    execute(cfg, save_job)
 
 
 def evaluate(
@@ -107,7 +121,7 @@ def evaluate(
     images: list[Path] = typer.Argument(..., help="EM image files to predict"),
     labels: list[Path] = typer.Option(None, "--label", help="label file per image (repeat)"),
     label_dir: Path = typer.Option(None, help="folder of labels matched to images by name"),
-    label_format: str = typer.Option("codes", help="codes, isbi or classes (see train)"),
+    label_format: str = LABEL_FORMAT,
     out: Path = typer.Option(Path("evaluation"), help="folder for PNGs and metrics"),
     device: str = typer.Option("auto"),
     threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),

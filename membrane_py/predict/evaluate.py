@@ -80,7 +80,7 @@ def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
-                    labels: list[str | Path] | None = None, label_format: str = "codes",
+                    labels: list[str | Path] | None = None, label_format: str = "auto",
                     device: str = "auto", threshold: float = 0.5, method: str = "watershed",
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
@@ -88,9 +88,10 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     by the tiled engine), write ``<stem>_{prediction,probability,overlay}.png`` to
     ``out_dir`` and, with labels, ``<stem>_errors.png`` (:func:`error_map` for the membrane
     class, else the last class) and ``metrics.json`` / ``metrics.csv`` (rows per image plus
-    a ``mean`` row). Returns the metric rows (empty without labels)."""
+    a ``mean`` row). Returns the metric rows (empty without labels). ``label_format`` as in
+    :mod:`membrane_py.augment.labels`; ``auto`` is decided on the first label image and kept
+    for the others."""
     from membrane_py.augment import labels as L
-    from membrane_py.train.trainer import convert_labels
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
@@ -113,7 +114,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             write_png(out / f"{path.stem}_{kind}.png", pic)
         if labels is not None:
             raw = L.decode_label_image(L.read_image(labels[i]))
-            (gt,), _ = convert_labels([raw], label_format, k)
+            if label_format == "auto":
+                label_format = L.detect_label_format([raw], max(k, L.MAX_CLASSES))
+            (gt,), _ = L.convert_labels([raw], label_format, k, max(k, L.MAX_CLASSES))
             if gt.shape != image.shape:
                 raise ValueError(f"{labels[i]}: label shape {gt.shape} != image {image.shape}")
             target = names.index("membrane") + 1 if "membrane" in names else k
@@ -154,7 +157,7 @@ class EvaluateJob(JobSpec):
     out: str = "evaluation"
     labels: list[str] | None = None
     label_dir: str | None = None
-    label_format: str = "codes"
+    label_format: str = "auto"
     device: str = "auto"
     threshold: float = 0.5
     method: str = "watershed"
@@ -162,6 +165,11 @@ class EvaluateJob(JobSpec):
     def __post_init__(self) -> None:
         if not self.images:
             raise ValueError("give at least one EM image to evaluate")
+        from membrane_py.augment.labels import LABEL_FORMATS
+
+        if self.label_format not in LABEL_FORMATS:
+            raise ValueError(f"label_format must be one of {LABEL_FORMATS}, got "
+                             f"{self.label_format!r}")
         if self.labels and self.label_dir:
             raise ValueError("give labels either file by file or as a folder (label_dir), "
                              "not both")

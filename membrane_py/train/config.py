@@ -6,7 +6,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+from membrane_py.augment.labels import LABEL_FORMATS, MAX_CLASSES
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
@@ -14,7 +16,10 @@ from membrane_py.volumes.base import check_voxel_size
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
-LABEL_FORMATS = ("codes", "isbi", "classes")
+#: default U-Net size (depth, base filters) per device type: mEMbrain's depth-5 / 32-filter
+#: network trains at about 1 patch/s on a 2-core CPU, the depth-4 / 16-filter one (1.9 M
+#: instead of 31 M weights) 2.6 to 4 times as fast (bench/train.py); GPUs take the big one
+DEFAULT_ARCH = {"cuda": (5, 32), "cpu": (4, 16), "mps": (4, 16)}
 # validation metric used to keep the best checkpoint -> True when higher is better
 BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "val_v_rand": True,
                 "val_v_info": True}
@@ -24,10 +29,13 @@ BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "
 class TrainJob(JobSpec):
     """Everything a training run needs; JSON-serialisable (``to_dict`` / ``from_dict``).
 
-    Data: ``image_dir`` / ``label_dir`` hold matching image files (sorted by name). Labels are
-    ``codes`` (mEMbrain PNG codes: class k stored as round(255 (k-1)/(K-1))), ``isbi`` (binary,
-    0 = membrane, 255 = interior -> 1 non-membrane, 2 membrane) or ``classes`` (values are
-    classes, 0 = unknown). The split into training and validation is by image.
+    Data: ``image_dir`` / ``label_dir`` hold image files paired by name. ``label_format`` is
+    ``auto`` (read from the values), ``classes``, ``codes`` or ``isbi`` (see
+    :mod:`membrane_py.augment.labels`); more than ``max_classes`` classes is refused. The split
+    into training and validation is by image. ``augment`` (None = none) is applied to training
+    patches. ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of the device
+    (or the checkpoint resumed); the checkpoint records what was used. ``minutes`` bounds the
+    training time: the epoch in progress ends early, is validated and saved.
 
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
@@ -44,21 +52,23 @@ class TrainJob(JobSpec):
     label_dir: str = ""
     out_dir: str = "runs"
     name: str = "unet"
-    label_format: str = "codes"
+    label_format: str = "auto"
     n_classes: int | None = None
+    max_classes: int = MAX_CLASSES
     class_names: list[str] | None = None
     patch_size: int = 256
     patches_per_epoch: int = 1024
     val_patches: int = 128
     val_fraction: float = 0.3
-    augment: bool = True
-    # model
-    depth: int = 5
-    base_filters: int = 32
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    # model (None: the device's default, see DEFAULT_ARCH)
+    depth: int | None = None
+    base_filters: int | None = None
     norm: str = "batch"
     dropout: float = 0.0
     # optimisation
     epochs: int = 10
+    minutes: float | None = None
     batch_size: int = 8
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -67,7 +77,7 @@ class TrainJob(JobSpec):
     schedule: str = "none"
     step_epochs: int = 2
     step_factor: float = 0.1
-    loss: str = "ce"
+    loss: str = "weighted_ce"
     class_weights: list[float] | None = None
     shuffle: bool = True
     seed: int = 0
@@ -100,9 +110,12 @@ class TrainJob(JobSpec):
             (self.best_metric in BEST_METRICS, f"best_metric must be one of {list(BEST_METRICS)}"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
+            (self.max_classes >= 2, "max_classes must be >= 2"),
             (self.lr > 0, "lr must be > 0"),
-            (self.patch_size % 2**self.depth == 0,
-             f"patch_size {self.patch_size} must be a multiple of 2**depth = {2**self.depth}"),
+            (self.depth is None or self.patch_size % 2**self.depth == 0,
+             f"patch_size {self.patch_size} must be a multiple of 2**depth = "
+             f"{2**(self.depth or 0)}"),
             (self.transfer_mode in TRANSFER_MODES,
              f"transfer_mode must be one of {TRANSFER_MODES}"),
             (self.transfer_mode == "continuous" or bool(self.pretrained or self.resume),
@@ -120,7 +133,23 @@ class TrainJob(JobSpec):
             if not ok:
                 raise ValueError(msg)
 
+    def with_architecture(self, device_type: str, source: dict | None = None) -> TrainJob:
+        """This job with ``depth`` and ``base_filters`` set: kept when given, else those of
+        ``source`` (the architecture dict of a checkpoint being resumed), else the device's
+        default (:data:`DEFAULT_ARCH`)."""
+        depth, filters = DEFAULT_ARCH.get(device_type, DEFAULT_ARCH["cpu"])
+        if source is not None:
+            depth, filters = source["depth"], source["base_filters"]
+        return replace(self, depth=self.depth or depth,
+                                   base_filters=self.base_filters or filters)
+
     def model_config(self, n_classes: int) -> UNetConfig:
+        if self.depth is None or self.base_filters is None:
+            raise ValueError("the network size is set when training starts "
+                             "(TrainJob.with_architecture)")
+        if self.patch_size % 2**self.depth:
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of 2**depth = "
+                             f"{2**self.depth}; pass --patch-size or --depth")
         return UNetConfig(in_channels=1, n_classes=n_classes, depth=self.depth,
                           base_filters=self.base_filters, norm=self.norm, dropout=self.dropout)
 
@@ -137,7 +166,13 @@ class TrainJob(JobSpec):
         return Path(self.out_dir) / f"{self.name}_last.pt"
 
     def resumed(self) -> TrainJob:
-        """This job continuing from its ``<name>_last.pt`` when an interrupted run left one."""
-        if self.resume is None and self.last_path.is_file():
+        """This job continuing from its ``<name>_last.pt`` when an interrupted run left one
+        (the newest state, even when this job itself resumed from an older checkpoint)."""
+        if self.last_path.is_file() and self.resume != str(self.last_path):
             return replace(self, resume=str(self.last_path))
         return self
+
+    @property
+    def resume_job_path(self) -> Path:
+        """The job file an interrupted run writes: this job resuming from ``last_path``."""
+        return Path(self.out_dir) / f"{self.name}_resume.json"

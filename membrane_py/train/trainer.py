@@ -2,7 +2,10 @@
 
 Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown.
 Each epoch writes ``<name>_last.pt`` (resumable) and, when the validation metric improves,
-``<name>.pt``; cancellation also leaves a resumable ``<name>_last.pt``. A run may start from a
+``<name>.pt``. Cancellation or Ctrl-C (KeyboardInterrupt), also mid-epoch, saves
+``<name>_last.pt`` and ``<name>_resume.json`` (the job resuming from it) and raises
+:class:`~membrane_py.events.Cancelled` saying how to resume. ``TrainJob.minutes`` ends the run
+at a time budget: the epoch in progress is cut short, validated and saved. A run may start from a
 pretrained checkpoint in a transfer mode and replay earlier data sets (episodic memory); the
 checkpoint's ``lineage`` then records where it came from.
 """
@@ -20,7 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report, warn
+from membrane_py.atomic import write_text_atomic
+from membrane_py.augment.labels import MAX_CLASSES
+from membrane_py.events import (
+    Cancelled,
+    CancelToken,
+    Event,
+    ProgressCallback,
+    check_cancel,
+    report,
+    warn,
+)
 from membrane_py.jobs.spec import Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
@@ -209,7 +222,14 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                          "memory datasets were given (run_training builds them from the folders)")
     resumed = load_checkpoint(cfg.resume) if cfg.resume else None
     parent = load_checkpoint(cfg.pretrained) if cfg.pretrained and resumed is None else None
-    class_names = _class_names(cfg, n_classes, resumed or parent)
+    source = resumed or parent
+    sized_by_device = source is None and (cfg.depth is None or cfg.base_filters is None)
+    cfg = cfg.with_architecture(device.type, source.model if source is not None else None)
+    if sized_by_device:
+        report(progress, Event.log(f"network: depth {cfg.depth}, {cfg.base_filters} base filters "
+                                   f"(the default on {device.type}; set --depth and "
+                                   "--base-filters to change it)", "train"))
+    class_names = _class_names(cfg, n_classes, source)
     model_cfg = cfg.model_config(n_classes)
     model = UNet(model_cfg)
     lineage = _start_from(model, parent, cfg, memory) if parent is not None else {}
@@ -266,82 +286,92 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             train_config={**cfg.to_dict(), "class_weights": weights}, lineage=lineage,
             epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best)
 
-    for epoch in range(first_epoch, cfg.epochs):
-        train_mode(model, cfg.transfer_mode)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(loader):
-            if cancel is not None and cancel.cancelled:
-                save_checkpoint(cfg.last_path, snapshot(epoch))
-                log.note(f"cancelled in epoch {epoch + 1}; resume from {cfg.last_path}")
-                raise Cancelled(f"training cancelled; resume with resume={cfg.last_path}")
-            x = x.to(device, non_blocking=True, memory_format=fmt)
-            y = y.to(device, non_blocking=True)
-            with autocast(device, cfg.amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            done = epoch * iters + i + 1
-            if (i + 1) % cfg.log_every == 0 or i + 1 == iters:
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, iteration "
-                                             f"{i + 1}; lower the learning rate")
-                its = {"loss": value, "epoch": epoch + 1, "iteration": done,
-                       "lr": opt.param_groups[0]["lr"]}
-                log.record("iter", its)
-                report(progress, Event.progress("train", done, total,
-                                                f"epoch {epoch + 1}, loss {value:.4f}"))
-                report(progress, Event.metric("train", done, total, "iteration", **its))
-        record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, iters),
-                  "lr": opt.param_groups[0]["lr"]}
-        sched.step()
-        if val_loader is not None:
-            record.update(validate(model, val_loader, loss_fn, device, cfg.amp, class_names))
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        improved = _improved(record.get(metric), best, higher_better)
-        if improved:
-            best = {"metric": metric, "value": record[metric], "epoch": epoch + 1}
-        ck = snapshot(epoch + 1)
-        save_checkpoint(cfg.last_path, ck)
-        if improved:
-            save_checkpoint(cfg.best_path, ck)
-        log.epoch(record)
-        report(progress, Event.metric("train", (epoch + 1) * iters, total, "epoch", **record))
-        report(progress, Event.artifact(cfg.last_path, "train", "last checkpoint"))
+    deadline = start + 60.0 * cfg.minutes if cfg.minutes else math.inf
+    completed = first_epoch
+    try:
+        for epoch in range(first_epoch, cfg.epochs):
+            if epoch > first_epoch and time.perf_counter() >= deadline:
+                break  # a run trains at least one iteration, whatever the budget
+            train_mode(model, cfg.transfer_mode)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            n_iters = 0
+            for i, (x, y) in enumerate(loader):
+                check_cancel(cancel)
+                if i and time.perf_counter() >= deadline:
+                    break
+                x = x.to(device, non_blocking=True, memory_format=fmt)
+                y = y.to(device, non_blocking=True)
+                with autocast(device, cfg.amp):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                n_iters = i + 1
+                done = epoch * iters + i + 1
+                if (i + 1) % cfg.log_every == 0 or i + 1 == iters:
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
+                                                 f"iteration {i + 1}; lower the learning rate")
+                    its = {"loss": value, "epoch": epoch + 1, "iteration": done,
+                           "lr": opt.param_groups[0]["lr"]}
+                    log.record("iter", its)
+                    report(progress, Event.progress("train", done, total,
+                                                    f"epoch {epoch + 1}, loss {value:.4f}"))
+                    report(progress, Event.metric("train", done, total, "iteration", **its))
+            record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, n_iters),
+                      "lr": opt.param_groups[0]["lr"]}
+            if n_iters < iters:
+                record["iterations"] = n_iters
+            sched.step()
+            if val_loader is not None:
+                record.update(validate(model, val_loader, loss_fn, device, cfg.amp, class_names))
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            improved = _improved(record.get(metric), best, higher_better)
+            if improved:
+                best = {"metric": metric, "value": record[metric], "epoch": epoch + 1}
+            ck = snapshot(epoch + 1)
+            save_checkpoint(cfg.last_path, ck)
+            completed = epoch + 1
+            if improved:
+                save_checkpoint(cfg.best_path, ck)
+            log.epoch(record)
+            report(progress, Event.metric("train", (epoch + 1) * iters, total, "epoch", **record))
+            report(progress, Event.artifact(cfg.last_path, "train", "last checkpoint"))
+    except (KeyboardInterrupt, Cancelled):
+        del history[completed:]  # an epoch recorded but not yet saved is trained again
+        save_checkpoint(cfg.last_path, snapshot(completed))
+        resume = cfg.resumed()
+        write_text_atomic(cfg.resume_job_path, resume.to_json() + "\n")
+        message = (f"interrupted in epoch {completed + 1}: saved {cfg.last_path}; resume with: "
+                   f"membrane run {cfg.resume_job_path} (or add --resume {cfg.last_path} to "
+                   "the same command)")
+        log.note(message)
+        report(progress, Event.log(message, "train"))
+        raise Cancelled(message) from None
+    if time.perf_counter() >= deadline and completed < cfg.epochs:
+        cut = history[-1].get("iterations") if history else None
+        short = f" (the last after {cut} of {iters} iterations)" if cut is not None else ""
+        message = (f"time budget of {cfg.minutes:g} minutes reached after {completed} "
+                   f"epoch(s){short}; saved {cfg.last_path}")
+        log.note(message)
+        report(progress, Event.log(message, "train"))
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
-        save_checkpoint(cfg.best_path, snapshot(cfg.epochs))
+        save_checkpoint(cfg.best_path, snapshot(completed))
     report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))
     return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start)
 
 
-def convert_labels(raw: list[np.ndarray], label_format: str,
-                   n_classes: int | None = None) -> tuple[list[np.ndarray], int]:
-    """Label images as read from disk -> class maps (0 unknown, 1..K) and K."""
+def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str = "auto",
+               n_classes: int | None = None, max_classes: int = MAX_CLASSES):
+    """(paths, uint8 images, class maps, K, format) for image/label files of two folders paired
+    by name. A patch folder's manifest.json says its labels are codes and gives K."""
     from membrane_py.augment import labels as L
-    from membrane_py.codes import decode_label_png, infer_n_classes
-
-    if label_format == "isbi":
-        return [L.binary_to_classes(r, membrane_value=0) for r in raw], 2
-    if label_format == "codes":
-        if n_classes is None:
-            n_classes = infer_n_classes(np.concatenate([np.unique(r) for r in raw]))
-        return [decode_label_png(r, n_classes).astype(np.uint8) for r in raw], n_classes
-    if label_format == "classes":
-        top = max(int(r.max()) for r in raw)
-        return list(raw), max(n_classes or 0, top, 2)
-    raise ValueError(f"unknown label format {label_format!r}")
-
-
-def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str,
-               n_classes: int | None = None):
-    """(paths, uint8 images, class maps, K) for matching image/label files of two folders."""
-    from membrane_py.augment import labels as L
-    from membrane_py.augment.patches import pair_by_name
+    from membrane_py.augment.patches import pair_by_name, resolve_label_format
 
     pairs = pair_by_name(L.list_images(image_dir), L.list_images(label_dir))
     images = []
@@ -351,28 +381,33 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str,
             raise ValueError(f"{p}: EM images must be 8-bit grayscale, got {im.dtype} {im.shape}")
         images.append(im)
     raw = [L.decode_label_image(L.read_image(q)) for _, q in pairs]
-    labels, k = convert_labels(raw, label_format, n_classes)
-    return [p for p, _ in pairs], images, labels, k
+    label_format, n_classes = resolve_label_format(label_dir, raw, label_format, n_classes,
+                                                   max_classes)
+    labels, k = L.convert_labels(raw, label_format, n_classes, max_classes)
+    return [p for p, _ in pairs], images, labels, k, label_format
 
 
 def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format: str,
-                    val_fraction: float) -> tuple[Dataset, Dataset | None, int]:
+                    val_fraction: float, progress: ProgressCallback | None = None,
+                    ) -> tuple[Dataset, Dataset | None, int]:
     """Training and validation datasets from two folders, split by image. Images of exactly
     ``patch_size`` are used as patches (a patch folder); larger ones are sampled on the fly
     (saturated patches with rotation)."""
     from torch.utils.data import Subset
 
     from membrane_py.augment.dataset import OnTheFlyPatchDataset, PatchDataset
-    from membrane_py.augment.transforms import AugmentConfig
 
     if not image_dir or not label_dir:
-        raise ValueError("set image_dir and label_dir (folders of matching images and labels)")
-    aug = AugmentConfig() if cfg.augment else None
-    paths, images, labels, k = read_pairs(image_dir, label_dir, label_format, cfg.n_classes)
+        raise ValueError("set image_dir and label_dir (folders of images and labels paired by "
+                         "name)")
+    aug = cfg.augment
+    paths, images, labels, k, fmt = read_pairs(image_dir, label_dir, label_format,
+                                               cfg.n_classes, cfg.max_classes)
+    report(progress, Event.log(f"labels in {label_dir}: {fmt} format, {k} classes, "
+                               f"{len(paths)} images", "train"))
     train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
     pre = cfg.preprocess_config
-    if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and \
-            label_format == "codes":
+    if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and fmt == "codes":
         train = Subset(PatchDataset(image_dir, label_dir, pre, aug, cfg.seed, k), train_idx)
         val = Subset(PatchDataset(image_dir, label_dir, pre, None, cfg.seed, k), val_idx)
         return train, (val if val_idx else None), k
@@ -386,15 +421,16 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
     return train, val, k
 
 
-def build_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None, list[Dataset], int]:
+def build_datasets(cfg: TrainJob, progress: ProgressCallback | None = None,
+                   ) -> tuple[Dataset, Dataset | None, list[Dataset], int]:
     """Training, validation and episodic-memory datasets of a job, and its class count K.
     Memory data sets are used whole (no validation split) and must have the same K."""
     train, val, k = folder_datasets(cfg, cfg.image_dir, cfg.label_dir, cfg.label_format,
-                                    cfg.val_fraction)
+                                    cfg.val_fraction, progress)
     memory = []
     for e in cfg.episodic:
         old, _, k_old = folder_datasets(cfg, e["images"], e["labels"],
-                                        e.get("label_format", cfg.label_format), 0.0)
+                                        e.get("label_format", cfg.label_format), 0.0, progress)
         if k_old != k:
             raise ValueError(f"episodic data {e['labels']} has {k_old} classes, the new data {k}")
         memory.append(old)
@@ -404,6 +440,6 @@ def build_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None, list[Dataset
 def run_training(cfg: TrainJob, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> TrainResult:
     """The whole job: read and split the data, train, write checkpoints and logs."""
-    train, val, memory, k = build_datasets(cfg)
+    train, val, memory, k = build_datasets(cfg, progress)
     return train_model(train, val, cfg, n_classes=k, memory=memory, progress=progress,
                        cancel=cancel)
