@@ -21,6 +21,21 @@ OUTPUT_KINDS = ("probability", "classes", "rgb", "per_class")
 #: point (as mEMbrain) or each skeleton node
 REGION_MODES = ("volume", "box", "view", "anchors", "nodes")
 BACKENDS = ("auto", "torch", "onnx")
+SCHEDULER_FORMS = "local, local:N (N worker processes) or tcp://HOST:PORT (a running cluster)"
+
+
+def parse_scheduler(text: str) -> tuple[str, int | None]:
+    """``local`` / ``local:N`` -> ("local", N or None: one worker per core);
+    ``tcp://HOST:PORT`` (or ``tls://``) -> (address, None)."""
+    if text.startswith(("tcp://", "tls://")):
+        host, _, port = text.split("://", 1)[1].rpartition(":")
+        if host and port.isdigit():
+            return text, None
+    elif text == "local":
+        return "local", None
+    elif text.startswith("local:") and text[6:].isdigit() and int(text[6:]) >= 1:
+        return "local", int(text[6:])
+    raise ValueError(f"bad scheduler {text!r}; use {SCHEDULER_FORMS}")
 
 
 @dataclass
@@ -67,7 +82,8 @@ class PredictJob(JobSpec):
     into when the source is not VAST itself. ``prob_class`` (name or 1-based number) is
     the class of the ``probability`` output (default: "membrane", else the last class).
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
-    ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout).
+    ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout). ``scheduler``
+    runs the chunks as Dask tasks (:func:`parse_scheduler`); None predicts in this process.
     """
 
     kind: ClassVar[str] = "predict"
@@ -94,6 +110,7 @@ class PredictJob(JobSpec):
     margin: int = 64
     tile: int = 1024
     prefetch: int = 2
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -114,6 +131,8 @@ class PredictJob(JobSpec):
             if not ok:
                 raise ValueError(msg)
         parse_vast_address(self.source)
+        if self.scheduler is not None:
+            parse_scheduler(self.scheduler)
         if self.vast is not None and parse_vast_address(self.vast) is None:
             raise ValueError(f"vast must be a VAST address like {DEFAULT_VAST}, got {self.vast!r}")
 
