@@ -57,6 +57,9 @@ def predict(
     chunk: str = typer.Option("16,1024,1024", help="z,y,x sections and pixels per read"),
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
+    scheduler: str = typer.Option(None, help="run the chunks as Dask tasks: local (one worker "
+                                  "process per core), local:N (N workers) or tcp://HOST:PORT "
+                                  "(a running cluster); default: this process"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -73,7 +76,7 @@ def predict(
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
-        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile)
+        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile, scheduler=scheduler)
     execute(spec, save_job)
 
 
