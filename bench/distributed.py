@@ -24,22 +24,27 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# run as a script, this file's folder comes first on sys.path and its name would hide the
+# `distributed` package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from membrane_py.augment.preprocess import PreprocessConfig
-from membrane_py.distributed.cluster import connect
-from membrane_py.distributed.predict import predict_on_cluster
-from membrane_py.geometry import Box
-from membrane_py.models.unet import UNet, UNetConfig
-from membrane_py.predict.job import PredictJob
-from membrane_py.predict.runner import load_job_predictor, run_prediction
-from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
-from membrane_py.volumes.synthetic import make_synthetic
-from membrane_py.volumes.tiles import TileWriter
+import torch  # noqa: E402
+
+from membrane_py.augment.preprocess import PreprocessConfig  # noqa: E402
+from membrane_py.distributed.cluster import connect  # noqa: E402
+from membrane_py.distributed.predict import predict_on_cluster  # noqa: E402
+from membrane_py.geometry import Box  # noqa: E402
+from membrane_py.models.unet import UNet, UNetConfig  # noqa: E402
+from membrane_py.predict.job import PredictJob  # noqa: E402
+from membrane_py.predict.runner import load_job_predictor, run_prediction  # noqa: E402
+from membrane_py.train.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
+from membrane_py.volumes.synthetic import make_synthetic  # noqa: E402
+from membrane_py.volumes.tiles import TileWriter  # noqa: E402
 
 
 def make_inputs(root: Path, shape: tuple[int, int, int], tile: int) -> tuple[Path, Path]:

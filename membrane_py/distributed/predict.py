@@ -88,6 +88,37 @@ class BlockDone:
 
 # ---------------------------------------------------------------- in each worker process
 
+#: the last network a worker process loaded, by what decides it (file, backend, device,
+#: engine tile): consecutive runs of one model reuse it
+_LOADED: dict[tuple, Predictor] = {}
+
+
+def _load_predictor(info: RunInfo, job: PredictJob) -> Predictor:
+    """The shipped network, loaded once per worker process with its threads capped to the
+    worker's (so worker processes on one machine do not compete for cores)."""
+    import torch
+    from distributed import get_worker
+
+    from membrane_py.distributed.model import MODEL_FILES
+
+    key = (info.model_file, job.backend, job.device, max(job.chunk[1:]) + 2 * job.margin)
+    if key not in _LOADED:
+        path = MODEL_FILES.get(info.model_file)
+        if path is None:
+            raise RuntimeError("the network file did not reach this worker (its plugin was "
+                               "not set up); rerun the job")
+        threads = get_worker().state.nthreads
+        torch.set_num_threads(threads)
+        _LOADED.clear()
+        _LOADED[key] = load_job_predictor(job, path, threads=threads)
+    predictor = _LOADED[key]
+    if predictor.model_sha256 != info.weights:
+        raise ValueError(f"the network on the workers ({predictor.model_sha256[:12]}) is not "
+                         f"the one checked ({info.weights[:12]}): {job.checkpoint} changed "
+                         "during the run; rerun it")
+    return predictor
+
+
 class _Worker:
     """One run's state in a worker process: predictor, open source and writer, kept
     between tasks (a worker serves one run at a time; another run replaces it)."""
@@ -115,23 +146,7 @@ class _Worker:
 
     def predictor(self) -> Predictor:
         if self._predictor is None:
-            import torch
-            from distributed import get_worker
-
-            threads = get_worker().state.nthreads
-            torch.set_num_threads(threads)
-            from membrane_py.distributed.model import MODEL_FILES
-
-            path = MODEL_FILES.get(self.info.model_file)
-            if path is None:
-                raise RuntimeError("the network file did not reach this worker (its plugin "
-                                   "was not set up); rerun the job")
-            predictor = load_job_predictor(self.job, path, threads=threads)
-            if predictor.model_sha256 != self.info.weights:
-                raise ValueError(f"the network on the workers ({predictor.model_sha256[:12]}) "
-                                 f"is not the one checked ({self.info.weights[:12]}): "
-                                 f"{self.job.checkpoint} changed during the run; rerun it")
-            self._predictor = predictor
+            self._predictor = _load_predictor(self.info, self.job)
         return self._predictor
 
     def volume(self) -> VolumeSource:
