@@ -12,9 +12,11 @@ the CPU, ONNX Runtime with one thread per worker (PyTorch's threads also set to 
 
 On Linux the one-worker runs and the single-process run are pinned to one core (the
 single-process runner's reader and writer threads would otherwise use the second core,
-which one Dask worker with one thread does not); the 2-worker run gets two. Each timing is
-the best of ``--repeats`` rounds. ``per_block_s`` is the single-process seconds per block
-(``chunk`` sections x chunk y x chunk x), the unit of the estimate in docs/scaling.md.
+which one Dask worker with one thread does not); the 2-worker run gets two. Both clusters
+stay up and the three runs are interleaved; each timing is the best of ``--repeats``
+rounds. ``per_block_s`` is the single-process seconds per block (``chunk`` sections x
+chunk y x chunk x); ``tile_1024_io_one_core`` the cost of writing and reading one full-size
+tile; both feed the estimate in docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 # run as a script, this file's folder comes first on sys.path and its name would hide the
@@ -36,6 +39,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).pa
 import torch  # noqa: E402
 
 from membrane_py.augment.preprocess import PreprocessConfig  # noqa: E402
+from membrane_py.codes import read_png  # noqa: E402
 from membrane_py.distributed.cluster import connect  # noqa: E402
 from membrane_py.distributed.predict import predict_on_cluster  # noqa: E402
 from membrane_py.geometry import Box  # noqa: E402
@@ -44,7 +48,7 @@ from membrane_py.predict.job import PredictJob  # noqa: E402
 from membrane_py.predict.runner import load_job_predictor, run_prediction  # noqa: E402
 from membrane_py.train.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from membrane_py.volumes.synthetic import make_synthetic  # noqa: E402
-from membrane_py.volumes.tiles import TileWriter  # noqa: E402
+from membrane_py.volumes.tiles import TileWriter, tile_path  # noqa: E402
 
 
 def make_inputs(root: Path, shape: tuple[int, int, int], tile: int) -> tuple[Path, Path]:
@@ -59,6 +63,16 @@ def make_inputs(root: Path, shape: tuple[int, int, int], tile: int) -> tuple[Pat
         state_dict=UNet(cfg).state_dict(), model=cfg.to_dict(),
         class_names=["non-membrane", "membrane"], preprocess=PreprocessConfig().to_dict()))
     return vsvi, ckpt
+
+
+def tile_io(root: Path, n: int = 16) -> dict:
+    """Milliseconds to encode and atomically write, and to read and decode, one 1024^2
+    8-bit PNG tile of synthetic EM (a block of 16 sections writes 16 per output)."""
+    section = make_synthetic((1, 1024, 1024), 1).em[0]
+    writer = TileWriter(root / "io", (n, 1024, 1024), 0, 1024)
+    write = timed(lambda: [writer.write_tile(0, z, 0, 0, section) for z in range(n)])
+    read = timed(lambda: [read_png(tile_path(root / "io", 0, z, 0, 0)) for z in range(n)])
+    return {"write_ms": round(1e3 * write / n, 2), "read_ms": round(1e3 * read / n, 2)}
 
 
 def pin(cores: int) -> bool:
@@ -80,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8,1024,1024", help="z,y,x of the synthetic volume")
     ap.add_argument("--chunk", default="4,512,512", help="z,y,x of one block")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
     chunk = [int(v) for v in args.chunk.split(",")]
@@ -103,21 +117,22 @@ def main(argv: list[str] | None = None) -> dict:
         predictor = load_job_predictor(job(), threads=1)
         run_prediction(job(), predictor=predictor)  # warm-up
         best: dict[str, float] = {}
-
-        def keep(name: str, seconds: float) -> None:
-            best[name] = min(best.get(name, float("inf")), seconds)
-
-        for workers in (1, 2):
-            pin(workers)
-            with connect(f"local:{workers}") as client:
-                address = client.scheduler.address
-                predict_on_cluster(job(scheduler=address))  # warm-up: imports, model
-                for _ in range(args.repeats):
-                    if workers == 1:
-                        pin(1)
-                        keep("single", timed(lambda: run_prediction(job(), predictor=predictor)))
-                    keep(f"dask_{workers}",
-                         timed(lambda a=address: predict_on_cluster(job(scheduler=a))))
+        with ExitStack() as stack:
+            address = {}
+            for workers in (1, 2):  # workers inherit the affinity of the moment they start
+                pin(workers)
+                client = stack.enter_context(connect(f"local:{workers}"))
+                address[workers] = client.scheduler.address
+                predict_on_cluster(job(scheduler=address[workers]))  # warm-up: imports, model
+            runs_of = {"single": (1, lambda: run_prediction(job(), predictor=predictor)),
+                       "dask_1": (1, lambda: predict_on_cluster(job(scheduler=address[1]))),
+                       "dask_2": (2, lambda: predict_on_cluster(job(scheduler=address[2])))}
+            for _ in range(args.repeats):  # interleaved, so load from others hits all alike
+                for name, (cores, fn) in runs_of.items():
+                    pin(cores)
+                    best[name] = min(best.get(name, float("inf")), timed(fn))
+        pin(1)
+        io = tile_io(root)
         tp = {k: mb / v for k, v in best.items()}
         return {
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds": {k: round(v, 3) for k, v in best.items()},
             "mb_per_s": {k: round(v, 3) for k, v in tp.items()},
             "per_block_s": round(best["single"] / n_blocks, 3),
+            "tile_1024_io_one_core": io,
             "scaling": round(tp["dask_2"] / tp["dask_1"], 3),
             "overhead": round(tp["dask_1"] / tp["single"], 3),
         }
