@@ -48,7 +48,7 @@ from membrane_py.predict.runner import (
 )
 from membrane_py.predict.writers import PredictionWriter, make_outputs
 from membrane_py.volumes.base import VolumeSource
-from membrane_py.volumes.blocks import Block, TileKey, read_chunks
+from membrane_py.volumes.blocks import Block, TileKey, TilePlan, read_chunks
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -224,6 +224,8 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
         data = Path(job.checkpoint).read_bytes()
         plugin = ModelFile(data, Path(job.checkpoint).suffix)
         client.register_plugin(plugin, name=plugin.name)
+        # the scheduler keeps the bytes for workers that join later; release them after
+        stack.callback(client.unregister_worker_plugin, plugin.name)
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         report(progress, Event.log(f"Dask cluster at {client.scheduler.address}: {workers} "
                                    f"worker(s), network shipped once to each", TASK))
@@ -275,7 +277,7 @@ class _Window:
             self.client.cancel(list(self.futures))
 
 
-def _run_tasks(client: Client, info: RunInfo, job: PredictJob, plan, tally: Tally,
+def _run_tasks(client: Client, info: RunInfo, job: PredictJob, plan: TilePlan, tally: Tally,
                cancel: CancelToken | None) -> None:
     """Submit block tasks (and each finished z block's pyramid task) and count results."""
     chunk = tuple(job.chunk)
@@ -303,9 +305,11 @@ def _run_tasks(client: Client, info: RunInfo, job: PredictJob, plan, tally: Tall
                     continue
                 tally.add(written=len(result.written), blank=result.blank,
                           resumed=result.resumed, nbytes=result.nbytes)
-                written[k].update(result.written)
                 remaining[k] -= 1
-                if remaining[k] == 0 and job.pyramid:
+                if not job.pyramid:
+                    continue
+                written[k].update(result.written)
+                if remaining[k] == 0:
                     window.submit(pyramid_task, info, plan.tiles(k * cz, (k + 1) * cz),
                                   written.pop(k))
     except BaseException:
