@@ -33,8 +33,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """A running cluster the tests reach by address (as `--scheduler tcp://...`)."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as c, Client(c) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as c, Client(c) as client:
         yield c.scheduler_address, client
 
 
@@ -78,6 +78,7 @@ def test_local_scheduler_starts_worker_processes_with_one_thread():
         workers = client.scheduler_info(n_workers=-1)["workers"]
         assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers.values())
         assert len(set(client.run(os.getpid).values())) == 2
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
 
 
 def test_worker_killed_mid_run_still_identical(reference, cluster, vast_server, checkpoint,

@@ -40,7 +40,8 @@ def connect(scheduler: str) -> Iterator[Client]:
         with client:
             yield client
         return
+    # scheduler and its HTTP endpoint on this machine only, the latter on a free port
     with LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
-                      processes=True, dashboard_address=None,
+                      processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
