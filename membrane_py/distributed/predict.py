@@ -207,19 +207,18 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
     was written stays and a rerun continues from there."""
     from membrane_py.distributed.cluster import connect
     from membrane_py.distributed.model import ModelFile
+    from membrane_py.infer.engine import load_predictor
 
     if job.scheduler is None:
         raise SpecError("predict_on_cluster needs a job with a scheduler (e.g. 'local')")
-    from membrane_py.infer.engine import load_predictor
-
     start = time.perf_counter()
     with ExitStack() as stack:
         # the client needs only the class names and the weights digest: PyTorch on the CPU
         # gives both without exporting to ONNX or touching a GPU
         onnx = Path(job.checkpoint).suffix.lower() == ".onnx"
-        names = load_predictor(job.checkpoint, backend="onnx" if onnx else "torch",
-                               device="cpu", threads=1)
-        prepared = prepare_run(job, stack, names)
+        model_info = load_predictor(job.checkpoint, backend="onnx" if onnx else "torch",
+                                    device="cpu", threads=1)
+        prepared = prepare_run(job, stack, model_info)
         client = stack.enter_context(connect(job.scheduler))
         data = Path(job.checkpoint).read_bytes()
         plugin = ModelFile(data, Path(job.checkpoint).suffix)
