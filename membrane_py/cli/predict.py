@@ -62,6 +62,9 @@ def predict(
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
     voxel_size: tuple[float, float, float] = VOXEL_SIZE,
+    scheduler: str = typer.Option(None, help="run the chunks as Dask tasks: local (one worker "
+                                  "process per core), local:N (N workers) or tcp://HOST:PORT "
+                                  "(a running cluster); default: this process"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -79,7 +82,7 @@ def predict(
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
         chunk=ints_option(chunk, 3, "--chunk")[::-1], margin=margin, tile=tile,
-        voxel_size=list(voxel_size) if voxel_size else None)
+        voxel_size=list(voxel_size) if voxel_size else None, scheduler=scheduler)
     execute(spec, save_job)
 
 

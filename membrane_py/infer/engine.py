@@ -128,13 +128,14 @@ class TiledPredictor:
 def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
                    device: str = "auto", tile: int | None = None, margin: int = 64,
                    overlap: int = 0, blend: str = "none", batch_size: int | None = None,
-                   compile: bool = False) -> TiledPredictor:
+                   compile: bool = False, threads: int | None = None) -> TiledPredictor:
     """A predictor for a checkpoint (``.pt`` path or :class:`Checkpoint`) or an ``.onnx`` file.
 
     ``backend``: ``torch``, ``onnx`` (ONNX Runtime; a checkpoint is exported in memory) or
     ``auto`` (ONNX Runtime for ``.onnx`` files and on the CPU, where it measured 1.3-1.5x
     faster than PyTorch (bench/predict.py); PyTorch on CUDA / MPS or with ``compile``).
-    ``compile`` applies to PyTorch only.
+    ``compile`` applies to PyTorch only. ``threads`` caps the CPU threads of the ONNX
+    Runtime session (PyTorch's are process-wide: ``torch.set_num_threads``).
     See :class:`EngineConfig` for the tiling arguments.
     """
     if backend not in BACKENDS:
@@ -154,7 +155,7 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
             raise ValueError("compile=True needs backend='torch'")
         ck = None if is_onnx else _checkpoint(model)
         runtime = OnnxBackend(model if ck is None else onnx_model(ck).SerializeToString(),
-                              device=device)
+                              device=device, threads=threads)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
                               runtime.tensors_sha256 if ck is None else ck.digest())
     from membrane_py.infer.torch_backend import TorchBackend

@@ -214,12 +214,16 @@ def to_probabilities(out: np.ndarray, kind: str) -> np.ndarray:
 class OnnxBackend:
     """ONNX Runtime backend (see :class:`membrane_py.infer.engine.Backend`): full graph
     optimisation, CPU provider, or CUDA when onnxruntime-gpu is installed and the device
-    resolves to CUDA."""
+    resolves to CUDA. ``threads`` caps the CPU threads of one forward pass (None: one per
+    core), e.g. one per Dask worker process so that workers on one machine do not compete."""
 
-    def __init__(self, model: str | Path | bytes, device: str = "auto") -> None:
+    def __init__(self, model: str | Path | bytes, device: str = "auto",
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers, self.device_type = _providers(device, ort.get_available_providers())
         data, info, self.tensors_sha256 = read_onnx(model)

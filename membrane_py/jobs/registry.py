@@ -22,7 +22,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "patches": ("membrane_py.augment.patches", "PatchJob", "run_patches"),
     "train": ("membrane_py.train.trainer", "TrainJob", "run_training"),
     "evaluate": ("membrane_py.predict.evaluate", "EvaluateJob", "run_evaluation"),
-    "predict": ("membrane_py.predict.runner", "PredictJob", "run_prediction"),
+    "predict": ("membrane_py.distributed.predict", "PredictJob", "run_predict"),
     "instances": ("membrane_py.edit.instances", "InstanceJob", "run_instances"),
     "paint": ("membrane_py.edit.paint", "PaintJob", "run_paint"),
     "fill": ("membrane_py.edit.fill", "FillJob", "run_fill"),

@@ -22,6 +22,21 @@ OUTPUT_KINDS = ("probability", "classes", "rgb", "per_class")
 #: point (as mEMbrain) or each skeleton node
 REGION_MODES = ("volume", "box", "view", "anchors", "nodes")
 BACKENDS = ("auto", "torch", "onnx")
+SCHEDULER_FORMS = "local, local:N (N worker processes) or tcp://HOST:PORT (a running cluster)"
+
+
+def parse_scheduler(text: str) -> tuple[str, int | None]:
+    """``local`` / ``local:N`` -> ("local", N or None: one worker per core);
+    ``tcp://HOST:PORT`` (or ``tls://``) -> (address, None)."""
+    if text.startswith(("tcp://", "tls://")):
+        host, _, port = text.split("://", 1)[1].rpartition(":")
+        if host and port.isdigit():
+            return text, None
+    elif text == "local":
+        return "local", None
+    elif text.startswith("local:") and text[6:].isdigit() and int(text[6:]) >= 1:
+        return "local", int(text[6:])
+    raise ValueError(f"bad scheduler {text!r}; use {SCHEDULER_FORMS}")
 
 
 @dataclass
@@ -73,7 +88,8 @@ class PredictJob(JobSpec):
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
     ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout). ``voxel_size``
     (nm, VAST's x, y, z order) is what the ``.vsvi`` and OME-Zarr outputs record; default:
-    the source's own (a source without one gets a warning and 1 nm).
+    the source's own (a source without one gets a warning and 1 nm). ``scheduler``
+    runs the chunks as Dask tasks (:func:`parse_scheduler`); None predicts in this process.
     """
 
     kind: ClassVar[str] = "predict"
@@ -101,6 +117,7 @@ class PredictJob(JobSpec):
     tile: int = 1024
     prefetch: int = 2
     voxel_size: list[float] | None = None
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
@@ -122,6 +139,8 @@ class PredictJob(JobSpec):
             if not ok:
                 raise ValueError(msg)
         parse_vast_address(self.source)
+        if self.scheduler is not None:
+            parse_scheduler(self.scheduler)
         if self.vast is not None and parse_vast_address(self.vast) is None:
             raise ValueError(f"vast must be a VAST address like {DEFAULT_VAST}, got {self.vast!r}")
 

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +102,7 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-class _Tally:
+class Tally:
     """Thread-safe tile counters; every change becomes one progress event."""
 
     def __init__(self, total: int, progress: ProgressCallback | None) -> None:
@@ -137,7 +137,7 @@ class _WriterThread:
     """Writes predicted chunks and builds each finished z block's pyramid, in order."""
 
     def __init__(self, writer: PredictionWriter, plan: TilePlan, chunk_z: int, pyramid: bool,
-                 tally: _Tally, refresher: LayerRefresher | None = None) -> None:
+                 tally: Tally, refresher: LayerRefresher | None = None) -> None:
         self.writer, self.plan, self.chunk_z, self.pyramid = writer, plan, chunk_z, pyramid
         self.tally, self.refresher = tally, refresher
         self.written: dict[int, set[TileKey]] = defaultdict(set)
@@ -203,8 +203,38 @@ def _tile_pixels(chunk: Chunk, key: TileKey, tile: int) -> np.ndarray:
     return chunk.core_data()[box.relative_to(chunk.core).slices()][0]
 
 
+@dataclass
+class BlockPrediction:
+    """One predicted block: the tiles to write (``keys``, over ``sections``) with their
+    probabilities ``probs`` (len(sections), C, y, x) over the block's core, and how many
+    of its tiles were blank or already done."""
+
+    keys: list[TileKey]
+    sections: list[int]
+    probs: np.ndarray | None
+    blank: int
+    resumed: int
+
+
+def predict_block(job: PredictJob, block: Block, chunk: Chunk, predictor: Predictor,
+                  done: Callable[[TileKey], bool]) -> BlockPrediction:
+    """Predict the non-blank, unfinished tiles of ``block`` from its ``chunk`` (the core read
+    with the job's margin); the same computation whichever process runs it."""
+    m = job.margin
+    blank = {k for k in block.tiles if job.skip_blank and
+             is_blank(_tile_pixels(chunk, k, job.tile), job.blank_entropy)}
+    keys = [k for k in block.tiles if k not in blank]
+    if not keys or (not job.overwrite and all(done(k) for k in keys)):
+        return BlockPrediction([], [], None, len(blank), len(keys))
+    sections = sorted({z for z, _, _ in keys})
+    em = chunk.data[[z - chunk.outer.z0 for z in sections]]
+    probs = predictor.predict(_padded_em(em, block.core, chunk.outer, m))
+    _, h, w = block.core.shape
+    return BlockPrediction(keys, sections, probs[:, :, m:m + h, m:m + w], len(blank), 0)
+
+
 def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
-                    writer: PredictionWriter, predictor: Predictor, tally: _Tally,
+                    writer: PredictionWriter, predictor: Predictor, tally: Tally,
                     cancel: CancelToken | None, refresher: LayerRefresher | None = None) -> None:
     """The read -> predict -> write pipeline over every chunk of the plan."""
     chunk_z, m = job.chunk[0], job.margin
@@ -231,20 +261,10 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
             while next_block is not None and next_block < pc.z_block:
                 out.put(("block", next_block))
                 next_block = next(blocks, None)
-            blank = {k for k in pc.tiles if job.skip_blank and
-                     is_blank(_tile_pixels(chunk, k, job.tile), job.blank_entropy)}
-            keys = [k for k in pc.tiles if k not in blank]
-            tally.add(blank=len(blank))
-            if not keys:
-                continue
-            if not job.overwrite and all(writer.done(k) for k in keys):
-                tally.add(resumed=len(keys))
-                continue
-            sections = sorted({z for z, _, _ in keys})
-            em = chunk.data[[z - chunk.outer.z0 for z in sections]]
-            probs = predictor.predict(_padded_em(em, pc.core, chunk.outer, m))
-            _, h, w = pc.core.shape
-            out.put(("tiles", pc, sections, probs[:, :, m:m + h, m:m + w], keys))
+            done = predict_block(job, pc, chunk, predictor, writer.done)
+            tally.add(blank=done.blank, resumed=done.resumed)
+            if done.keys:
+                out.put(("tiles", pc, done.sections, done.probs, done.keys))
         while next_block is not None:
             out.put(("block", next_block))
             next_block = next(blocks, None)
@@ -252,57 +272,95 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
         out.close()
 
 
-def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None,
-                   predictor: Predictor | None = None) -> PredictResult:
-    """Predict the job's region and write its outputs (see the module docstring).
+def load_job_predictor(job: PredictJob, model: str | Path | None = None,
+                       threads: int | None = None) -> Predictor:
+    """The job's network (``model``: a local copy of ``job.checkpoint``) as the runners use
+    it: one engine tile per chunk section, no engine margin (the runner reads the context)."""
+    from membrane_py.infer.engine import load_predictor
 
-    ``predictor`` reuses a loaded engine; by default the job's checkpoint is loaded with
-    one engine tile per chunk (the runner supplies the context itself). Raises
-    :class:`~membrane_py.events.Cancelled` when ``cancel`` is set; what was written
-    stays, and rerunning the same job continues from there.
-    """
-    start = time.perf_counter()
-    with ExitStack() as stack:
-        volume, client = open_em(job, stack)
-        if job.load_in_vast and client is None:
-            raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
-                             "address (vast / --vast)")
-        if predictor is None:
-            from membrane_py.infer.engine import load_predictor
+    return load_predictor(job.checkpoint if model is None else model, backend=job.backend,
+                          device=job.device, tile=max(job.chunk[1:]) + 2 * job.margin,
+                          margin=0, threads=threads)
 
-            predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
-                                       tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
-        plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
-        outputs = make_outputs(job, predictor.class_names)
-        # refuses tiles of another job
-        stack.enter_context(claim_output(job, volume, predictor.model_sha256))
-        voxel_size = output_voxel_size(volume, job.voxel_size, progress, TASK)
-        writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
-                                  voxel_size, job.pyramid, job.zarr)
-        sections = plan.sections()
-        descriptors = writer.write_descriptors(sections)
-        layers: list[int] = []
-        refresher = None
-        if job.load_in_vast:  # reuses the layers an earlier run into this folder loaded
-            layers, _ = load_or_reuse(client, job.out, descriptors,
-                                      [o.layer_name for o in outputs])
-            refresher = LayerRefresher(client, layers, volume.shape)
-        tally = _Tally(plan.n_tiles, progress)
-        try:
-            _predict_chunks(job, volume, plan, writer, predictor, tally, cancel, refresher)
-        finally:  # what was written shows in VAST, also after a cancel
-            if refresher is not None:
-                refresher.flush()
-        descriptors = writer.write_descriptors(sections)
-        if refresher is not None and refresher.error:
-            warn(progress, f"VAST stopped refreshing the prediction layers ({refresher.error}); "
-                 "tiles written since may stay black in VAST until the layer is reloaded", TASK)
+
+@dataclass
+class Prepared:
+    """A run's output folder, claimed and ready for tiles (see :func:`prepare_run`)."""
+
+    volume: VolumeSource
+    predictor: Predictor
+    plan: TilePlan
+    writer: PredictionWriter
+    layers: list[int]  # VAST layers the outputs were loaded into
+    refresher: LayerRefresher | None  # asks VAST to reread regions as tiles land
+
+
+def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None = None,
+                progress: ProgressCallback | None = None) -> Prepared:
+    """Open the source, load the network, plan the tiles, claim the output folder (closed
+    with ``stack``), write the descriptors and load them into VAST when asked (reusing the
+    layers an earlier run into this folder loaded)."""
+    volume, client = open_em(job, stack)
+    if job.load_in_vast and client is None:
+        raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
+                         "address (vast / --vast)")
+    predictor = predictor or load_job_predictor(job)
+    plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
+    outputs = make_outputs(job, predictor.class_names)
+    # refuses tiles of another job
+    stack.enter_context(claim_output(job, volume, predictor.model_sha256))
+    voxel_size = output_voxel_size(volume, job.voxel_size, progress, TASK)
+    writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
+                              voxel_size, job.pyramid, job.zarr)
+    descriptors = writer.write_descriptors(plan.sections())
+    layers: list[int] = []
+    refresher = None
+    if job.load_in_vast:
+        layers, _ = load_or_reuse(client, job.out, descriptors, [o.layer_name for o in outputs])
+        refresher = LayerRefresher(client, layers, volume.shape)
+    return Prepared(volume, predictor, plan, writer, layers, refresher)
+
+
+def finish_run(prepared: Prepared, tally: Tally, start: float,
+               progress: ProgressCallback | None) -> PredictResult:
+    """Rewrite the descriptors over what is on disk, announce them, and sum up the run."""
+    writer, plan = prepared.writer, prepared.plan
+    descriptors = writer.write_descriptors(plan.sections())
+    refresher = prepared.refresher
+    if refresher is not None and refresher.error:
+        warn(progress, f"VAST stopped refreshing the prediction layers ({refresher.error}); "
+             "tiles written since may stay black in VAST until the layer is reloaded", TASK)
     for path in descriptors:
         report(progress, Event.artifact(path.resolve(), TASK, "VAST descriptor"))
     return PredictResult(
-        out=Path(job.out).resolve(), descriptors=[p.resolve() for p in descriptors],
-        zarr=[z.path.resolve() for z in writer.zarr.values()], layers=layers,
+        out=writer.out.resolve(), descriptors=[p.resolve() for p in descriptors],
+        zarr=[z.path.resolve() for z in writer.zarr.values()], layers=prepared.layers,
         tiles_total=plan.n_tiles, tiles_written=tally.written, tiles_blank=tally.blank,
         tiles_resumed=tally.resumed, pyramid_tiles=tally.pyramid,
         megabytes_read=tally.nbytes / 1e6, seconds=time.perf_counter() - start)
+
+
+def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None,
+                   predictor: Predictor | None = None) -> PredictResult:
+    """Predict the job's region in this process and write its outputs (see the module
+    docstring); jobs with a ``scheduler`` run through :mod:`membrane_py.distributed`.
+
+    ``predictor`` reuses a loaded engine (default: :func:`load_job_predictor`). Raises
+    :class:`~membrane_py.events.Cancelled` when ``cancel`` is set; what was written
+    stays, and rerunning the same job continues from there.
+    """
+    if job.scheduler is not None:
+        raise ValueError(f"this job asks for the Dask scheduler {job.scheduler!r}: run it with "
+                         "membrane_py.jobs.run (or `membrane run`), not run_prediction")
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        prepared = prepare_run(job, stack, predictor, progress)
+        tally = Tally(prepared.plan.n_tiles, progress)
+        try:
+            _predict_chunks(job, prepared.volume, prepared.plan, prepared.writer,
+                            prepared.predictor, tally, cancel, prepared.refresher)
+        finally:  # what was written shows in VAST, also after a cancel
+            if prepared.refresher is not None:
+                prepared.refresher.flush()
+    return finish_run(prepared, tally, start, progress)

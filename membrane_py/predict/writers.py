@@ -29,7 +29,7 @@ from membrane_py.codes import classes_to_tile_u8, probability_to_u8
 from membrane_py.geometry import Box, size_at_mip
 from membrane_py.predict.job import PredictJob
 from membrane_py.volumes.blocks import TileKey
-from membrane_py.volumes.omezarr import open_multiscale
+from membrane_py.volumes.omezarr import open_multiscale, reopen_multiscale
 from membrane_py.volumes.tiles import TileWriter, remove_stale_temporaries
 
 
@@ -104,8 +104,12 @@ class ZarrLevels:
     """One output as an OME-Zarr multiscale group; level i holds mip ``mip + i``."""
 
     def __init__(self, path: Path, output: Output, shape: tuple[int, int, int], mip: int,
-                 n_levels: int, tile: int, voxel_size: tuple[float, float, float]) -> None:
+                 n_levels: int, tile: int, voxel_size: tuple[float, float, float],
+                 shared: bool = False) -> None:
         self.path, self.tile, self.rgb = path, tile, output.channels == 3
+        if shared:  # another process made the group and keeps its metadata
+            self.arrays = reopen_multiscale(path, n_levels)
+            return
         self.arrays = open_multiscale(path, shape, n_levels, "uint8", voxel_size, mip, tile=tile,
                                       channels=output.channels, name=output.layer_name,
                                       labels=output.labels,
@@ -129,22 +133,25 @@ class PredictionWriter:
 
     With ``pyramid`` the levels above ``mip`` go up to the first one that fits a single
     tile (``top_mip``). Not thread-safe: one thread (the runner's writer) owns it.
+    ``shared``: the folder is owned by a writer in another process, which made it (zarr
+    groups and metadata included) and removed stale temporaries; this one only adds tiles
+    (a Dask worker's).
     """
 
     def __init__(self, out: str | Path, outputs: list[Output], shape0: tuple[int, int, int],
                  mip: int, tile: int, voxel_size: tuple[float, float, float],
-                 pyramid: bool, zarr: bool) -> None:
+                 pyramid: bool, zarr: bool, shared: bool = False) -> None:
         self.out = Path(out)
         self.outputs = outputs
         self.mip, self.tile = mip, tile
         self.voxel_size = voxel_size
         self.tiles = {o.name: TileWriter(self.out / o.name, shape0, mip, tile, o.channels)
                       for o in outputs}
-        for o in outputs:  # what a killed run was writing is redone anyway
-            remove_stale_temporaries(self.out / o.name)
+        if not shared:  # what a killed run was writing is redone anyway
+            self.remove_temporaries()
         self.top_mip = self.tiles[outputs[0].name].top_mip() if pyramid else mip
         self.zarr = {o.name: ZarrLevels(self.out / f"{o.name}.zarr", o, size_at_mip(shape0, mip),
-                                        mip, self.top_mip - mip + 1, tile, voxel_size)
+                                        mip, self.top_mip - mip + 1, tile, voxel_size, shared)
                      for o in outputs} if zarr else {}
 
     def done(self, key: TileKey, mip: int | None = None) -> bool:
@@ -190,6 +197,10 @@ class PredictionWriter:
                 built += 1
             level_keys = parents
         return built
+
+    def remove_temporaries(self) -> int:
+        """Delete temporaries that writers killed mid-write left (call when none writes)."""
+        return sum(remove_stale_temporaries(self.out / o.name) for o in self.outputs)
 
     def descriptor_path(self, output: Output) -> Path:
         return self.out / f"{output.name}.vsvi"

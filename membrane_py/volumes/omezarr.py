@@ -80,3 +80,17 @@ def open_multiscale(path: str | Path, shape: tuple[int, int, int], n_levels: int
                                             channels=channels > 1, labels=labels,
                                             origin=origin, metadata=metadata)
     return arrays
+
+
+def reopen_multiscale(path: str | Path, n_levels: int) -> list:
+    """The level arrays of an existing group made by :func:`open_multiscale`, opened for
+    writing without touching its metadata: for writers in other processes (Dask workers),
+    each writing its own chunks while the owner keeps the metadata."""
+    import zarr
+
+    try:
+        return [zarr.open_array(str(Path(path) / str(i)), mode="r+", zarr_format=2)
+                for i in range(n_levels)]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"{path} is not a complete multiscale group of {n_levels} levels "
+                         f"({exc}); rerun the job to recreate it") from exc
