@@ -59,7 +59,7 @@ def test_cli_on_a_running_cluster_is_byte_identical(reference, cluster, vast_ser
     address, client = cluster
     args = ["predict", str(checkpoint), "--source", f"vast://{vast_server.host}:{vast_server.port}",
             "--out", str(tmp_path), "--outputs", "probability,classes", "--zarr",
-            "--backend", "torch", "--tile", str(TILE), "--chunk", ",".join(map(str, CHUNK)),
+            "--backend", "torch", "--tile", str(TILE), "--chunk", ",".join(map(str, CHUNK[::-1])),
             "--margin", str(MARGIN),
             "--scheduler", address, "--save-job", str(tmp_path.parent / "job.json")]
     r = CliRunner().invoke(app, args)
