@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from skimage.metrics import adapted_rand_error
 
 from membrane_py.ffn.canvas import FloodFiller, FloodOptions
 from membrane_py.ffn.movement import FaceMaxQueue, face_max_moves
