@@ -53,6 +53,11 @@ def test_cli_train_and_infer_outputs(tiny_checkpoint, tmp_path):
     out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "s.zarr", *common,
                  "--precision", "bf16", "--channels-last")
     assert out.exit_code == 0, out.output
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "sub.tif", "--box",
+                 "0,39,0,39,0,19", "--min-segment-size", "1", "--subvolume", "20,20,20",
+                 "--overlap", "4,4,4")
+    assert out.exit_code == 0, out.output
+    assert tifffile.imread(tmp_path / "sub.tif").shape == (20, 40, 40)
 
 
 def test_cli_user_mistakes(tiny_checkpoint, tmp_path):

@@ -133,3 +133,26 @@ def test_infer_job_on_a_real_crop(shared_data, tmp_path):
     with pytest.raises(ValueError, match="outside"):
         run_ffn_infer(FFNInferJob(image=job.image, checkpoint=job.checkpoint,
                                   output=job.output, box=job.box, seeds=[[0, 0, 0]]))
+
+
+def test_subvolumes_are_reconciled():
+    """Tubes crossing the border between two subvolumes keep one id each."""
+    from membrane_py.ffn.subvolumes import segment_in_subvolumes
+
+    labels = toy_labels()
+    image = toy_image(labels)
+    boxes = []
+
+    def segment(box):
+        boxes.append(box)
+        sub = image[box.slices()]
+        filler = FloodFiller(sub, oracle, FOV, DELTAS, FloodOptions(min_segment_size=100))
+        return filler.segment_all(peak_seeds(np.where(sub > 0, 1.0, -1.0)))
+
+    seg = segment_in_subvolumes(labels.shape, segment, (24, 40, 20), (0, 0, 6), FOV,
+                                min_overlap=20)
+    assert len(boxes) == 2 and boxes[0].x1 == 26 and boxes[1].x0 == 14
+    for obj in (1, 2):
+        ids = seg[labels == obj]
+        assert (ids == ids.max()).mean() > 0.98 and set(np.unique(ids)) <= {0, ids.max()}
+    assert seg[labels == 1].max() != seg[labels == 2].max()

@@ -136,6 +136,9 @@ def infer(
     image_stddev: float = typer.Option(None, help="override the checkpoint's stddev"),
     concurrency: int = typer.Option(4, min=1, help="objects grown side by side, one batch "
                                     "per network call (1 = strict reference order)"),
+    subvolume: str = typer.Option(None, help="z,y,x: segment in subvolumes of this core "
+                                  "size (less memory), ids reconciled across them"),
+    overlap: str = typer.Option("32,32,32", help="z,y,x context around each subvolume"),
     precision: str = typer.Option("fp32", help="fp32 or bf16"),
     channels_last: bool = typer.Option(False, help="channels-last-3d activations"),
     device: str = DEVICE,
@@ -160,8 +163,9 @@ def infer(
         mask=mask, options=options, model=None if (depth, features, fov, deltas) == (
             12, 32, "33,33,33", "8,8,8") else _model(depth, features, fov, deltas),
         image_mean=image_mean, image_stddev=image_stddev, concurrency=concurrency,
-        precision=precision, channels_last=channels_last, device=device, colors=colors,
-        paint=paint), save_job)
+        subvolume=tuple(ints_option(subvolume, 3, "--subvolume")) if subvolume else None,
+        overlap=tuple(ints_option(overlap, 3, "--overlap")), precision=precision,
+        channels_last=channels_last, device=device, colors=colors, paint=paint), save_job)
 
 
 @ffn_app.command("import")

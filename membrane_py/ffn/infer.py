@@ -24,10 +24,11 @@ import numpy as np
 from membrane_py.atomic import atomic_path
 from membrane_py.edit.instances import COLORINGS, region_box, write_instances
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
-from membrane_py.ffn.canvas import FloodFiller, FloodOptions
+from membrane_py.ffn.canvas import FloodFiller, FloodOptions, FloodStats
 from membrane_py.ffn.checkpoint import load_ffn
 from membrane_py.ffn.predictor import PRECISIONS, FFNPredictor
 from membrane_py.ffn.seeds import peak_seeds
+from membrane_py.ffn.subvolumes import segment_in_subvolumes
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.models.ffn import FFNConfig
@@ -58,6 +59,9 @@ class FFNInferJob(JobSpec):
     image_mean: float | None = None  # None = the checkpoint's
     image_stddev: float | None = None
     concurrency: int = 4
+    subvolume: tuple[int, int, int] | None = None  # core z, y, x; None = the box at once
+    overlap: tuple[int, int, int] = (32, 32, 32)
+    min_overlap: int = 100  # voxels two subvolumes' objects must share to be joined
     precision: str = "fp32"
     channels_last: bool = False
     device: str = "auto"
@@ -74,6 +78,10 @@ class FFNInferJob(JobSpec):
             raise ValueError(f"colors must be one of {COLORINGS}, got {self.colors!r}")
         if self.concurrency < 1 or self.mip < 0:
             raise ValueError("concurrency must be >= 1 and mip >= 0")
+        if self.subvolume is not None and (min(self.subvolume) < 1 or min(self.overlap) < 0):
+            raise ValueError("subvolume sides must be >= 1 and overlaps >= 0")
+        if self.subvolume is not None and self.seeds is not None:
+            raise ValueError("seeds and subvolumes do not mix: give seeds for one box only")
         if self.seeds is not None and any(len(s) != 3 for s in self.seeds):
             raise ValueError(f"seeds are [x, y, z] points at mip 0, got {self.seeds}")
         if self.image_stddev is not None and self.image_stddev <= 0:
@@ -163,15 +171,40 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
     image = (raw.astype(np.float32) - np.float32(mean)) / np.float32(std)
     predictor = FFNPredictor(ckpt.build_model(), pick_device(job.device), job.precision,
                              job.channels_last)
-    filler = FloodFiller(image, predictor, config.fov, config.deltas, job.options, mask=mask,
-                         concurrency=job.concurrency)
-    seeds = (local_seeds(job.seeds, box, job.mip) if job.seeds is not None
-             else peak_seeds(image, mask))
-    report(progress, Event.log(f"{len(seeds)} seeds in box {list(box.to_vast())}", "ffn"))
-    labels = filler.segment_all(seeds, progress, cancel)
+    stats = FloodStats()
+    origins: dict[int, tuple[int, int, int]] = {}
+
+    def segment(sub: Box, seeds: np.ndarray | None = None) -> np.ndarray:
+        sl = sub.slices()
+        part_mask = None if mask is None else mask[sl]
+        filler = FloodFiller(image[sl], predictor, config.fov, config.deltas, job.options,
+                             mask=part_mask, concurrency=job.concurrency)
+        if seeds is None:
+            seeds = peak_seeds(image[sl], part_mask)
+        report(progress, Event.log(f"{len(seeds)} seeds in subvolume "
+                                   f"{list(sub.to_vast())}", "ffn"))
+        labels = filler.segment_all(seeds, progress, cancel)
+        for k, v in vars(filler.stats).items():
+            if k == "rejected":
+                for why, n in v.items():
+                    stats.rejected[why] = stats.rejected.get(why, 0) + n
+            else:
+                setattr(stats, k, getattr(stats, k) + v)
+        origins.update({k: tuple(int(a + b) for a, b in zip(v, (sub.z0, sub.y0, sub.x0),
+                                                             strict=True))
+                        for k, v in filler.origins.items()})
+        return labels
+
+    if job.subvolume is None:
+        labels = segment(Box.full(image.shape),
+                         local_seeds(job.seeds, box, job.mip) if job.seeds is not None else None)
+    else:
+        labels = segment_in_subvolumes(image.shape, segment, job.subvolume, job.overlap,
+                                       config.fov, job.min_overlap, progress, cancel)
+        origins = {}  # ids were renumbered while reconciling
     attrs = {"job": job.to_dict(), "checkpoint_sha256": ckpt.weights_sha256 or None}
     if str(job.output).lower().endswith(".npz"):
-        path = write_npz(labels, job.output, filler.origins, attrs)
+        path = write_npz(labels, job.output, origins, attrs)
     else:
         path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
                                voxel_size=voxel_size, name="ffn segmentation",
@@ -180,6 +213,6 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
     layer = (paint_objects(job.paint, labels, box, job.mip, job.layer_name, progress)
              if job.paint else None)
     seconds = time.perf_counter() - t0
-    stats = filler.stats
-    return FFNInferResult(path, box, stats.objects, stats.steps, seconds,
+    return FFNInferResult(path, box, int(len(np.unique(labels)) - (labels == 0).any()),
+                          stats.steps, seconds,
                           labels.size / max(seconds, 1e-9), dict(stats.rejected), layer)
