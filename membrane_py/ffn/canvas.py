@@ -272,4 +272,7 @@ class FloodFiller:
                                                 f"{self.stats.objects} objects, "
                                                 f"{self.stats.steps} FOV steps"))
         self.stats.total_s += time.perf_counter() - t0
+        report(progress, Event.progress(task, len(seeds), len(seeds),
+                                        f"{self.stats.objects} objects, "
+                                        f"{self.stats.steps} FOV steps"))
         return np.maximum(self.segmentation, 0).astype(np.uint32)

@@ -251,7 +251,7 @@ def read_tensors(path: str | Path, names: list[str] | None = None,
     missing = [n for n in names or [] if n not in entries]
     if missing:
         raise BundleError(f"checkpoint {prefix} has no tensor {missing[0]!r}")
-    shards: dict[int, bytes] = {}
+    shards: dict[int, Path] = {}
     out = {}
     for name in names or sorted(entries):
         e = entries[name]
@@ -260,11 +260,13 @@ def read_tensors(path: str | Path, names: list[str] | None = None,
             if not files:
                 raise FileNotFoundError(f"checkpoint data shard {e.shard} of {prefix} is "
                                         "missing (expected PREFIX.data-NNNNN-of-NNNNN)")
-            shards[e.shard] = files[0].read_bytes()
-        data = shards[e.shard]
-        if e.offset + e.size > len(data):
+            shards[e.shard] = files[0]
+        shard = shards[e.shard]
+        if e.offset + e.size > shard.stat().st_size:
             raise BundleError(f"tensor {name!r} lies outside the data file (truncated copy?)")
-        raw = data[e.offset:e.offset + e.size]
+        with open(shard, "rb") as f:  # only this tensor's bytes, never the whole shard
+            f.seek(e.offset)
+            raw = f.read(e.size)
         if check_crc and e.crc32c is not None and unmask(e.crc32c) != crc32c(raw):
             raise BundleError(f"tensor {name!r} fails its CRC check: the checkpoint is damaged")
         out[name] = np.frombuffer(raw, dtype=e.dtype).reshape(e.shape).copy()
