@@ -61,7 +61,10 @@ def test_cli_train_and_infer_outputs(tiny_checkpoint, tmp_path):
 
 
 def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
+    tifffile.imwrite(tmp_path / "small_mask.tif", np.zeros((3, 8, 8), np.uint8))
     cases = [
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--mask",
+          tmp_path / "small_mask.tif"], "must cover the same volume"),
         (["ffn", "infer", SYNTH, tmp_path / "none.pt", "-o", tmp_path / "x.tif"],
          "does not exist"),
         (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",

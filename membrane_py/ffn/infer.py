@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from membrane_py.atomic import atomic_path
-from membrane_py.edit.instances import COLORINGS, region_box, write_instances
+from membrane_py.edit.instances import COLORINGS, check_shapes, region_box, write_instances
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.ffn.canvas import FloodFiller, FloodOptions, FloodStats
 from membrane_py.ffn.checkpoint import load_ffn
@@ -163,7 +163,9 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
         raise ValueError(f"{job.image} is not a grayscale volume (read shape {raw.shape})")
     mask = None
     if job.mask:
-        mask = open_volume(job.mask, labels=True).read(box, job.mip) != 0
+        mask_volume = open_volume(job.mask, labels=True)
+        check_shapes([mask_volume], shape)
+        mask = mask_volume.read(box, job.mip) != 0
         if mask.ndim != 3:
             raise ValueError(f"mask {job.mask} must be a single-channel volume")
     mean = ckpt.image_mean if job.image_mean is None else job.image_mean
