@@ -61,7 +61,8 @@ def test_cli_train_and_infer_outputs(tiny_checkpoint, tmp_path):
 
 
 def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
-    tifffile.imwrite(tmp_path / "small_mask.tif", np.zeros((3, 8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "small_mask.tif", np.zeros((3, 8, 8), np.uint8),
+                     photometric="minisblack")
     cases = [
         (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--mask",
           tmp_path / "small_mask.tif"], "must cover the same volume"),
