@@ -34,6 +34,7 @@ def _register() -> None:
     """Attach every command module to `app` (one line per workflow step)."""
     from membrane_py.cli import (
         data,
+        ffn,
         groundtruth,
         instances,
         onnx,
@@ -43,7 +44,7 @@ def _register() -> None:
         worker,
     )
 
-    for module in (data, groundtruth, instances, onnx, predict, run, training, worker):
+    for module in (data, groundtruth, instances, onnx, predict, run, training, worker, ffn):
         module.register(app)
 
 

@@ -27,6 +27,9 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "paint": ("membrane_py.edit.paint", "PaintJob", "run_paint"),
     "fill": ("membrane_py.edit.fill", "FillJob", "run_fill"),
     "export-onnx": ("membrane_py.transfer.onnx", "ExportOnnxJob", "run_export_onnx"),
+    "ffn-prep": ("membrane_py.ffn.prep", "FFNPrepJob", "run_ffn_prep"),
+    "ffn-train": ("membrane_py.ffn.train", "FFNTrainJob", "run_ffn_train"),
+    "ffn-infer": ("membrane_py.ffn.infer", "FFNInferJob", "run_ffn_infer"),
 }
 
 RunFunction = Callable[..., Result]

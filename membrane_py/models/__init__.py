@@ -1,4 +1,5 @@
-"""Neural network architectures: the 2D U-Net for membranes and organelles."""
+"""Neural network architectures: the 2D U-Net for membranes and organelles and the 3D
+flood-filling network (:mod:`membrane_py.models.ffn`)."""
 
 from membrane_py.models.unet import UNet, UNetConfig
 

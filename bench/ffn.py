@@ -1,0 +1,280 @@
+"""FFN inference with the released FIB-25 model on fib25_sample2 (one JSON object on stdout).
+
+1. Network speed: FOV steps/s of the reference network (depth 12, 33^3) for fp32 and bf16,
+   contiguous and channels-last-3d, one FOV and ``--batch`` FOVs per call, side by side, and
+   the share of the machine's matmul roofline (a large fp32 / bf16 matmul measured now) the
+   convolutions reach.
+2. Segmentation: our inference (seed peaks, thresholds of the shipped
+   ``inference_training_sample2.pbtxt``) over a central crop (``--crop`` voxels a side;
+   ``--full`` for the whole 250^3), scored against the ground truth (adapted Rand error, VI
+   split/merge over voxels where ground truth > 0, bodies after the ``transforms`` mapping,
+   from membrane_py.train.metrics), the published result ``sample-training2.npz`` scored
+   over the same crop, and the agreement of the two (adapted Rand error of ours against
+   theirs). A crop run differs from the published whole-volume run by construction:
+   objects cannot leave the crop and seeds near its border are dropped; the ``_core``
+   scores count only the crop less one FOV radius per side.
+3. Object by object (``--object-steps``): the published run's seed origins (stored in its
+   npz) are replayed in their order, in strict order and fp32 over the whole volume, for
+   the objects that took at most ``--max-object-steps`` FOV steps there (larger ones are
+   skipped, so their territory stays free in our run), up to a budget of FOV steps; each
+   object is compared with the published object of the same id (ids are stored mod 256
+   there) by IoU, and the FOV steps are totalled.
+
+    python bench/ffn.py [--crop 96] [--full] [--concurrency 4] [--precision bf16]
+                        [--object-steps 60] [--max-object-steps 30]
+                        [--skip-speed] [--skip-crop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from membrane_py.ffn.canvas import FloodFiller, FloodOptions  # noqa: E402
+from membrane_py.ffn.checkpoint import load_ffn  # noqa: E402
+from membrane_py.ffn.predictor import FFNPredictor  # noqa: E402
+from membrane_py.ffn.seeds import peak_seeds  # noqa: E402
+from membrane_py.geometry import Box  # noqa: E402
+from membrane_py.models.ffn import fov_flops  # noqa: E402
+from membrane_py.train.device import pick_device  # noqa: E402
+from membrane_py.train.metrics import rand_info_scores  # noqa: E402
+from membrane_py.volumes.open import open_volume  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODEL = DATA / "ffn_fib25_model"
+KEYS = ("adapted_rand_error", "vi_split", "vi_merge")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def load_bodies(box: Box) -> np.ndarray:
+    import h5py
+
+    from membrane_py.volumes.hdf5 import gunzip_cached
+
+    with h5py.File(gunzip_cached(DATA / "fib25_sample2" / "groundtruth.h5.gz")) as f:
+        fragments = f["stack"][box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].astype(np.int64)
+        pairs = f["transforms"][()].astype(np.int64)
+    lut = np.arange(max(int(fragments.max()), int(pairs[:, 0].max())) + 1)
+    lut[pairs[:, 0]] = pairs[:, 1]
+    return lut[fragments]
+
+
+class _Origin(tuple):
+    """Stands in for the reference's OriginInfo(start_zyx, iters, walltime) when unpickling."""
+
+    def __new__(cls, *args):
+        return tuple.__new__(cls, args[0] if len(args) == 1 else args)
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
+class _OriginsUnpickler(pickle.Unpickler):
+    """Only numpy scalars and the reference's OriginInfo; anything else is refused."""
+
+    def find_class(self, module: str, name: str):
+        if "ffn" in module or module.startswith("google3"):
+            return _Origin
+        if module.startswith("numpy") and name in ("scalar", "dtype", "_reconstruct",
+                                                    "ndarray"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+
+def reference_origins() -> dict[int, tuple[tuple[int, int, int], int]]:
+    """id -> (seed z, y, x; FOV steps) of the published run."""
+    with zipfile.ZipFile(MODEL / "sample-training2.npz") as z, z.open("origins.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        read(fp, max_header_size=10_000)
+        origins = _OriginsUnpickler(fp, encoding="latin1").load().item()
+    out = {}
+    for k, v in origins.items():
+        fields = tuple(v) if len(v) else tuple(v.state)
+        out[int(k)] = (tuple(int(c) for c in fields[0]), int(fields[1]))
+    return out
+
+
+def replay_objects(model, budget: int, max_object_steps: int) -> dict:
+    """The published run's objects regrown from its seeds (see the docstring)."""
+    origins = reference_origins()
+    chosen, steps = [], 0
+    for k in sorted(origins):
+        if origins[k][1] > max_object_steps:
+            continue  # a large object: skipped (its territory stays free in our run)
+        if steps + origins[k][1] > budget:
+            break
+        chosen.append(k)
+        steps += origins[k][1]
+    raw = open_volume(DATA / "fib25_sample2" / "grayscale").read(Box.full((250, 250, 250)))
+    image = (raw.astype(np.float32) - 128) / 33
+    reference = np.load(MODEL / "sample-training2.npz")["segmentation"]
+    filler = FloodFiller(image, FFNPredictor(model, "cpu", "fp32"), model.config.fov,
+                         model.config.deltas, FloodOptions(), concurrency=1)
+    t = time.perf_counter()
+    seg = filler.segment_all(np.array([origins[k][0] for k in chosen]))
+    seconds = time.perf_counter() - t
+    rows = []
+    ours_by_seed = {seed: i for i, seed in filler.origins.items()}
+    for k in chosen:
+        ours_id = ours_by_seed.get(origins[k][0])
+        if ours_id is None:
+            rows.append({"id": k, "found": False})
+            continue
+        a, b = seg == ours_id, reference == k % 256
+        rows.append({"id": k, "found": True, "voxels": int(a.sum()),
+                     "iou": round(float((a & b).sum() / max((a | b).sum(), 1)), 4)})
+    ious = [r["iou"] for r in rows if r["found"]]
+    return {"objects": len(chosen), "max_object_steps": max_object_steps,
+            "fov_steps": filler.stats.steps,
+            "published_fov_steps": steps, "seconds": round(seconds, 1),
+            "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+            "objects_iou_above_0.99": sum(i > 0.99 for i in ious), "per_object": rows}
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    reps = 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def network_speed(model, device, batch: int, reps: int) -> list[dict]:
+    rows = []
+    flop = fov_flops(model.config)
+    peak = {"fp32": matmul_gflops(device, torch.float32),
+            "bf16": matmul_gflops(device, torch.bfloat16)}
+    for precision in ("fp32", "bf16"):
+        for channels_last in (False, True):
+            pred = FFNPredictor(model, device, precision, channels_last)
+            for b in (1, batch):
+                x = np.random.default_rng(0).standard_normal((b, 33, 33, 33), np.float32)
+                pred(x, x)  # warm-up (kernel choice)
+                t = time.perf_counter()
+                for _ in range(reps):
+                    pred(x, x)
+                per_step = (time.perf_counter() - t) / (reps * b)
+                gflops = flop / per_step / 1e9
+                rows.append({"precision": precision, "channels_last": channels_last,
+                             "batch": b, "fov_steps_per_s": round(1 / per_step, 3),
+                             "gflop_per_s": round(gflops, 1),
+                             "matmul_roofline_share": round(gflops / peak[precision], 3)})
+    return rows, {k: round(v, 1) for k, v in peak.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--crop", type=int, default=96, help="central crop side (voxels)")
+    ap.add_argument("--full", action="store_true", help="segment the whole 250^3 volume")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--batch", type=int, default=4, help="batch for the network-speed table")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-crop", action="store_true")
+    ap.add_argument("--object-steps", type=int, default=60,
+                    help="FOV-step budget of the object-by-object replay (0 = skip)")
+    ap.add_argument("--max-object-steps", type=int, default=30,
+                    help="replay only objects that took at most this many FOV steps")
+    args = ap.parse_args()
+    if not MODEL.is_dir():
+        sys.exit(f"{MODEL} not found: this benchmark needs ../shared/data")
+    device = pick_device("auto")
+    ckpt = load_ffn(MODEL / "model.ckpt-27465036")
+    model = ckpt.build_model()
+    out = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+           "load_average_start": os.getloadavg()[0],
+           "model": {"config": ckpt.config.to_dict(), "gflop_per_fov_step":
+                     round(fov_flops(ckpt.config) / 1e9, 2)}}
+    if not args.skip_speed:
+        out["network_speed"], out["matmul_gflop_per_s"] = network_speed(
+            model, device, args.batch, args.reps)
+
+    if args.object_steps:
+        out["reference_objects"] = replay_objects(model, args.object_steps,
+                                                  args.max_object_steps)
+    if args.skip_crop:
+        print(json.dumps(out, indent=2))
+        return
+    side = 250 if args.full else args.crop
+    lo = (250 - side) // 2
+    box = Box(lo, lo + side, lo, lo + side, lo, lo + side)
+    raw = open_volume(DATA / "fib25_sample2" / "grayscale").read(box)
+    image = (raw.astype(np.float32) - ckpt.image_mean) / ckpt.image_stddev
+    gt = load_bodies(box)
+    reference = np.load(MODEL / "sample-training2.npz")["segmentation"][
+        box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].astype(np.int64)
+    options = FloodOptions()  # = inference_training_sample2.pbtxt
+    predictor = FFNPredictor(model, device, args.precision, args.channels_last)
+    filler = FloodFiller(image, predictor, ckpt.config.fov, ckpt.config.deltas, options,
+                         concurrency=args.concurrency)
+    t = time.perf_counter()
+    seeds = peak_seeds(image)
+    seg = filler.segment_all(seeds).astype(np.int64)
+    seconds = time.perf_counter() - t
+    s = filler.stats
+    ours = rand_info_scores(seg, gt)
+    theirs = rand_info_scores(reference, gt)
+    agreement = rand_info_scores(seg, reference)  # the published result as "ground truth"
+    # the core: the crop less one FOV radius per side, where every voxel can be reached
+    # by a FOV centred inside the crop
+    r = ckpt.config.radius
+    core = tuple(slice(q, n - q) for q, n in zip(r, seg.shape, strict=True))
+    ours_core = rand_info_scores(seg[core], gt[core])
+    theirs_core = rand_info_scores(reference[core], gt[core])
+    agreement_core = rand_info_scores(seg[core], reference[core])
+    out["segmentation"] = {
+        "run": "full" if args.full else "central crop",
+        "box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1],
+        "voxels": int(seg.size), "precision": args.precision,
+        "channels_last": args.channels_last, "concurrency": args.concurrency,
+        "options": {k: v if not isinstance(v, tuple) else list(v)
+                    for k, v in vars(options).items()},
+        "seeds": int(len(seeds)), "objects": s.objects, "rejected": s.rejected,
+        "fov_steps": s.steps, "network_calls": s.calls, "seconds": round(seconds, 1),
+        "network_seconds": round(s.network_s, 1),
+        "fov_steps_per_s": round(s.steps / seconds, 3),
+        "voxels_per_s": round(seg.size / seconds, 1),
+        "segmented_fraction": round(float((seg > 0).mean()), 3),
+        "ours_vs_gt": {k: round(ours[k], 4) for k in KEYS},
+        "published_vs_gt_same_box": {k: round(theirs[k], 4) for k in KEYS},
+        "agreement_adapted_rand_error": round(agreement["adapted_rand_error"], 4),
+        "core_box_zyx": [box.z0 + r[0], box.z1 - r[0], box.y0 + r[1], box.y1 - r[1],
+                         box.x0 + r[2], box.x1 - r[2]],
+        "ours_vs_gt_core": {k: round(ours_core[k], 4) for k in KEYS},
+        "published_vs_gt_core": {k: round(theirs_core[k], 4) for k in KEYS},
+        "agreement_adapted_rand_error_core": round(agreement_core["adapted_rand_error"], 4),
+        "reference_published_run": {"voxels_per_s": 39_700, "hardware": "P100 (README)"},
+    }
+    out["load_average_end"] = os.getloadavg()[0]
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

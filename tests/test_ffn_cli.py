@@ -1,0 +1,111 @@
+"""`membrane ffn prep|train|infer|import` through the CLI, with a real mock VAST to paint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from membrane_py.cli import app
+from membrane_py.ffn.checkpoint import load_ffn
+from membrane_py.geometry import Box
+from membrane_py.vastapi.client import VastClient
+
+SYNTH = "synthetic:20x64x64:3"
+TINY = ["--depth", "1", "--features", "4", "--fov", "7,9,9", "--deltas", "2,2,2"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ffn")
+    out = invoke("ffn", "prep", SYNTH, "-o", tmp / "c.npz", "--radius", "4,4,4", "--margin",
+                 "6,6,6", "--min-size", "50", "--max-per-partition", "50")
+    assert out.exit_code == 0, out.output
+    out = invoke("ffn", "train", SYNTH, SYNTH, "--coordinates", tmp / "c.npz", "-o",
+                 tmp / "m.pt", *TINY, "--steps", "3", "--batch-size", "2", "--save-job",
+                 tmp / "train.json")
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp / "train.json").read_text())["kind"] == "ffn-train"
+    return tmp / "m.pt"
+
+
+def test_cli_train_and_infer_outputs(tiny_checkpoint, tmp_path):
+    assert load_ffn(tiny_checkpoint).step == 3
+    # an untrained network keeps little more than the seed voxels: min size 1 keeps them
+    common = ["--box", "0,39,0,39,0,19", "--min-segment-size", "1", "--seed", "20,20,10",
+              "--seed", "30,12,8"]
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "s.tif", *common)
+    assert out.exit_code == 0, out.output
+    seg = tifffile.imread(tmp_path / "s.tif")
+    assert seg.shape == (20, 40, 40) and seg.dtype == np.uint32
+    assert seg[10, 20, 20] > 0 and seg[8, 12, 30] > 0 and seg[8, 12, 30] != seg[10, 20, 20]
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "tiles", *common,
+                 "--colors", "palette")
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "tiles" / "tiles.vsvi").is_file()
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "s.zarr", *common,
+                 "--precision", "bf16", "--channels-last")
+    assert out.exit_code == 0, out.output
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "sub.tif", "--box",
+                 "0,39,0,39,0,19", "--min-segment-size", "1", "--subvolume", "20,20,20",
+                 "--overlap", "4,4,4")
+    assert out.exit_code == 0, out.output
+    assert tifffile.imread(tmp_path / "sub.tif").shape == (20, 40, 40)
+
+
+def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
+    tifffile.imwrite(tmp_path / "small_mask.tif", np.zeros((3, 8, 8), np.uint8),
+                     photometric="minisblack")
+    cases = [
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--mask",
+          tmp_path / "small_mask.tif"], "must cover the same volume"),
+        (["ffn", "infer", SYNTH, tmp_path / "none.pt", "-o", tmp_path / "x.tif"],
+         "does not exist"),
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
+          "0,5,0,5,0,5"], "smaller than the FFN field of view"),
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
+          "0,39,0,39,0,19", "--seed", "50,50,5"], "outside"),
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--precision",
+          "fp8"], "precision"),
+        (["ffn", "train", SYNTH, SYNTH, "--coordinates", tmp_path / "none.npz", "-o",
+          tmp_path / "m.pt"], "ffn prep"),
+        (["ffn", "prep", SYNTH, "-o", tmp_path / "c.npz", "--radius", "4,4"], "--radius"),
+    ]
+    for args, words in cases:
+        out = invoke(*args)
+        assert out.exit_code == 2, (args, out.output)
+        lines = [line for line in out.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and words in lines[0], (args, out.output)
+
+
+def test_cli_paints_into_vast(tiny_checkpoint, tmp_path, vast_server):
+    address = f"vast://{vast_server.host}:{vast_server.port}"
+    out = invoke("ffn", "infer", address, tiny_checkpoint, "-o", tmp_path / "s.npz", "--box",
+                 "0,49,0,49,0,7", "--min-segment-size", "1", "--seed", "20,20,3",
+                 *TINY,
+                 "--paint", address)
+    assert out.exit_code == 0, out.output
+    seg = np.load(tmp_path / "s.npz")["segmentation"]
+    with VastClient(vast_server.host, vast_server.port) as c:
+        names = c.get_layer_names()
+        assert "membrane-py ffn" in names
+        c.set_selected_api_layer(names.index("membrane-py ffn"))
+        painted = c.get_seg_image_rle(Box(0, 8, 0, 50, 0, 50), 0)
+    assert ((painted > 0) == (seg > 0)).all() and seg.any()
+
+
+@pytest.mark.realdata
+def test_cli_import_and_mismatch(shared_data, tmp_path):
+    prefix = shared_data / "ffn_fib25_model" / "model.ckpt-27465036"
+    out = invoke("ffn", "import", prefix, "-o", tmp_path / "fib25.pt")
+    assert out.exit_code == 0, out.output
+    assert load_ffn(tmp_path / "fib25.pt").step == 27465036
+    out = invoke("ffn", "import", prefix, "-o", tmp_path / "x.pt", "--depth", "9")
+    assert out.exit_code == 2 and "depth-9" in out.output

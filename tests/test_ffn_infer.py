@@ -1,0 +1,158 @@
+"""Flood filling on toy volumes (a stand-in network that knows the objects) and the
+ffn-infer job with the released model on a real crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from membrane_py.ffn.canvas import FloodFiller, FloodOptions
+from membrane_py.ffn.movement import FaceMaxQueue, face_max_moves
+from membrane_py.ffn.seeds import peak_seeds
+
+FOV, DELTAS = (9, 9, 9), (2, 2, 2)  # FOV = 4 deltas + 1, as the reference 33 and 8
+
+
+def toy_labels() -> np.ndarray:
+    """Two touching tubes along x (neurites) and a small cube in a (24, 40, 40) volume."""
+    z, y = np.mgrid[:24, :40]
+    labels = np.zeros((24, 40, 40), np.int32)
+    for i, yc in ((1, 9), (2, 20)):
+        labels[:, :, 3:37][(z - 12) ** 2 + (y - yc) ** 2 <= 5.5**2] = i
+    labels[4:9, 30:35, 6:11] = 3
+    return labels
+
+
+def toy_image(labels: np.ndarray) -> np.ndarray:
+    """100 x object id + the distance to the object's border (what the oracle reads)."""
+    depth = np.zeros(labels.shape)
+    for i in np.unique(labels[labels > 0]):
+        depth += ndimage.distance_transform_edt(labels == i)
+    return (100.0 * labels + depth).astype(np.float32)
+
+
+def oracle(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Stands in for a trained network: the object under the FOV centre gets logit 2 + its
+    depth (highest along the object's middle, as a trained FFN's are), the rest -4."""
+    ids = images // 100
+    c = tuple(s // 2 for s in images.shape[1:])
+    centre = ids[(slice(None), *c)][:, None, None, None]
+    return np.where((ids == centre) & (centre > 0), 2.0 + images % 100, -4.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_toy_objects_are_segmented(concurrency):
+    labels = toy_labels()
+    seeds = np.array([[12, 9, 20], [12, 20, 20], [6, 32, 8], [12, 9, 30]])
+    filler = FloodFiller(toy_image(labels), oracle, FOV, DELTAS,
+                         FloodOptions(min_segment_size=200), concurrency=concurrency)
+    seg = filler.segment_all(seeds)
+    assert seg.dtype == np.uint32
+    # the two tubes are found (all but a flat end's rim, which no FOV centre reaches) and
+    # apart; the 125-voxel cube is below min_segment_size
+    assert filler.stats.objects == 2
+    found = [seg[labels == obj] for obj in (1, 2)]
+    assert all((f == f.max()).mean() > 0.98 and set(np.unique(f)) <= {0, f.max()}
+               for f in found)
+    assert found[0].max() != found[1].max() and not seg[labels == 0].any()
+    assert not seg[labels == 3].any()
+    # the fourth seed lies in tube 1, segmented already: skipped, no third bar-1 object
+    assert filler.stats.rejected.get("too_small") == 1
+    assert filler.stats.steps > 10 and filler.stats.calls <= filler.stats.steps
+
+
+def test_mask_stops_growth_and_thresholds_are_checked():
+    labels = toy_labels()
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :, 20:] = True  # no FOV centre in the right half
+    filler = FloodFiller(toy_image(labels), oracle, FOV, DELTAS,
+                         FloodOptions(min_segment_size=10), mask=mask)
+    seg = filler.segment_all(np.array([[12, 9, 8]]))
+    grown = seg[labels == 1] > 0
+    assert 0.2 < grown.mean() < 0.8  # it stopped about where the FOVs could no longer go
+    with pytest.raises(ValueError, match="strictly between"):
+        FloodOptions(move_threshold=1.0)
+    with pytest.raises(ValueError, match="smaller than the FFN field of view"):
+        FloodFiller(np.zeros((5, 40, 40), np.float32), oracle, FOV, DELTAS)
+
+
+def test_face_max_moves_and_queue():
+    logits = np.full((9, 9, 9), -5.0, np.float32)
+    logits[4, 4, 7] = 3.0  # +x face, 3 voxels from the centre
+    logits[4, 2, 1] = 2.5  # -x face at y - 2
+    moves = face_max_moves(logits, (3, 3, 3), threshold=2.0)
+    assert moves == [(3.0, (0, 0, 3)), (2.5, (0, -2, -3))]
+    q = FaceMaxQueue((10, 10, 10), (3, 3, 3), 2.0)
+    assert q.pop(lambda p: True) == (10, 10, 10)
+    q.update(logits, (10, 10, 10))
+    q.queue.append((10, 10, 11))  # same grid cell as the start: skipped
+    assert q.pop(lambda p: True) == (10, 10, 13)
+    assert q.pop(lambda p: True) == (10, 8, 7)
+    assert q.pop(lambda p: True) is None
+
+
+def test_peak_seeds_are_in_cell_centres():
+    labels = toy_labels()
+    image = np.where(labels > 0, 1.0, -1.0).astype(np.float32)
+    seeds = peak_seeds(image)
+    assert len(seeds) > 0
+    assert all(labels[tuple(s)] > 0 for s in seeds)
+    assert [tuple(s) for s in seeds] == sorted(tuple(s) for s in seeds)
+
+
+@pytest.mark.realdata
+def test_infer_job_on_a_real_crop(shared_data, tmp_path):
+    """The released model from one seed inside a large body of fib25_sample2 segments it
+    (the job end to end: TF checkpoint import, seeds, canvas, npz output)."""
+    import gzip
+    import io
+
+    import h5py
+
+    from membrane_py.ffn.infer import FFNInferJob, run_ffn_infer
+
+    root = shared_data / "fib25_sample2"
+    x0, y0, z0 = 100, 100, 100
+    with h5py.File(io.BytesIO(gzip.open(root / "groundtruth.h5.gz").read())) as f:
+        gt = f["transforms"][:][:, 1][f["stack"][z0:z0 + 48, y0:y0 + 48, x0:x0 + 48]]
+    depth = ndimage.distance_transform_edt(gt > 0)[16:32, 16:32, 16:32]
+    z, y, x = (int(v) + 16 for v in np.unravel_index(np.argmax(depth), depth.shape))
+    job = FFNInferJob(image=str(root / "grayscale"),
+                      checkpoint=str(shared_data / "ffn_fib25_model/model.ckpt-27465036"),
+                      output=str(tmp_path / "seg.npz"),
+                      box=[x0, x0 + 47, y0, y0 + 47, z0, z0 + 47],
+                      seeds=[[x0 + x, y0 + y, z0 + z]], concurrency=1, precision="bf16",
+                      options=FloodOptions(min_segment_size=100))
+    result = run_ffn_infer(job)
+    seg = np.load(result.path)["segmentation"]
+    assert result.n_objects == 1 and seg.shape == (48, 48, 48)
+    obj = gt == gt[z, y, x]
+    found = seg > 0
+    assert (found & obj).sum() / (found | obj).sum() > 0.6 and result.fov_steps > 1
+    with pytest.raises(ValueError, match="outside"):
+        run_ffn_infer(FFNInferJob(image=job.image, checkpoint=job.checkpoint,
+                                  output=job.output, box=job.box, seeds=[[0, 0, 0]]))
+
+
+def test_subvolumes_are_reconciled():
+    """Tubes crossing the border between two subvolumes keep one id each."""
+    from membrane_py.ffn.subvolumes import segment_in_subvolumes
+
+    labels = toy_labels()
+    image = toy_image(labels)
+    boxes = []
+
+    def segment(box):
+        boxes.append(box)
+        sub = image[box.slices()]
+        filler = FloodFiller(sub, oracle, FOV, DELTAS, FloodOptions(min_segment_size=100))
+        return filler.segment_all(peak_seeds(np.where(sub > 0, 1.0, -1.0)))
+
+    seg = segment_in_subvolumes(labels.shape, segment, (24, 40, 20), (0, 0, 6), FOV,
+                                min_overlap=20)
+    assert len(boxes) == 2 and boxes[0].x1 == 26 and boxes[1].x0 == 14
+    for obj in (1, 2):
+        ids = seg[labels == obj]
+        assert (ids == ids.max()).mean() > 0.98 and set(np.unique(ids)) <= {0, ids.max()}
+    assert seg[labels == 1].max() != seg[labels == 2].max()
