@@ -111,3 +111,15 @@ def test_config_rejects_bad_options(tmp_path):
         _cfg(tmp_path, patch_size=90)
     cfg = _cfg(tmp_path)
     assert TrainJob.from_dict(cfg.to_dict()) == cfg
+
+def test_time_budget_stops_after_the_epoch_that_uses_it_up(tmp_path):
+    torch.set_num_threads(2)
+    events = []
+    # a budget far below one epoch's time: training ends after epoch 1 with a warning
+    cfg = _cfg(tmp_path, epochs=3, time_budget_min=1e-6)
+    res = train_model(SectionPatches([0, 1], 8, 0), None, cfg, progress=events.append)
+    assert [h["epoch"] for h in res.history] == [1]
+    assert any(e.kind == "warning" and "time budget" in e.message for e in events)
+    assert load_checkpoint(res.best_path).epoch == 1
+    with pytest.raises(ValueError, match="time_budget_min"):
+        _cfg(tmp_path, time_budget_min=-1.0)

@@ -58,6 +58,22 @@ def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def error_map(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, n_classes: int) -> np.ndarray:
+    """Where the prediction disagrees with the labels, over the dimmed image: red = the last
+    class (membrane) predicted but not labelled, blue = labelled but missed, yellow = other
+    disagreements; unknown (0) label pixels are never marked. ``pred`` and ``gt`` are 1..K."""
+    rgb = np.repeat((image.astype(np.float32) * 0.6)[..., None], 3, axis=2)
+    known = gt != 0
+    last = n_classes
+    extra = known & (pred == last) & (gt != last)
+    missed = known & (gt == last) & (pred != last)
+    other = known & (pred != gt) & ~extra & ~missed
+    rgb[extra] = (255, 40, 40)
+    rgb[missed] = (40, 90, 255)
+    rgb[other] = (255, 210, 0)
+    return rgb.astype(np.uint8)
+
+
 def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                     labels: list[str | Path] | None = None, label_format: str = "codes",
                     device: str = "auto", threshold: float = 0.5, method: str = "watershed",
@@ -65,8 +81,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
     by the tiled engine), write ``<stem>_{prediction,probability,overlay}.png`` to
-    ``out_dir`` and, with labels, ``metrics.json`` / ``metrics.csv`` (rows per image plus a
-    ``mean`` row). Returns the metric rows (empty without labels)."""
+    ``out_dir`` and, with labels, ``<stem>_errors.png`` (:func:`error_map`),
+    ``metrics.json`` / ``metrics.csv`` (rows per image plus a ``mean`` row). Returns the
+    metric rows (empty without labels)."""
     from membrane_py.augment import labels as L
     from membrane_py.train.trainer import convert_labels
 
@@ -94,7 +111,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             (gt,), _ = convert_labels([raw], label_format, k)
             if gt.shape != image.shape:
                 raise ValueError(f"{labels[i]}: label shape {gt.shape} != image {image.shape}")
-            row = {"image": path.name, **class_scores(prob.argmax(0) + 1, gt, k, names)}
+            classes = prob.argmax(0) + 1
+            write_png(out / f"{path.stem}_errors.png", error_map(image, classes, gt, k))
+            row = {"image": path.name, **class_scores(classes, gt, k, names)}
             if membrane and (gt == 1).any():
                 row.update(membrane_scores(prob[1], gt, threshold, method))
             rows.append(row)

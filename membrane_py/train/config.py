@@ -77,6 +77,7 @@ class TrainJob(JobSpec):
     num_workers: int = 0
     best_metric: str = "val_loss"
     log_every: int = 10
+    time_budget_min: float = 0.0  # stop after the epoch that uses it up; 0 = no limit
     resume: str | None = None
     pretrained: str | None = None
     transfer_mode: str = "continuous"
@@ -97,6 +98,7 @@ class TrainJob(JobSpec):
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
+            (self.time_budget_min >= 0, "time_budget_min must be >= 0 (0 = no limit)"),
             (self.patch_size % 2**self.depth == 0,
              f"patch_size {self.patch_size} must be a multiple of 2**depth = {2**self.depth}"),
             (self.transfer_mode in TRANSFER_MODES,

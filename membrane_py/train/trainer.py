@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report
+from membrane_py.events import Cancelled, CancelToken, Event, ProgressCallback, report, warn
 from membrane_py.jobs.spec import Result
 from membrane_py.models.unet import UNet
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
@@ -308,6 +308,13 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         log.epoch(record)
         report(progress, Event.metric("train", (epoch + 1) * iters, total, "epoch", **record))
         report(progress, Event.artifact(cfg.last_path, "train", "last checkpoint"))
+        used = (time.perf_counter() - start) / 60.0
+        if cfg.time_budget_min and used >= cfg.time_budget_min and epoch + 1 < cfg.epochs:
+            log.note(f"time budget of {cfg.time_budget_min:g} min used up after epoch {epoch + 1}")
+            warn(progress, f"stopped after epoch {epoch + 1} of {cfg.epochs}: the time budget of "
+                 f"{cfg.time_budget_min:g} min is used up; resume with resume={cfg.last_path}",
+                 "train")
+            break
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
         save_checkpoint(cfg.best_path, snapshot(cfg.epochs))
     report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))

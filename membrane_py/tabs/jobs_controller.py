@@ -1,0 +1,159 @@
+"""The one place the window talks to the job worker (:mod:`membrane_py.jobs.client`).
+
+A QTimer in the GUI thread polls the worker's events without blocking (no pyzmq socket is
+ever touched from another thread) and re-emits them as Qt signals; a slower timer checks the
+worker's heartbeat and restarts a dead worker, failing its running jobs with a message that
+says how to continue. Errors become one-line messages; the window never sees a traceback.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from membrane_py.events import Event
+
+#: Terminal job states.
+FINISHED = ("done", "failed", "cancelled")
+
+
+class JobController(QObject):
+    """Submits specs, cancels jobs and turns worker events into signals.
+
+    ``event(job_id, Event)`` for every event, ``finished(job_id, JobInfo)`` once per job,
+    ``submitted(job_id, kind)``, ``availability(bool, message)`` when the worker comes or goes.
+    """
+
+    event = Signal(str, object)
+    finished = Signal(str, object)
+    submitted = Signal(str, str)
+    availability = Signal(bool, str)
+
+    def __init__(self, client=None, poll_ms: int = 50, heartbeat_ms: int = 1000,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.client = client
+        self.last_error = ""
+        self.running: dict[str, str] = {}  # job id -> kind, until finished
+        self._poll = QTimer(self)
+        self._poll.setInterval(poll_ms)
+        self._poll.timeout.connect(self.poll)
+        self._beat = QTimer(self)
+        self._beat.setInterval(heartbeat_ms)
+        self._beat.timeout.connect(self.heartbeat)
+        if client is not None:
+            self._poll.start()
+            self._beat.start()
+
+    @classmethod
+    def start_local(cls, state_dir: str | None = None, **kwargs) -> JobController:
+        """A controller over a freshly spawned local worker process (None client on failure;
+        the window then says why and keeps its Run buttons disabled)."""
+        from membrane_py.jobs.client import WorkerClient
+
+        try:
+            client = WorkerClient.start_local(state_dir=state_dir)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            controller = cls(None, **kwargs)
+            controller.last_error = f"the job worker did not start: {exc}"
+            return controller
+        return cls(client, **kwargs)
+
+    @property
+    def available(self) -> bool:
+        return self.client is not None
+
+    def submit(self, spec) -> str | None:
+        """Queue ``spec``; the job id, or None with :attr:`last_error` saying why."""
+        if self.client is None:
+            self.last_error = self.last_error or "no job worker is running"
+            return None
+        try:
+            job_id = self.client.submit(spec)
+        except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
+            self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None
+        self.running[job_id] = spec.kind
+        self.submitted.emit(job_id, spec.kind)
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.cancel(job_id)
+        except (ValueError, OSError, RuntimeError, TimeoutError) as exc:
+            self.last_error = str(exc)
+
+    def jobs(self) -> list:
+        if self.client is None:
+            return []
+        try:
+            return self.client.jobs()
+        except (OSError, RuntimeError, TimeoutError):
+            return []
+
+    def past_events(self, job_id: str) -> list[Event]:
+        if self.client is None:
+            return []
+        try:
+            return self.client.past_events(job_id)
+        except (ValueError, OSError, RuntimeError, TimeoutError):
+            return []
+
+    def poll(self) -> None:
+        """Deliver the events that arrived since the last tick (never blocks)."""
+        if self.client is None:
+            return
+        try:
+            events = self.client.poll_events(timeout_ms=0)
+        except (OSError, RuntimeError) as exc:
+            self.last_error = str(exc)
+            return
+        ended = []
+        for job_id, ev in events:
+            self.event.emit(job_id, ev)
+            if ev.kind in ("done", "error") and job_id in self.running:
+                ended.append(job_id)
+        for job_id in ended:
+            self._check(job_id)
+
+    def _check(self, job_id: str) -> None:
+        try:
+            info = self.client.status(job_id)
+        except (ValueError, OSError, RuntimeError, TimeoutError):
+            return
+        if info.state in FINISHED and self.running.pop(job_id, None) is not None:
+            self.finished.emit(job_id, info)
+
+    def heartbeat(self) -> None:
+        """Restart a dead worker; settle jobs whose end event was missed."""
+        if self.client is None:
+            return
+        if not self.client.alive():
+            lost = list(self.running)
+            self.availability.emit(False, "the job worker stopped; restarting it")
+            try:
+                self.client.restart()
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                self.availability.emit(False, f"the job worker could not be restarted: {exc}")
+                return
+            from membrane_py.jobs.client import JobInfo
+
+            for job_id in lost:
+                kind = self.running.pop(job_id)
+                self.finished.emit(job_id, JobInfo(
+                    job_id, kind, "failed", {}, None,
+                    "the worker stopped during this job; it was restarted: press Run again "
+                    "to continue (finished tiles and checkpoints are kept)", 0))
+            self.availability.emit(True, "the job worker was restarted")
+            return
+        for job_id in list(self.running):
+            self._check(job_id)
+
+    def close(self) -> None:
+        """Stop polling and the worker this window started."""
+        self._poll.stop()
+        self._beat.stop()
+        if self.client is not None:
+            self.client.close(stop_worker=True)
+            self.client = None

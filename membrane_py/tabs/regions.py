@@ -1,0 +1,49 @@
+"""The region fields Predict and Paint share: whole volume, a box, or cubes around the
+view, skeleton anchors or skeleton nodes (mip-0 voxels, VAST's coordinate order)."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QLineEdit
+
+from membrane_py.tabs.widgets import Form, combo, spin
+
+REGION_CHOICES = [("whole volume", "volume"), ("a box", "box"),
+                  ("a cube around VAST's current view", "view"),
+                  ("cubes around skeleton anchor points", "anchors"),
+                  ("cubes around skeleton nodes", "nodes")]
+
+
+def add_region_fields(form: Form) -> None:
+    """Add ``region``, ``box``, ``size_xy`` and ``depth`` rows to ``form``."""
+    form.add("region", combo(REGION_CHOICES), "Region")
+    form.add("box", QLineEdit(), "Box (mip 0)",
+             "minx,maxx,miny,maxy,minz,maxz as VAST shows coordinates (inclusive)")
+    form["box"].setPlaceholderText("minx,maxx,miny,maxy,minz,maxz")
+    form.add("size_xy", spin(2048, 16, 1 << 20, 256, " px"), "Cube width (mip 0)")
+    form.add("depth", spin(16, 1, 1 << 16, 1), "Cube depth (sections)")
+    form["region"].currentIndexChanged.connect(lambda *_: show_region_rows(form))
+    show_region_rows(form)
+
+
+def show_region_rows(form: Form) -> None:
+    mode = form.value("region")
+    form.set_row_visible("box", mode == "box")
+    form.set_row_visible("size_xy", mode in ("view", "anchors", "nodes"))
+    form.set_row_visible("depth", mode in ("view", "anchors", "nodes"))
+
+
+def region_spec(form: Form):
+    """The :class:`~membrane_py.predict.job.RegionSpec` of the fields (ValueError says what
+    to fix)."""
+    from membrane_py.geometry import parse_ints
+    from membrane_py.predict.job import RegionSpec
+
+    mode = form.value("region")
+    box = None
+    if mode == "box":
+        text = form.value("box")
+        if not text:
+            raise ValueError("type the box as minx,maxx,miny,maxy,minz,maxz (mip 0)")
+        box = parse_ints(text, 6, "box")
+    return RegionSpec(mode=mode, box=box, size_xy=form.value("size_xy"),
+                      depth=form.value("depth"))
