@@ -114,3 +114,9 @@ def check_cancel(cancel: CancelToken | None) -> None:
     """Raise :class:`Cancelled` when ``cancel`` was set (no-op without a token)."""
     if cancel is not None:
         cancel.check()
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for people: its message with whitespace collapsed (its type
+    name when the message is empty)."""
+    return " ".join((str(e) or type(e).__name__).split())

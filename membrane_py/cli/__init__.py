@@ -32,9 +32,19 @@ def version() -> None:
 
 def _register() -> None:
     """Attach every command module to `app` (one line per workflow step)."""
-    from membrane_py.cli import data, groundtruth, gui, instances, onnx, predict, run, training
+    from membrane_py.cli import (
+        data,
+        groundtruth,
+        gui,
+        instances,
+        onnx,
+        predict,
+        run,
+        training,
+        worker,
+    )
 
-    for module in (data, groundtruth, gui, instances, onnx, predict, run, training):
+    for module in (data, groundtruth, gui, instances, onnx, predict, run, training, worker):
         module.register(app)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.events import Event
+from membrane_py.events import Event, one_line
 
 #: exit codes: bad input or a failed job, and an interrupted (Ctrl-C / cancelled) one
 EXIT_ERROR = 2
@@ -110,7 +110,3 @@ def execute(spec, save_job: Path | None = None, resume_hint: str = "") -> object
         raise fail(one_line(e)) from None
     typer.echo(result.summary())
     return result
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join((str(e) or type(e).__name__).split())

@@ -49,16 +49,20 @@ def spec_from_dict(d: dict[str, Any]) -> JobSpec:
     return spec_cls.from_dict(d)
 
 
-def load_job(path: str | Path) -> JobSpec:
-    """Read a job file written by ``--save-job`` (or by hand)."""
+def read_job_file(path: str | Path) -> Any:
+    """The parsed JSON of a job file, unchecked (the worker checks what it is sent)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"job file not found: {path}")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"{path} is not a JSON job file: {e}") from None
-    return spec_from_dict(d)
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Read a job file written by ``--save-job`` (or by hand)."""
+    return spec_from_dict(read_job_file(path))
 
 
 def run(spec: JobSpec, progress: ProgressCallback | None = None,
