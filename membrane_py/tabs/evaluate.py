@@ -17,12 +17,12 @@ from PySide6.QtWidgets import (
     QTableWidgetItem,
 )
 
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.widgets import (
     ERROR_STYLE,
     OK_STYLE,
     Form,
     ImageView,
-    JobTab,
     PathEdit,
     combo,
     dspin,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit
 
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.widgets import (
     Form,
     ImageView,
-    JobTab,
     PathEdit,
     check,
     combo,

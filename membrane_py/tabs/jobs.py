@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
 )
 
 from membrane_py.events import Event
-from membrane_py.tabs.widgets import one_line
 
 COLUMNS = ("job", "kind", "state", "progress", "last message")
 #: Log lines kept per job in the window (the worker keeps every event).
@@ -100,7 +99,7 @@ class JobsTab(QWidget):
         if event.kind == "progress" and event.total:
             self._set(job_id, 3, f"{100 * event.done / event.total:.0f} %")
         if event.kind in ("progress", "log", "warning", "error"):
-            self._set(job_id, 4, one_line(line))
+            self._set(job_id, 4, line)
         if self.selected() == job_id:
             self.log.appendPlainText(line)
 
@@ -108,8 +107,8 @@ class JobsTab(QWidget):
         self._row(job_id, info.kind, info.state)
         self._set(job_id, 2, info.state)
         if info.error:
-            self._set(job_id, 4, one_line(info.error))
-            self.logs[job_id].append(f"error: {one_line(info.error)}")
+            self._set(job_id, 4, info.error)
+            self.logs[job_id].append(f"error: {info.error}")
 
     def selected(self) -> str | None:
         rows = self.table.selectionModel().selectedRows()

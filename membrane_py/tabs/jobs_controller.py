@@ -19,8 +19,10 @@ FINISHED = ("done", "failed", "cancelled")
 class JobController(QObject):
     """Submits specs, cancels jobs and turns worker events into signals.
 
-    ``event(job_id, Event)`` for every event, ``finished(job_id, JobInfo)`` once per job,
-    ``submitted(job_id, kind)``, ``availability(bool, message)`` when the worker comes or goes.
+    ``event(job_id, Event)`` for every event, ``finished(job_id, JobInfo)`` once per job (its
+    ``error`` holds the one-line message of a failed or cancelled job, ``result`` the result
+    of a done one; :attr:`summaries` the result's one-line summary), ``submitted(job_id,
+    kind)``, ``availability(bool, message)`` when the worker comes or goes.
     """
 
     event = Signal(str, object)
@@ -34,6 +36,7 @@ class JobController(QObject):
         self.client = client
         self.last_error = ""
         self.running: dict[str, str] = {}  # job id -> kind, until finished
+        self.summaries: dict[str, str] = {}  # job id -> the result's one-line summary
         self._poll = QTimer(self)
         self._poll.setInterval(poll_ms)
         self._poll.timeout.connect(self.poll)
@@ -52,7 +55,7 @@ class JobController(QObject):
 
         try:
             client = WorkerClient.start_local(state_dir=state_dir)
-        except (OSError, RuntimeError, TimeoutError) as exc:
+        except OSError as exc:  # WorkerError is a ConnectionError
             controller = cls(None, **kwargs)
             controller.last_error = f"the job worker did not start: {exc}"
             return controller
@@ -106,27 +109,29 @@ class JobController(QObject):
             return
         try:
             events = self.client.poll_events(timeout_ms=0)
-        except (OSError, RuntimeError) as exc:
+        except OSError as exc:
             self.last_error = str(exc)
             return
-        ended = []
         for job_id, ev in events:
             self.event.emit(job_id, ev)
             if ev.kind in ("done", "error") and job_id in self.running:
-                ended.append(job_id)
-        for job_id in ended:
-            self._check(job_id)
+                self._end(job_id, ev)
 
-    def _check(self, job_id: str) -> None:
-        try:
-            info = self.client.status(job_id)
-        except (ValueError, OSError, RuntimeError, TimeoutError):
-            return
-        if info.state in FINISHED and self.running.pop(job_id, None) is not None:
-            self.finished.emit(job_id, info)
+    def _end(self, job_id: str, ev: Event) -> None:
+        """A job's terminal event (the worker puts its state and result in ``data``)."""
+        from membrane_py.jobs.client import JobInfo
+
+        kind = self.running.pop(job_id)
+        state = ev.data.get("state", "done" if ev.kind == "done" else "failed")
+        if state == "done":
+            self.summaries[job_id] = ev.message
+            info = JobInfo(job_id, kind, state, {}, ev.data.get("result"), None, 0)
+        else:
+            info = JobInfo(job_id, kind, state, {}, None, ev.message or state, 0)
+        self.finished.emit(job_id, info)
 
     def heartbeat(self) -> None:
-        """Restart a dead worker; settle jobs whose end event was missed."""
+        """Restart a dead worker and fail the jobs it was running, saying how to go on."""
         if self.client is None:
             return
         if not self.client.alive():
@@ -146,9 +151,6 @@ class JobController(QObject):
                     "the worker stopped during this job; it was restarted: press Run again "
                     "to continue (finished tiles and checkpoints are kept)", 0))
             self.availability.emit(True, "the job worker was restarted")
-            return
-        for job_id in list(self.running):
-            self._check(job_id)
 
     def close(self) -> None:
         """Stop polling and the worker this window started."""

@@ -10,13 +10,13 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget
 from membrane_py.tabs.connect import ConnectTab, VastState
 from membrane_py.tabs.evaluate import EvaluateTab
 from membrane_py.tabs.groundtruth import GroundTruthTab
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.jobs import JobsTab
 from membrane_py.tabs.jobs_controller import JobController
 from membrane_py.tabs.paint import PaintTab
 from membrane_py.tabs.patches import PatchesTab
 from membrane_py.tabs.predict import PredictTab
 from membrane_py.tabs.train import TrainTab
-from membrane_py.tabs.widgets import JobTab
 
 #: The window's first size; it stays usable down to MINIMUM (a 1366 x 768 laptop screen).
 START_SIZE = (1280, 740)

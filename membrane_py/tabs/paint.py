@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QLineEdit
 
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.regions import add_region_fields, region_spec
 from membrane_py.tabs.widgets import (
     Form,
-    JobTab,
     PathEdit,
     check,
     combo,

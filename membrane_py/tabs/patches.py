@@ -11,11 +11,11 @@ import numpy as np
 from PySide6.QtWidgets import QGridLayout, QLabel, QLineEdit, QPushButton
 
 from membrane_py.tabs.groundtruth import parse_label_map
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.widgets import (
     ERROR_STYLE,
     Form,
     ImageView,
-    JobTab,
     PathEdit,
     check,
     combo,

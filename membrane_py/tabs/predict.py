@@ -11,11 +11,11 @@ from pathlib import Path
 from PySide6.QtWidgets import QLabel, QLineEdit
 
 from membrane_py.events import Event
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.regions import add_region_fields, region_spec
 from membrane_py.tabs.widgets import (
     Form,
     ImageView,
-    JobTab,
     PathEdit,
     check,
     combo,

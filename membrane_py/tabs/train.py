@@ -8,9 +8,9 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QLineEdit, QTableWidget, QTableWidgetItem
 
 from membrane_py.events import Event
+from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.widgets import (
     Form,
-    JobTab,
     PathEdit,
     check,
     combo,
