@@ -174,7 +174,7 @@ class JobTab(QWidget):
         self.panel.cancel_requested.connect(self._cancel)
         controller.event.connect(self._on_event)
         controller.finished.connect(self._on_finished)
-        controller.availability.connect(lambda *_: self.revalidate())
+        controller.availability.connect(self._worker_changed)
 
     def add_form(self, form: Form, title: str = "") -> Form:
         self.forms.append(form)
@@ -244,6 +244,9 @@ class JobTab(QWidget):
 
     def job_started(self, spec) -> None:
         """Hook: a job of this tab was submitted (clear plots, remember outputs)."""
+
+    def _worker_changed(self, ok: bool, message: str) -> None:
+        self.revalidate()
 
     def _cancel(self, job_id: str) -> None:
         self.controller.cancel(job_id)

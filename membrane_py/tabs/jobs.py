@@ -67,12 +67,15 @@ class JobsTab(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(buttons)
         lay.addWidget(split)
-        controller.submitted.connect(lambda job_id, kind: self._row(job_id, kind, "queued"))
+        controller.submitted.connect(self._on_submitted)
         controller.event.connect(self._on_event)
         controller.finished.connect(self._on_finished)
         self.table.itemSelectionChanged.connect(self._show_log)
         self.cancel_button.clicked.connect(self.cancel_selected)
         self.refresh_button.clicked.connect(self.refresh)
+
+    def _on_submitted(self, job_id: str, kind: str) -> None:
+        self._row(job_id, kind, "queued")
 
     def _row(self, job_id: str, kind: str, state: str) -> int:
         if job_id not in self.rows:

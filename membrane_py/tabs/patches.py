@@ -87,7 +87,7 @@ class PatchesTab(JobTab):
         self.f, self.g, self.a = f, g, a
         self.preview_button = QPushButton("Preview valid centres")
         self.preview_button.setObjectName("preview")
-        self.preview_button.clicked.connect(self.preview_mask)
+        self.preview_button.clicked.connect(lambda: self.preview_mask())
         self.column.addWidget(self.preview_button)
         self.mask_view = ImageView("valid patch centres of the first pair (green)")
         self.mask_note = QLabel("")

@@ -125,6 +125,7 @@ class TrainTab(JobTab):
         self.preview_layout.addWidget(self.table, 2)
         self.points: dict[str, list[tuple[float, float]]] = {"iter": [], "train": [], "val": []}
         self.epochs: list[dict] = []
+        self.iterations = 0  # of the whole run, from the metric events
         self._show_rows()
         self.load_settings()
 
@@ -198,6 +199,7 @@ class TrainTab(JobTab):
         if event.kind != "metric":
             return
         d = event.data
+        self.iterations = event.total
         if event.message == "iteration" and "loss" in d:
             self.points["iter"].append((event.done, d["loss"]))
         elif event.message == "epoch":
