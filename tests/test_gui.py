@@ -181,6 +181,17 @@ def test_shortcuts_switch_tabs(qtbot, window):
     assert window.tabs.currentWidget() is window.jobs_tab
 
 
+def test_gui_command_with_an_unreachable_worker_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from membrane_py.cli import app
+
+    res = CliRunner().invoke(app, ["gui", "--worker", str(tmp_path / "nowhere"),
+                                   "--settings", str(tmp_path / "s.ini")])
+    assert res.exit_code == 2
+    assert "cannot reach the worker" in res.output and "Traceback" not in res.output
+
+
 def test_settings_persist_across_window_instances(qtbot, controller, settings, tmp_path):
     first = MainWindow(controller, settings)
     qtbot.addWidget(first)

@@ -11,8 +11,9 @@ def gui(
     serve: str = typer.Option(None, help="start a bundled VAST-protocol server on this volume "
                               "('synthetic[:ZxYxX]', a folder, .tif, .h5, .zarr, .vsvi) and "
                               "connect to it; for users without VAST"),
-    worker: str = typer.Option(None, help="use a running worker (its address file or "
-                               "tcp:// URL) instead of starting one"),
+    worker: str = typer.Option(None, help="use this running worker (its state folder, address "
+                               "file or tcp:// URL); default: the `membrane worker` running "
+                               "at the default state folder, else a new one"),
     settings: str = typer.Option(None, help="settings file (.ini) instead of the user's "
                                  "default"),
 ) -> None:
@@ -23,6 +24,8 @@ def gui(
     from PySide6.QtGui import QGuiApplication
     from PySide6.QtWidgets import QApplication
 
+    from membrane_py.jobs.channel import default_state_dir
+    from membrane_py.jobs.client import WorkerClient
     from membrane_py.tabs.jobs_controller import JobController
     from membrane_py.tabs.main_window import MainWindow
 
@@ -33,16 +36,13 @@ def gui(
     app.setOrganizationName("membrane-py")
     store = (QSettings(settings, QSettings.Format.IniFormat) if settings
              else QSettings("membrane-py", "membrane-py"))
-    if worker:
-        from membrane_py.jobs.client import WorkerClient
-
-        try:
-            controller = JobController(WorkerClient.connect(worker))
-        except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
+    try:  # a worker named on the command line, else one already running at the default place
+        controller = JobController(WorkerClient.connect(worker or default_state_dir()))
+    except (OSError, ValueError) as exc:
+        if worker:
             typer.echo(f"membrane gui: error: cannot reach the worker at {worker}: {exc}",
                        err=True)
             raise typer.Exit(2) from exc
-    else:
         controller = JobController.start_local()
     window = MainWindow(controller, store, auto_connect=not serve)
     if vast:

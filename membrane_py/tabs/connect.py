@@ -101,6 +101,10 @@ class ConnectTab(QWidget):
         self.labels = self.serve_form.add(
             "labels", PathEdit("file", placeholder="optional"), "Labels",
             "ground-truth labels served as a segmentation layer (optional)")
+        self.allow_load = self.serve_form.add(
+            "allow_load", PathEdit("dir", placeholder="optional"), "Load layers from",
+            "a folder whose predictions the server may load as layers (Predict's 'load into "
+            "VAST'); the volume's folder is always allowed")
         self.port = self.serve_form.add("port", spin(0, 0, 65535), "Port",
                                         "TCP port on 127.0.0.1; 0 picks a free one")
         self.serve_button = QPushButton("Start bundled server")
@@ -177,8 +181,9 @@ class ConnectTab(QWidget):
         volume = self.volume.text() or "synthetic"
         labels = self.labels.text() or None
         try:
+            allow = [self.allow_load.text()] if self.allow_load.text() else []
             self.server = start_server(volume, labels=labels, port=self.port.value(),
-                                       timeout=60.0)
+                                       timeout=60.0, allow_load=allow)
         except (RuntimeError, OSError, ValueError) as exc:
             lines = [ln for ln in str(exc).splitlines() if ln.strip()]
             self.status.setStyleSheet(ERROR_STYLE)

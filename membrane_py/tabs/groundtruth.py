@@ -69,6 +69,7 @@ class GroundTruthTab(JobTab):
         f.add("label_map", QLineEdit(), "Label map", "VALUE:CLASS pairs, e.g. 0:2,255:1")
         self.form = f
         f["conversion"].currentIndexChanged.connect(self._show_rows)
+        f["conversion"].currentIndexChanged.connect(self._preview_input)
         f["input"].textChanged.connect(self._preview_input)
         self.input_view = ImageView("input preview")
         self.result_view = ImageView("result preview (after Convert)")
@@ -83,14 +84,18 @@ class GroundTruthTab(JobTab):
         conv = self.form.value("conversion")
         for name, on in (("thickness", conv == "membrane"), ("fill_ecs", conv == "membrane"),
                          ("has_unknown", conv == "skeleton"), ("filter_size", conv == "skeleton"),
-                         ("mode", conv == "import"), ("membrane_value", conv == "import"),
-                         ("label_map", conv != "skeleton")):
+                         ("mode", conv == "import"), ("membrane_value", conv == "import")):
             self.form.set_row_visible(name, on)
 
     def _preview_input(self) -> None:
+        from membrane_py.codes import palette_rgb
+
         files = listing(self.form.value("input"), limit=1)
         image = read_preview(files[0]) if files else None
-        self.input_view.show_array(None if image is None else stretch(image))
+        if image is not None and image.ndim == 2 and self.form.value("conversion") == "membrane":
+            self.input_view.show_array(palette_rgb(image))  # one colour per instance
+        else:
+            self.input_view.show_array(None if image is None else stretch(image))
 
     def problem(self) -> str | None:
         f = self.form

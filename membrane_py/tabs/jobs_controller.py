@@ -153,9 +153,9 @@ class JobController(QObject):
             self.availability.emit(True, "the job worker was restarted")
 
     def close(self) -> None:
-        """Stop polling and the worker this window started."""
+        """Stop polling, and the worker when this window started it."""
         self._poll.stop()
         self._beat.stop()
         if self.client is not None:
-            self.client.close(stop_worker=True)
+            self.client.close(stop_worker=self.client.process is not None)
             self.client = None
