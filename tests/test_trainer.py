@@ -94,11 +94,13 @@ def test_cancel_saves_resumable_checkpoint_and_resume_finishes(tmp_path):
 
     cfg = _cfg(tmp_path, epochs=2, optimizer="sgd", schedule="cosine")
     ds = SectionPatches([0, 1], 8, 0)
+    assert cfg.resumed() is cfg  # nothing to continue from yet
     with pytest.raises(Cancelled):
         train_model(ds, None, cfg, progress=cancel_in_epoch_two, cancel=token)
     ck = load_checkpoint(cfg.last_path)
     assert ck.epoch == 1 and len(ck.history) == 1 and ck.optimizer is not None
-    resumed = TrainJob.from_dict({**cfg.to_dict(), "resume": str(cfg.last_path)})
+    resumed = cfg.resumed()  # what a resubmission after a cancel or a crash runs
+    assert resumed.resume == str(cfg.last_path) and resumed.resumed() is resumed
     res = train_model(ds, None, resumed)
     assert [h["epoch"] for h in res.history] == [1, 2]
     assert load_checkpoint(res.last_path).epoch == 2

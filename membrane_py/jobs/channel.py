@@ -4,9 +4,13 @@ contents, the timing of heartbeats and the message sizes both sides accept.
 The worker binds two pyzmq sockets on 127.0.0.1 with ports the OS picks: a ROUTER for
 control requests (JSON in, JSON out) and a PUB for events and heartbeats. It writes both
 addresses to ``worker.json`` in its state folder, so the GUI and ``membrane jobs ...`` find
-it without configuration. PUB messages are multipart: ``[b"event", job id, seq, event
-JSON]`` (``seq`` counts the job's events from 0, so a client notices a gap and fetches the
-missing events) or ``[b"heartbeat", JSON]``.
+it without configuration, with a random token every request but ``ping`` must carry: the
+file is readable by its owner only, so other users of the machine, who reach 127.0.0.1
+too, cannot make the worker run jobs (write files) in the owner's name.
+
+PUB messages are multipart: ``[b"event", job id, seq, event JSON]`` (``seq`` counts the
+job's events from 0, so a client notices a gap and fetches the missing events) or
+``[b"heartbeat", JSON]``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from membrane_py.atomic import write_text_atomic
+from membrane_py.atomic import atomic_path
 
 #: the address file's name inside the state folder
 ADDRESS_FILE = "worker.json"
@@ -50,8 +54,12 @@ def address_path(state_dir_or_file: str | Path | None) -> Path:
 
 
 def write_address(path: Path, addresses: dict[str, Any]) -> None:
-    """Publish the worker's addresses atomically (readers never see half a file)."""
-    write_text_atomic(path, json.dumps(addresses, indent=2) + "\n")
+    """Publish the worker's addresses and token atomically (readers never see half a file),
+    readable by the owner only from the moment it appears (on Windows the per-user folder
+    protects it)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(addresses, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o600)
 
 
 def read_address(path: Path) -> dict[str, Any]:

@@ -68,15 +68,17 @@ class WorkerClient:
     """Requests to and events from one worker (see the module docstring)."""
 
     def __init__(self, control: str, events: str, timeout_s: float = 10.0,
-                 address_file: Path | None = None,
-                 process: subprocess.Popen | None = None) -> None:
+                 address_file: Path | None = None, process: subprocess.Popen | None = None,
+                 token: str = "") -> None:
         self.control_url, self.events_url = control, events
+        self.token = token  #: from the address file; every request but ping carries it
         self.timeout_s = timeout_s
         self.address_file = address_file
         self.process = process  #: the worker process when this client started it
         self._rid = 0
         self._next: dict[str, int] = {}  # per job: the seq of the next event to deliver
         self._raw: deque[tuple[str, int, Event]] = deque()
+        self._catch_up: set[str] = set()  # jobs whose stored events are fetched next poll
         self.last_heartbeat: dict[str, Any] = {}
         self._open_sockets()
 
@@ -89,15 +91,20 @@ class WorkerClient:
         process that started it ends."""
         state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         proc = _spawn(state_dir)
-        client = cls._wait_for(proc, state_dir)
+        addresses = _await_address(proc, state_dir)
+        client = cls(addresses["control"], addresses["events"], address_file=address_path(
+            state_dir), process=proc, token=addresses.get("token", ""))
+        client._handshake_or_kill()
         return client
 
     @classmethod
     def connect(cls, address_file_or_url: str | Path, timeout_s: float = 10.0) -> WorkerClient:
         """Connect to a running worker through its address file (or its state folder, or
-        its control URL ``tcp://127.0.0.1:PORT``); WorkerError when none answers."""
+        its control URL and the token from its address file, ``tcp://127.0.0.1:PORT#TOKEN``);
+        WorkerError when none answers."""
         if str(address_file_or_url).startswith("tcp://"):
-            client = cls(str(address_file_or_url), "", timeout_s)
+            url, _, token = str(address_file_or_url).partition("#")
+            client = cls(url, "", timeout_s, token=token)
             try:
                 client._reconnect_events(client._request("ping", timeout=3.0)["events"])
             except WorkerError:
@@ -109,7 +116,8 @@ class WorkerClient:
             addresses = read_address(path)
         except (OSError, ValueError) as e:
             raise WorkerError(str(e)) from None
-        client = cls(addresses["control"], addresses["events"], timeout_s, path)
+        client = cls(addresses["control"], addresses["events"], timeout_s, path,
+                     token=addresses.get("token", ""))
         try:
             client._handshake()
         except WorkerError:
@@ -117,28 +125,6 @@ class WorkerClient:
             raise WorkerError(f"the worker of {path} does not answer (it may have died); "
                               "start one with `membrane worker`") from None
         return client
-
-    @classmethod
-    def _wait_for(cls, proc: subprocess.Popen, state_dir: Path) -> WorkerClient:
-        """Connect to ``proc`` once its address file names it."""
-        path = address_path(state_dir)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise WorkerError(f"the worker exited with code {proc.returncode}: "
-                                  f"{_log_tail(state_dir)}")
-            with contextlib.suppress(OSError, ValueError):
-                addresses = read_address(path)
-                if addresses.get("pid") == proc.pid:
-                    client = cls(addresses["control"], addresses["events"],
-                                 address_file=path, process=proc)
-                    client._handshake()
-                    return client
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise WorkerError(f"the worker did not start within {START_TIMEOUT_S:.0f} s: "
-                                  f"{_log_tail(state_dir)}")
-            time.sleep(0.05)
 
     def _open_sockets(self) -> None:
         ctx = zmq.Context.instance()
@@ -158,6 +144,15 @@ class WorkerClient:
         self.events_url = url
         self._sub.connect(url)
         self._await_heartbeat()
+
+    def _handshake_or_kill(self) -> None:
+        """Handshake with a worker this client started; kill it when that fails."""
+        try:
+            self._handshake()
+        except WorkerError:
+            self.close()
+            _stop(self.process, grace_s=0.0)
+            raise
 
     def _handshake(self) -> None:
         """Ping, then wait for the first heartbeat so that no event after this is missed
@@ -180,7 +175,8 @@ class WorkerClient:
         spec or an unknown job."""
         self._rid += 1
         rid = self._rid
-        self._dealer.send_multipart([b"", json.dumps({"op": op, "rid": rid, **fields}).encode()])
+        request = {"op": op, "rid": rid, "token": self.token, **fields}
+        self._dealer.send_multipart([b"", json.dumps(request).encode()])
         deadline = time.monotonic() + (timeout or self.timeout_s)
         while True:
             self._check_process()
@@ -212,7 +208,8 @@ class WorkerClient:
                               "restart it")
 
     def ping(self) -> dict[str, Any]:
-        """The worker's addresses, pid, running and queued jobs."""
+        """The worker's addresses, pid, running and queued jobs, and whether it has imported
+        every job's module yet (``preloaded``)."""
         return self._request("ping")
 
     def submit(self, spec: JobSpec | dict) -> str:
@@ -254,46 +251,64 @@ class WorkerClient:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_seen = time.monotonic()
             try:
                 if frames[0] == b"heartbeat" and len(frames) == 2:
-                    self.last_heartbeat = json.loads(frames[1])
+                    beat = json.loads(frames[1])
+                    # when it was sent, not when read: a backlog read late is old news
+                    age = max(0.0, time.time() - float(beat["time"]))
+                    self._last_seen = max(self._last_seen, time.monotonic() - age)
+                    self.last_heartbeat = beat
                 elif frames[0] == b"event" and len(frames) == 4:
                     self._raw.append((frames[1].decode(), int(frames[2]),
                                       Event.from_dict(json.loads(frames[3]))))
-            except (ValueError, TypeError, UnicodeDecodeError):
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
                 continue  # not from a worker of ours
 
     def poll_events(self, timeout_ms: int = 0) -> list[tuple[str, Event]]:
         """Events received since the last call as (job id, event), in order per job; waits up
-        to ``timeout_ms`` when none are there yet. Never raises for a dead worker (see
-        :meth:`alive`)."""
-        if not self._raw:
+        to ``timeout_ms`` when none are there yet. Events missed (a gap, or :meth:`follow`)
+        are fetched with a request. Never raises for a dead worker (see :meth:`alive`)."""
+        if not self._raw and not self._catch_up:
             self._drain(timeout_ms)
         self._drain(0)
         out: list[tuple[str, Event]] = []
+        for job_id in self._catch_up:
+            out += self._fetch(job_id)
+        self._catch_up.clear()
         while self._raw:
             job_id, seq, event = self._raw.popleft()
-            expected = self._next.get(job_id, seq)
-            if seq < expected:
+            if seq > self._next.get(job_id, seq):  # dropped by PUB: fetch the gap
+                out += self._fetch(job_id, before=seq)
+            if seq < self._next.get(job_id, seq):
                 continue  # already delivered
-            if seq > expected:  # dropped by PUB: fetch the gap from the worker's store
-                with contextlib.suppress(WorkerError, ValueError):
-                    out += [(job_id, e) for s, e in self._past(job_id, expected) if s < seq]
             out.append((job_id, event))
             self._next[job_id] = seq + 1
         return out
 
+    def follow(self, job_id: str, since: int = 0) -> None:
+        """Deliver the job's events from number ``since`` on through :meth:`poll_events`,
+        the earlier ones fetched from the worker's store (a view opened late, a client that
+        connected mid-run)."""
+        self._next[job_id] = since
+        self._catch_up.add(job_id)
+
+    def _fetch(self, job_id: str, before: int | None = None) -> list[tuple[str, Event]]:
+        """Stored events of a job from the next undelivered one (up to ``before``)."""
+        try:
+            past = self._past(job_id, self._next[job_id])
+        except (WorkerError, ValueError):
+            return []
+        past = [(s, e) for s, e in past if before is None or s < before]
+        if past:
+            self._next[job_id] = past[-1][0] + 1
+        return [(job_id, e) for _, e in past]
+
     def watch(self, job_id: str, poll_ms: int = 200) -> Iterator[Event]:
         """Every event of one job from its first, live until its ``done`` or ``error``
-        event. Consumes the other jobs' events received meanwhile. WorkerError when the
-        worker dies."""
-        past = self._past(job_id, 0)
-        for _, event in past:
-            yield event
-            if event.kind in TERMINAL:
-                return
-        self._next[job_id] = past[-1][0] + 1 if past else 0
+        event. Consumes the other jobs' events received meanwhile. ValueError for an
+        unknown job, WorkerError when the worker dies."""
+        self.status(job_id)
+        self.follow(job_id)
         while True:
             for jid, event in self.poll_events(poll_ms):
                 if jid == job_id:
@@ -323,23 +338,29 @@ class WorkerClient:
         self._close_sockets()
         self._next.clear()
         self._raw.clear()
+        self._catch_up.clear()
         if self.process is None:
             if self.address_file is None:
                 raise WorkerError("this client did not start the worker; start it again with "
                                   "`membrane worker`")
-            addresses = read_address(self.address_file)
-            self.control_url, self.events_url = addresses["control"], addresses["events"]
-            self._open_sockets()
+            try:
+                addresses = read_address(self.address_file)
+            except (OSError, ValueError) as e:
+                raise WorkerError(str(e)) from None
+            self._use(addresses)
             self._handshake()
             return
         _stop(self.process, grace_s=0.0)
         state_dir = self.address_file.parent
-        fresh = self._wait_for(_spawn(state_dir), state_dir)
-        fresh._close_sockets()
-        self.process, self.control_url, self.events_url = (fresh.process, fresh.control_url,
-                                                           fresh.events_url)
+        self.process = _spawn(state_dir)
+        self._use(_await_address(self.process, state_dir))
+        self._handshake_or_kill()
+
+    def _use(self, addresses: dict[str, Any]) -> None:
+        """Open the sockets to the worker of an address file."""
+        self.control_url, self.events_url = addresses["control"], addresses["events"]
+        self.token = addresses.get("token", "")
         self._open_sockets()
-        self._handshake()
 
     def close(self, stop_worker: bool = False) -> None:
         """Close the sockets; with ``stop_worker`` ask the worker to cancel its jobs and exit
@@ -370,6 +391,25 @@ def _spawn(state_dir: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "membrane_py.jobs.worker", "--state-dir",
                                  str(state_dir), "--exit-with-parent"],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _await_address(proc: subprocess.Popen, state_dir: Path) -> dict[str, Any]:
+    """The addresses of a started worker, once its address file names it."""
+    path = address_path(state_dir)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise WorkerError(f"the worker exited with code {proc.returncode}: "
+                              f"{_log_tail(state_dir)}")
+        with contextlib.suppress(OSError, ValueError):
+            addresses = read_address(path)
+            if addresses.get("pid") == proc.pid:
+                return addresses
+        if time.monotonic() > deadline:
+            _stop(proc, grace_s=0.0)
+            raise WorkerError(f"the worker did not start within {START_TIMEOUT_S:.0f} s: "
+                              f"{_log_tail(state_dir)}")
+        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:

@@ -165,6 +165,12 @@ class JobSpec:
             raise SpecError(f"the job file is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
+    def resumed(self) -> JobSpec:
+        """The spec that continues an interrupted run of this one (after a cancel or a
+        crashed worker). Jobs that skip finished work by themselves (predict: tiles on disk)
+        return themselves; others (train) point at what the interrupted run left."""
+        return self
+
 
 @dataclasses.dataclass
 class Result:

@@ -16,7 +16,8 @@ arrive on a ROUTER, events leave on a PUB (see :mod:`membrane_py.jobs.channel`).
 and the threads that validate submitted specs (importing a job's module can take seconds)
 only put messages on a queue the main loop drains, so heartbeats never wait for them.
 
-Control requests are JSON objects ``{"op": ..., "rid": ...}`` answered with ``{"rid": ...,
+Control requests are JSON objects ``{"op": ..., "rid": ..., "token": ...}`` (the token is
+in the address file, see :mod:`membrane_py.jobs.channel`) answered with ``{"rid": ...,
 "ok": true, ...}`` or ``{"ok": false, "error": one line, "type": ...}``: ``ping``,
 ``submit`` (``spec``), ``cancel`` / ``status`` / ``events`` (``job``, ``since``), ``list``,
 ``shutdown``. Run it with ``membrane worker`` or ``python -m membrane_py.jobs.worker``.
@@ -49,7 +50,7 @@ from membrane_py.jobs.channel import (
     read_address,
     write_address,
 )
-from membrane_py.jobs.registry import run, spec_from_dict
+from membrane_py.jobs.registry import KINDS, lookup, run, spec_from_dict
 from membrane_py.jobs.spec import JobSpec, SpecError
 
 log = logging.getLogger("membrane_py.worker")
@@ -98,6 +99,8 @@ class Worker:
         self._running: set[str] = set()
         self._inbox: queue.Queue = queue.Queue()
         self._stopping = False
+        self._preloaded = False
+        self._token = secrets.token_urlsafe(24)
         self.addresses: dict[str, Any] = {}
 
     # ---- setup -------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class Worker:
         self.addresses = {"control": f"tcp://127.0.0.1:{control}",
                           "events": f"tcp://127.0.0.1:{events}", "pid": os.getpid(),
                           "started": time.time()}
-        write_address(self.address_file, self.addresses)
+        write_address(self.address_file, {**self.addresses, "token": self._token})
         return self.addresses
 
     def _refuse_if_running(self) -> None:
@@ -141,6 +144,8 @@ class Worker:
             self.bind()
         log.info("worker %d listening: control %s, events %s", os.getpid(),
                  self.addresses["control"], self.addresses["events"])
+        preload = threading.Thread(target=self._preload, name="preload", daemon=True)
+        preload.start()
         next_beat = 0.0
         stop_by = None
         try:
@@ -166,6 +171,19 @@ class Worker:
             raise
         finally:
             self._close()
+            preload.join()  # an import cut short by the interpreter's exit can crash it
+
+    def _preload(self) -> None:
+        """Import every job's module in the background, so that the first submit of a kind
+        (its spec is checked by importing it) answers at once instead of after seconds."""
+        for kind in KINDS:
+            if self._stopping:
+                return
+            try:
+                lookup(kind)
+            except Exception as e:  # reported again, to the submitter, when that kind is used
+                log.warning("cannot import the %s job: %s", kind, one_line(e))
+        self._preloaded = True
 
     def request_stop(self) -> None:
         """Stop from another thread (e.g. when the parent process is gone)."""
@@ -183,7 +201,7 @@ class Worker:
 
     def _beat(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "time": time.time(), "running": sorted(self._running),
-                "queued": len(self._queued)}
+                "queued": len(self._queued), "preloaded": self._preloaded}
 
     @staticmethod
     def _json(value: Any) -> bytes:
@@ -233,6 +251,9 @@ class Worker:
 
         if op == "ping":
             ok(**{**self.addresses, **self._beat()})
+        elif not secrets.compare_digest(str(req.get("token", "")), self._token):
+            error(f"wrong or missing token: it is in the worker's address file "
+                  f"{self.address_file}", "token")
         elif op == "submit":
             threading.Thread(target=self._validate, args=(ident, rid, req.get("spec")),
                              name="validate-spec", daemon=True).start()

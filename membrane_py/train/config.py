@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -133,3 +133,9 @@ class TrainJob(JobSpec):
     @property
     def last_path(self) -> Path:
         return Path(self.out_dir) / f"{self.name}_last.pt"
+
+    def resumed(self) -> TrainJob:
+        """This job continuing from its ``<name>_last.pt`` when an interrupted run left one."""
+        if self.resume is None and self.last_path.is_file():
+            return replace(self, resume=str(self.last_path))
+        return self
