@@ -174,6 +174,11 @@ def test_bundled_server_starts_on_a_chosen_volume_and_connects(qtbot, window):
     assert "Traceback" not in tab.status.text() and len(tab.status.text().splitlines()) == 1
 
 
+def test_window_fits_a_1366_x_768_screen(window):
+    hint = window.minimumSizeHint().expandedTo(window.minimumSize())
+    assert hint.width() <= 1366 and hint.height() <= 768 - 40  # room for a task bar
+
+
 def test_shortcuts_switch_tabs(qtbot, window):
     qtbot.keyClick(window, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.train_tab
@@ -266,6 +271,10 @@ def test_patches_train_and_evaluate_through_the_window(qtbot, window, em_folders
     assert all(v.has_image() for v in patches.grid_views)
     manifest = json.loads((tmp_path / "p_im" / "manifest.json").read_text())
     assert manifest["patch_size"] == 64 and len(manifest["patches"]) >= len(patches.grid_views)
+    run_like_the_cli(patches.build_spec(), tmp_path, out_images=str(tmp_path / "cli_im"),
+                     out_labels=str(tmp_path / "cli_lab"))
+    assert same_files(tmp_path / "p_im", tmp_path / "cli_im") == len(manifest["patches"])
+    assert same_files(tmp_path / "p_lab", tmp_path / "cli_lab") == len(manifest["patches"])
 
     train = window.train_tab
     window.tabs.setCurrentWidget(train)
@@ -418,4 +427,5 @@ def test_worker_killed_mid_prediction_is_reported_and_the_rerun_is_identical(
     click(qtbot, tab.run_button)
     wait_finished(qtbot, tab)
     assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    assert tab.tiles_shown >= 2  # the preview followed the rerun's tiles
     assert same_files(tmp_path / "pred", tmp_path / "reference") >= 6
