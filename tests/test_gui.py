@@ -110,8 +110,14 @@ def test_connect_lists_the_servers_layers_and_sizes(qtbot, window, vast_server):
     assert [s.split(": ", 1)[1].rsplit(" (", 1)[0] for s in shown] == names
     assert f"{x} x {y} x {z}" in tab.facts.text()
     assert tab.light.toolTip() == "connected"
-    predict_layers = window.predict_tab.f["layer"]
-    assert predict_layers.count() == len(names)
+    predict = window.predict_tab
+    assert predict.f["layer"].count() == len(names)
+    predict.f["region"].setCurrentIndex(predict.f["region"].findData("anchors"))
+    skeletons = names.index("skeletons")
+    predict.f["anno_layer"].setCurrentIndex(predict.f["anno_layer"].findData(skeletons))
+    type_into(qtbot, predict.f["checkpoint"], __file__)  # any existing file for the spec
+    region = predict.build_spec().region
+    assert region.mode == "anchors" and region.anno_layer == skeletons
     assert window.vast_label.text().endswith(f"{vast_server.port}")
 
 
@@ -288,9 +294,12 @@ def test_patches_train_and_evaluate_through_the_window(qtbot, window, em_folders
                         ("val_patches", 8), ("log_every", 1)):
         train.a[name].setValue(value)
     train.a["device"].setCurrentText("cpu")
+    train.f["save_onnx"].setChecked(True)
     click(qtbot, train.run_button)
     wait_finished(qtbot, train)
     assert train.panel.eta.text() == "done", train.panel.status.text()
+    assert train.panel.job_id is None and "tiny.onnx" in train.panel.status.text()
+    assert (tmp_path / "run" / "tiny.onnx").is_file()
     total = train.iterations
     assert total > 0 and len(train.points["iter"]) == total  # log_every 1: one point each
     assert list(train.iter_curve.getData()[0]) == list(range(1, total + 1))

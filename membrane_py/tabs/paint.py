@@ -6,7 +6,12 @@ from __future__ import annotations
 from PySide6.QtWidgets import QLabel, QLineEdit
 
 from membrane_py.tabs.job_tab import JobTab
-from membrane_py.tabs.regions import add_region_fields, region_spec
+from membrane_py.tabs.regions import (
+    add_region_fields,
+    fill_layers,
+    region_spec,
+    set_region_layers,
+)
 from membrane_py.tabs.widgets import (
     Form,
     PathEdit,
@@ -68,19 +73,9 @@ class PaintTab(JobTab):
     def set_vast(self, state) -> None:
         """Fill the source and target layer lists from the Connect tab."""
         self.vast = state
-        for name, first in (("source_layer", None), ("layer", ("a new segmentation layer",
-                                                               NEW_LAYER))):
-            box = self.f.fields.get(name) or self.w.fields[name]
-            current = box.currentData()
-            box.blockSignals(True)
-            box.clear()
-            if first is not None:
-                box.addItem(*first)
-            for nr, lname, _ in state.layers:
-                box.addItem(f"{nr}: {lname}", nr)
-            index = box.findData(current)
-            box.setCurrentIndex(index if index >= 0 else 0)
-            box.blockSignals(False)
+        fill_layers(self.f["source_layer"], state.layers, None)
+        fill_layers(self.w["layer"], state.layers, ("a new segmentation layer", NEW_LAYER))
+        set_region_layers(self.w, state.layers)
         self.w["mip"].setMaximum(max(state.n_mips - 1, 0) if state.connected else 16)
         self._show_rows()
         self.revalidate()

@@ -12,7 +12,12 @@ from PySide6.QtWidgets import QLabel, QLineEdit
 
 from membrane_py.events import Event
 from membrane_py.tabs.job_tab import JobTab
-from membrane_py.tabs.regions import add_region_fields, region_spec
+from membrane_py.tabs.regions import (
+    add_region_fields,
+    fill_layers,
+    region_spec,
+    set_region_layers,
+)
 from membrane_py.tabs.widgets import (
     Form,
     ImageView,
@@ -103,15 +108,8 @@ class PredictTab(JobTab):
     def set_vast(self, state) -> None:
         """Fill the layer list from the Connect tab (keeps the chosen layer when present)."""
         self.vast = state
-        box = self.f["layer"]
-        current = box.currentData()
-        box.blockSignals(True)
-        box.clear()
-        for nr, name, _ in state.layers:
-            box.addItem(f"{nr}: {name}", nr)
-        index = box.findData(current)
-        box.setCurrentIndex(index if index >= 0 else 0)
-        box.blockSignals(False)
+        fill_layers(self.f["layer"], state.layers, None)
+        set_region_layers(self.f, state.layers)
         self.f["mip"].setMaximum(max(state.n_mips - 1, 0) if state.connected else 16)
         self.revalidate()
 

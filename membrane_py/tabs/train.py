@@ -4,6 +4,8 @@ and validation curves plus a per-epoch metric table fed by the job's metric even
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyqtgraph as pg
 from PySide6.QtWidgets import QLineEdit, QTableWidget, QTableWidgetItem
 
@@ -53,6 +55,8 @@ class TrainTab(JobTab):
         f.add("n_classes", spin(0, 0, 255), "Classes", "0 = from the patches' manifest or labels")
         f.add("out_dir", PathEdit("out"), "Save network to", "folder for checkpoints and logs")
         f.add("name", QLineEdit("unet"), "Network name", "file name of the checkpoint (.pt)")
+        f.add("save_onnx", check(False), "Also save as ONNX",
+              "export the best checkpoint to <name>.onnx when training ends")
         f.add("network", combo([("untrained U-Net", "new"),
                                 ("continue from a pretrained network", "pretrained")]),
               "Start from")
@@ -210,6 +214,20 @@ class TrainTab(JobTab):
             self.epochs.append(d)
             self._add_row(d)
         self._redraw()
+
+    def handle_finished(self, info) -> None:
+        """After a finished training, export it to ONNX when asked (a second job)."""
+        best = (info.result or {}).get("best_path")
+        if info.state != "done" or info.kind != "train" or not best \
+                or not self.f.value("save_onnx"):
+            return
+        from membrane_py.transfer.onnx import ExportOnnxJob
+
+        job_id = self.controller.submit(ExportOnnxJob(checkpoint=best,
+                                                      out=str(Path(best).with_suffix(".onnx"))))
+        if job_id is not None:
+            self.panel.start(job_id)
+            self.panel.set_status(f"exporting {Path(best).with_suffix('.onnx').name}")
 
     def _redraw(self) -> None:
         for key, curve in (("iter", self.iter_curve), ("train", self.train_curve),
