@@ -379,6 +379,7 @@ def test_paint_a_threshold_mask_into_a_new_vast_layer(qtbot, window, vast_server
     assert f"layer {layer}:" in tab.summary.text()
     assert f"{int((painted > 0).sum())} voxels painted" in tab.summary.text()
     assert (painted > 0).sum() == (em >= 128).sum() > 0  # threshold 0.5 of 8-bit codes
+    assert tab.painted.has_image()  # the painted section, read back
 
 
 def fill_predict(qtbot, tab, checkpoint, out, box: str, load: bool) -> None:

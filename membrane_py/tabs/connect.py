@@ -145,10 +145,12 @@ class ConnectTab(QWidget):
 
     def connect_vast(self) -> bool:
         """Query the address; fill the layer list and facts, or say what to do."""
+        from membrane_py.vastapi.client import VastError
+
         address = self.address.text().strip()
         try:
             state = query_vast(address)
-        except (ValueError, ConnectionError, OSError) as exc:
+        except (ValueError, OSError, VastError) as exc:
             self.state = VastState()
             self._set_light(False)
             self.status.setStyleSheet(ERROR_STYLE)
@@ -169,7 +171,7 @@ class ConnectTab(QWidget):
         self.layer_list.clear()
         for nr, name, kind in state.layers:
             self.layer_list.addItem(f"{nr}: {name} ({layer_type_name(kind)})")
-        self.settings.setValue("connect/0/address", address)
+        self.form.save(self.settings, "connect/0")  # the last address that worked
         self.connected.emit(state)
         return True
 

@@ -14,6 +14,7 @@ from membrane_py.tabs.regions import (
 )
 from membrane_py.tabs.widgets import (
     Form,
+    ImageView,
     PathEdit,
     check,
     combo,
@@ -25,6 +26,8 @@ MODES = [("threshold mask", "mask"), ("2D instances (per section)", "instances2d
          ("3D instances (linked across sections)", "instances3d"),
          ("label volume as it is", "labels")]
 NEW_LAYER = -1
+#: Side (px) of the painted section read back for the preview.
+PREVIEW = 1024
 
 
 class PaintTab(JobTab):
@@ -58,8 +61,9 @@ class PaintTab(JobTab):
         w["layer"].currentIndexChanged.connect(self._show_rows)
         self.summary = QLabel("Painted voxels and segments are listed here after a run.")
         self.summary.setWordWrap(True)
+        self.painted = ImageView("the first painted section appears here")
         self.preview_layout.addWidget(self.summary)
-        self.preview_layout.addStretch(1)
+        self.preview_layout.addWidget(self.painted, 1)
         self._show_rows()
         self.load_settings()
 
@@ -110,3 +114,27 @@ class PaintTab(JobTab):
                 f"layer {r.get('layer')}: {r.get('segments_created', 0)} segments created, "
                 f"{r.get('voxels_written', 0)} voxels painted, {r.get('voxels_kept', 0)} "
                 "voxels of your paint kept")
+            if r.get("regions"):
+                self.show_painted(int(r["layer"]), r["regions"][0], self.w.value("mip"))
+
+    def show_painted(self, layer: int, region: list[int], mip: int) -> bool:
+        """Read back the first section of the first painted region (at most PREVIEW px
+        square) from VAST and show its segments in colour: a small read for a preview."""
+        from membrane_py.codes import palette_rgb
+        from membrane_py.geometry import Box
+        from membrane_py.tabs.connect import QUERY_TIMEOUT
+        from membrane_py.vastapi.address import parse_vast_address
+        from membrane_py.vastapi.client import VastClient, VastError
+
+        x0, x1, y0, y1, z0, _ = region
+        box = Box(z0, z0 + 1, y0, min(y1 + 1, y0 + PREVIEW), x0, min(x1 + 1, x0 + PREVIEW))
+        try:
+            with VastClient(*parse_vast_address(self.vast.address), timeout=QUERY_TIMEOUT,
+                            connect_timeout=QUERY_TIMEOUT) as vast:
+                vast.set_api_layers_enabled(True)
+                vast.set_selected_api_layer(layer)
+                ids = vast.get_seg_image(box, mip)[0]
+        except (OSError, ValueError, VastError):
+            return False
+        self.painted.show_array(palette_rgb(ids))
+        return True

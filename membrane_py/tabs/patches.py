@@ -30,8 +30,8 @@ from membrane_py.tabs.widgets import (
 
 #: Patches shown in the preview grid (rows x columns).
 GRID = (3, 4)
-#: Largest first image (pixels) the valid-centre preview reads.
-PREVIEW_MAX_PIXELS = 4096 * 4096
+#: Largest first image (pixels) the valid-centre preview computes in the window (a second).
+PREVIEW_MAX_PIXELS = 2048 * 2048
 
 
 def mask_overlay(label: np.ndarray, valid: np.ndarray,
