@@ -73,6 +73,7 @@ def shoot(app: QApplication, win: MainWindow, tab, name: str) -> Path:
 
 def main(work: Path) -> list[Path]:
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    os.environ["XDG_DATA_HOME"] = str(work / "share")  # a fresh state for the bundled server
     data(work)
     settings = QSettings(str(work / "gui.ini"), QSettings.Format.IniFormat)
     controller = JobController.start_local(state_dir=str(work / "worker"))

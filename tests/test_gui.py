@@ -162,7 +162,9 @@ def test_invalid_inputs_disable_run_with_a_message_that_says_what_to_fix(
     assert "does not exist" in predict.message.text()
 
 
-def test_bundled_server_starts_on_a_chosen_volume_and_connects(qtbot, window):
+def test_bundled_server_starts_on_a_chosen_volume_and_connects(qtbot, window, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # the server's state goes there
     tab = window.connect_tab
     type_into(qtbot, tab.volume, "synthetic:4x128x192")
     click(qtbot, tab.serve_button)
