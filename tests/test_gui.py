@@ -156,6 +156,14 @@ def test_invalid_inputs_disable_run_with_a_message_that_says_what_to_fix(
     tab.g["patch_size"].setValue(128)
     assert tab.run_button.isEnabled()
 
+    tab.f["network"].setCurrentIndex(tab.f["network"].findData("pretrained"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    type_into(qtbot, tab.f["pretrained"], tmp_path / "bad.pt")
+    assert not tab.run_button.isEnabled() and "bad.pt" in tab.message.text()
+    assert "Traceback" not in tab.message.text()
+    tab.f["network"].setCurrentIndex(tab.f["network"].findData("new"))
+    assert tab.run_button.isEnabled()
+
     predict = window.predict_tab
     type_into(qtbot, predict.f["checkpoint"], tmp_path / "missing.pt")
     assert not predict.run_button.isEnabled()
@@ -345,6 +353,7 @@ def test_cancel_a_running_training(qtbot, window, em_folders, tmp_path):
     assert not train.run_button.isEnabled()  # one job per tab at a time
     train_job = train.panel.job_id
     qtbot.waitUntil(lambda: len(train.points["iter"]) > 0, timeout=JOB_TIMEOUT_MS)
+    assert train.iter_curve.getData()[0] is not None  # the curve received points
     assert train.panel.bar.value() > 0 and "ETA" in train.panel.eta.text()
     click(qtbot, train.panel.cancel)
     wait_finished(qtbot, train, timeout=30_000)
@@ -441,3 +450,25 @@ def test_worker_killed_mid_prediction_is_reported_and_the_rerun_is_identical(
     assert tab.panel.eta.text() == "done", tab.panel.status.text()
     assert tab.tiles_shown >= 2  # the preview followed the rerun's tiles
     assert same_files(tmp_path / "pred", tmp_path / "reference") >= 6
+
+
+def test_train_from_a_pretrained_network_inherits_its_architecture(qtbot, window, checkpoint,
+                                                                   em_folders, tmp_path):
+    from membrane_py.train.checkpoint import load_checkpoint
+
+    tab = window.train_tab
+    type_into(qtbot, tab.f["image_dir"], em_folders / "em")
+    type_into(qtbot, tab.f["label_dir"], em_folders / "labels")
+    type_into(qtbot, tab.f["out_dir"], tmp_path / "run")
+    tab.f["network"].setCurrentIndex(tab.f["network"].findData("pretrained"))
+    type_into(qtbot, tab.f["pretrained"], checkpoint)
+    tab.f["transfer_mode"].setCurrentIndex(tab.f["transfer_mode"].findData("leaky"))
+    tab.f["leaky_ratio"].setValue(0.2)
+    tab.g["patch_size"].setValue(64)
+    assert tab.run_button.isEnabled(), tab.message.text()
+    spec = tab.build_spec()
+    parent = load_checkpoint(checkpoint).model_config
+    assert (spec.depth, spec.base_filters) == (parent.depth, parent.base_filters)
+    assert spec.depth != tab.a.value("depth")  # the fold's own depth is not used
+    assert spec.pretrained == str(checkpoint) and spec.transfer_mode == "leaky"
+    assert spec.leaky_ratio == 0.2

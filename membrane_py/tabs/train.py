@@ -28,6 +28,11 @@ TABLE_KEYS = ("epoch", "train_loss", "val_loss", "val_pixel_error", "val_miou", 
               "val_v_info", "lr", "seconds")
 
 
+#: Fields a pretrained network decides (see :func:`~membrane_py.transfer.finetune.
+#: inherited_settings`); hidden while one is chosen.
+INHERITED = ("depth", "base_filters", "norm", "dropout")
+
+
 def parse_floats_or_none(text: str, what: str) -> list[float] | None:
     from membrane_py.geometry import parse_floats
 
@@ -115,7 +120,7 @@ class TrainTab(JobTab):
         self.plot = pg.PlotWidget(title="Loss")
         self.plot.setObjectName("loss_plot")
         self.plot.setBackground("w")
-        self.plot.addLegend()
+        self.plot.addLegend(offset=(-10, 10))  # top right, away from the falling curves
         self.plot.setLabel("bottom", "iteration")
         self.iter_curve = self.plot.plot([], [], pen=pg.mkPen("#90a4ae", width=1),
                                          name="training (iterations)")
@@ -130,6 +135,7 @@ class TrainTab(JobTab):
         self.points: dict[str, list[tuple[float, float]]] = {"iter": [], "train": [], "val": []}
         self.epochs: list[dict] = []
         self.iterations = 0  # of the whole run, from the metric events
+        self._parents: dict[tuple[str, int], dict] = {}
         self._show_rows()
         self.load_settings()
 
@@ -139,6 +145,8 @@ class TrainTab(JobTab):
         self.f.set_row_visible("transfer_mode", pretrained)
         leaky = pretrained and self.f.value("transfer_mode") == "leaky"
         self.f.set_row_visible("leaky_ratio", leaky)
+        for name in INHERITED:
+            self.a.set_row_visible(name, not pretrained)
         step = self.g.value("schedule") == "step"
         self.g.set_row_visible("step_factor", step)
         self.g.set_row_visible("step_epochs", step)
@@ -168,11 +176,10 @@ class TrainTab(JobTab):
         pretrained = f.value("network") == "pretrained"
         episodic = ([{"images": f.value("episodic_images"), "labels": f.value("episodic_labels")}]
                     if f.value("episodic_images") else [])
-        return TrainJob(
+        options = dict(
             image_dir=f.value("image_dir"), label_dir=f.value("label_dir"),
             out_dir=f.value("out_dir"), name=f.value("name"),
             label_format=f.value("label_format"), n_classes=f.value("n_classes") or None,
-            pretrained=f.value("pretrained") if pretrained else None,
             transfer_mode=f.value("transfer_mode") if pretrained else "continuous",
             leaky_ratio=f.value("leaky_ratio"), episodic=episodic,
             episodic_ratio=f.value("episodic_ratio"),
@@ -180,9 +187,7 @@ class TrainTab(JobTab):
             batch_size=g.value("batch_size"), lr=g.value("lr"), optimizer=g.value("optimizer"),
             schedule=g.value("schedule"), step_factor=g.value("step_factor"),
             step_epochs=g.value("step_epochs"), val_fraction=g.value("val_fraction"),
-            time_budget_min=g.value("time_budget_min"),
-            depth=a.value("depth"), base_filters=a.value("base_filters"), norm=a.value("norm"),
-            dropout=a.value("dropout"), loss=a.value("loss"),
+            time_budget_min=g.value("time_budget_min"), loss=a.value("loss"),
             class_weights=parse_floats_or_none(a.value("class_weights"), "class weights"),
             momentum=a.value("momentum"), weight_decay=a.value("weight_decay"),
             patches_per_epoch=a.value("patches_per_epoch"), val_patches=a.value("val_patches"),
@@ -191,6 +196,21 @@ class TrainTab(JobTab):
             seed=a.value("seed"), device=a.value("device"), amp=a.value("amp"),
             channels_last=a.value("channels_last"), num_workers=a.value("num_workers"),
             resume=a.value("resume") or None)
+        if pretrained:  # architecture and preprocessing come from the pretrained network
+            path = f.value("pretrained")
+            return TrainJob(**{**self._inherited(path), "pretrained": path, **options})
+        return TrainJob(**options, **{name: a.value(name) for name in INHERITED})
+
+    def _inherited(self, path: str) -> dict:
+        """The pretrained network's inherited settings, read once per file version (the spec
+        is rebuilt on every keystroke)."""
+        from membrane_py.train.checkpoint import load_checkpoint
+        from membrane_py.transfer.finetune import inherited_settings
+
+        key = (path, Path(path).stat().st_mtime_ns)
+        if key not in self._parents:  # CheckpointError (a ValueError) says what is wrong
+            self._parents = {key: inherited_settings(load_checkpoint(path))}
+        return self._parents[key]
 
     def job_started(self, spec) -> None:
         for points in self.points.values():
