@@ -273,6 +273,6 @@ def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
         while observer.alive():  # without a process handle: the heartbeat stops
             assert time.monotonic() - killed_at < DEAD_AFTER_S + 10
             time.sleep(0.1)
-        assert time.monotonic() - killed_at >= DEAD_AFTER_S - 1
+        assert time.monotonic() - killed_at >= DEAD_AFTER_S / 2  # not at once: by timeout
     finally:
         observer.close()
