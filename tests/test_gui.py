@@ -4,13 +4,14 @@ mock VAST server process and a real job worker process."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 
 from membrane_py.codes import encode_label_png, write_png  # noqa: E402
 from membrane_py.tabs.jobs_controller import JobController  # noqa: E402
@@ -436,11 +437,17 @@ def test_worker_killed_mid_prediction_is_reported_and_the_rerun_is_identical(
     qtbot.waitUntil(lambda: tab.panel.bar.maximum() > 1 and tab.panel.bar.value() >= 1,
                     timeout=JOB_TIMEOUT_MS)
     assert tab.panel.bar.value() < tab.panel.bar.maximum()
+    ticks = []  # a 20 ms timer: the event loop's pulse while the worker is restarted
+    pulse = QTimer()
+    pulse.timeout.connect(lambda: ticks.append(time.monotonic()))
+    pulse.start(20)
     controller.client.process.kill()
     wait_finished(qtbot, tab, timeout=60_000)
     assert tab.panel.eta.text() == "failed"
     assert "worker stopped" in tab.panel.status.text() and "Run again" in tab.panel.status.text()
     qtbot.waitUntil(lambda: "restarted" in window.worker_label.text(), timeout=60_000)
+    pulse.stop()
+    assert len(ticks) > 10 and np.diff(ticks).max() < 0.5  # the window never froze
     window.tabs.setCurrentWidget(window.jobs_tab)  # the window still answers
     assert window.tabs.currentWidget() is window.jobs_tab
     window.tabs.setCurrentWidget(tab)

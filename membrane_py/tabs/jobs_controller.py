@@ -1,12 +1,17 @@
 """The one place the window talks to the job worker (:mod:`membrane_py.jobs.client`).
 
-A QTimer in the GUI thread polls the worker's events without blocking (no pyzmq socket is
-ever touched from another thread) and re-emits them as Qt signals; a slower timer checks the
-worker's heartbeat and restarts a dead worker, failing its running jobs with a message that
-says how to continue. Errors become one-line messages; the window never sees a traceback.
+A QTimer in the GUI thread polls the worker's events without blocking and re-emits them as
+Qt signals; a slower timer checks the worker's heartbeat. A dead worker's running jobs fail
+at once with a message that says how to continue, and the worker is restarted in a plain
+background thread (it takes seconds) while the window stays responsive: during the restart
+only that thread touches the client's pyzmq sockets, afterwards only the GUI thread again
+(the thread's join is the handover). Errors become one-line messages; the window never
+sees a traceback.
 """
 
 from __future__ import annotations
+
+import threading
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -37,6 +42,8 @@ class JobController(QObject):
         self.last_error = ""
         self.running: dict[str, str] = {}  # job id -> kind, until finished
         self.summaries: dict[str, str] = {}  # job id -> the result's one-line summary
+        self._restart: threading.Thread | None = None
+        self._restart_error = ""
         self._poll = QTimer(self)
         self._poll.setInterval(poll_ms)
         self._poll.timeout.connect(self.poll)
@@ -63,12 +70,15 @@ class JobController(QObject):
 
     @property
     def available(self) -> bool:
-        return self.client is not None
+        """A worker is there to take jobs (not while it is being restarted)."""
+        return self.client is not None and self._restart is None
 
     def submit(self, spec) -> str | None:
         """Queue ``spec``; the job id, or None with :attr:`last_error` saying why."""
-        if self.client is None:
-            self.last_error = self.last_error or "no job worker is running"
+        if not self.available:
+            self.last_error = ("the job worker is restarting; try again in a moment"
+                               if self._restart is not None
+                               else self.last_error or "no job worker is running")
             return None
         try:
             job_id = self.client.submit(spec)
@@ -80,7 +90,7 @@ class JobController(QObject):
         return job_id
 
     def cancel(self, job_id: str) -> None:
-        if self.client is None:
+        if not self.available:
             return
         try:
             self.client.cancel(job_id)
@@ -88,7 +98,7 @@ class JobController(QObject):
             self.last_error = str(exc)
 
     def jobs(self) -> list:
-        if self.client is None:
+        if not self.available:
             return []
         try:
             return self.client.jobs()
@@ -96,7 +106,7 @@ class JobController(QObject):
             return []
 
     def past_events(self, job_id: str) -> list[Event]:
-        if self.client is None:
+        if not self.available:
             return []
         try:
             return self.client.past_events(job_id)
@@ -105,7 +115,9 @@ class JobController(QObject):
 
     def poll(self) -> None:
         """Deliver the events that arrived since the last tick (never blocks)."""
-        if self.client is None:
+        if self._restart is not None and not self._restart.is_alive():
+            self._restarted()
+        if not self.available:
             return
         try:
             events = self.client.poll_events(timeout_ms=0)
@@ -131,31 +143,49 @@ class JobController(QObject):
         self.finished.emit(job_id, info)
 
     def heartbeat(self) -> None:
-        """Restart a dead worker and fail the jobs it was running, saying how to go on."""
-        if self.client is None:
+        """When the worker died: fail its running jobs, saying how to go on, and restart it
+        in the background."""
+        if not self.available or self.client.alive():
             return
-        if not self.client.alive():
-            lost = list(self.running)
-            self.availability.emit(False, "the job worker stopped; restarting it")
-            try:
-                self.client.restart()
-            except (OSError, RuntimeError, TimeoutError) as exc:
-                self.availability.emit(False, f"the job worker could not be restarted: {exc}")
-                return
-            from membrane_py.jobs.client import JobInfo
+        from membrane_py.jobs.client import JobInfo
 
-            for job_id in lost:
-                kind = self.running.pop(job_id)
-                self.finished.emit(job_id, JobInfo(
-                    job_id, kind, "failed", {}, None,
-                    "the worker stopped during this job; it was restarted: press Run again "
-                    "to continue (finished tiles and checkpoints are kept)", 0))
+        for job_id, kind in list(self.running.items()):
+            del self.running[job_id]
+            self.finished.emit(job_id, JobInfo(
+                job_id, kind, "failed", {}, None,
+                "the worker stopped during this job; it is being restarted: press Run again "
+                "to continue (finished tiles and checkpoints are kept)", 0))
+        self._restart_error = ""
+        self._restart = threading.Thread(target=self._restart_worker, name="worker-restart",
+                                         daemon=True)
+        self._restart.start()
+        self.availability.emit(False, "the job worker stopped; restarting it")
+
+    def _restart_worker(self) -> None:
+        """The background thread's work: the only code touching the client meanwhile."""
+        try:
+            self.client.restart()
+        except OSError as exc:  # WorkerError is a ConnectionError
+            self._restart_error = str(exc) or type(exc).__name__
+
+    def _restarted(self) -> None:
+        """Back in the GUI thread once the restart thread has ended."""
+        self._restart.join()
+        self._restart = None
+        if self._restart_error:
+            self.client = None
+            self.last_error = f"the job worker could not be restarted: {self._restart_error}"
+            self.availability.emit(False, self.last_error)
+        else:
             self.availability.emit(True, "the job worker was restarted")
 
     def close(self) -> None:
         """Stop polling, and the worker when this window started it."""
         self._poll.stop()
         self._beat.stop()
+        if self._restart is not None:
+            self._restart.join()
+            self._restart = None
         if self.client is not None:
             self.client.close(stop_worker=self.client.process is not None)
             self.client = None
