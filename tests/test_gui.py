@@ -361,6 +361,10 @@ def test_cancel_a_running_training(qtbot, window, em_folders, tmp_path):
     assert train.panel.eta.text() == "cancelled"
     assert "cancel" in train.panel.status.text()
     assert train.run_button.isEnabled()
+    last = tmp_path / "run" / "unet_last.pt"  # the cancelled run's resumable checkpoint
+    assert last.is_file() and train.a.value("resume") == str(last)
+    assert "Run continues from unet_last.pt" in train.panel.status.text()
+    assert train.build_spec().resume == str(last)
     jobs = window.jobs_tab
     row = jobs.rows[train_job]
     assert jobs.table.item(row, 2).text() == "cancelled"

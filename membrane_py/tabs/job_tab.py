@@ -143,6 +143,7 @@ class JobTab(QWidget):
         self.reset_button = QPushButton("Reset", self)
         self.reset_button.setToolTip("every field back to its default")
         self.panel = JobPanel(self)
+        self.last_spec = None  # the spec of the latest run
         self.column = QVBoxLayout()
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -235,6 +236,7 @@ class JobTab(QWidget):
             return
         spec = self.build_spec()
         self.save_settings()
+        self.last_spec = spec
         job_id = self.controller.submit(spec)
         if job_id is None:
             self.panel.finish("failed", self.controller.last_error)
@@ -245,6 +247,10 @@ class JobTab(QWidget):
 
     def job_started(self, spec) -> None:
         """Hook: a job of this tab was submitted (clear plots, remember outputs)."""
+
+    def interrupted(self, resumed) -> None:
+        """Hook: this tab's job failed or was cancelled; ``resumed`` is the spec that would
+        continue it (:meth:`~membrane_py.jobs.spec.JobSpec.resumed`)."""
 
     def _worker_changed(self, ok: bool, message: str) -> None:
         self.revalidate()
@@ -271,6 +277,8 @@ class JobTab(QWidget):
         else:
             text = info.error or "the job failed"
         self.panel.finish(info.state, text)
+        if info.state in ("failed", "cancelled") and self.last_spec is not None:
+            self.interrupted(self.last_spec.resumed())
         self.handle_finished(info)
         self.revalidate()
 

@@ -235,8 +235,19 @@ class TrainTab(JobTab):
             self._add_row(d)
         self._redraw()
 
+    def interrupted(self, resumed) -> None:
+        """Point "Resume from" at what the interrupted run left, and say so."""
+        if resumed.kind == "train" and resumed.resume and not self.a.value("resume"):
+            self.a["resume"].setText(resumed.resume)
+            self.panel.set_status(f"{self.panel.status.text()}; Run continues from "
+                                  f"{Path(resumed.resume).name} (clear 'Resume from' under "
+                                  "Advanced to start over)", ok=False)
+
     def handle_finished(self, info) -> None:
-        """After a finished training, export it to ONNX when asked (a second job)."""
+        """After a finished training: "Resume from" is used up; export to ONNX when asked
+        (a second job)."""
+        if info.state == "done" and info.kind == "train":
+            self.a["resume"].setText("")
         best = (info.result or {}).get("best_path")
         if info.state != "done" or info.kind != "train" or not best \
                 or not self.f.value("save_onnx"):
