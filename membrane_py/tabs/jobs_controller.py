@@ -17,9 +17,6 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from membrane_py.events import Event
 
-#: Terminal job states.
-FINISHED = ("done", "failed", "cancelled")
-
 
 class JobController(QObject):
     """Submits specs, cancels jobs and turns worker events into signals.
