@@ -187,9 +187,9 @@ class PatchSource:
     n_wanted: int = 0
 
 
-def load_sources(job: PatchJob) -> list[PatchSource]:
-    """Read, pair by name, check and prepare every source of a job."""
-    pairs = pair_by_name(L.list_images(job.images), L.list_images(job.labels))
+def pair_classes(job: PatchJob, pairs: list[tuple[Path, Path]]) -> list[np.ndarray]:
+    """The label images of ``pairs`` as classes (0 unknown, 1..K) in the job's label format,
+    decided once for all of them (``auto``: from their values)."""
     raw = [L.read_label_image(lab_path) for _, lab_path in pairs]
     if job.label_map:
         raw = [L.map_values(r, job.label_map) for r in raw]
@@ -198,24 +198,50 @@ def load_sources(job: PatchJob) -> list[PatchSource]:
         fmt, n_classes = resolve_label_format(job.labels, raw, job.label_format, job.n_classes,
                                               job.max_classes)
     classes, _ = L.convert_labels(raw, fmt, n_classes, job.max_classes)
+    return [c.astype(np.uint16) for c in classes]
+
+
+def load_pair(job: PatchJob, img_path: Path, lab_path: Path, label: np.ndarray,
+              name: str) -> PatchSource:
+    """One image and its label classes as the job cuts them: downsampling and contrast
+    applied."""
+    image = _read_em(img_path)
+    if image.shape != label.shape:
+        raise ValueError(f"{img_path.name} is {image.shape} but its label {lab_path.name} is "
+                         f"{label.shape}; they must have the same size")
+    n_wanted = count_patches(label, job.density)
+    if job.downsample > 1:
+        image = downsample_xy(image[None], job.downsample, labels=False)[0]
+        label = downsample_xy(label[None], job.downsample, labels=True)[0]
+    image = _contrast(image, job.contrast, job.patch_size)
+    return PatchSource(name, str(img_path), str(lab_path), image, label, n_wanted)
+
+
+def load_sources(job: PatchJob) -> list[PatchSource]:
+    """Read, pair by name, check and prepare every source of a job."""
+    pairs = pair_by_name(L.list_images(job.images), L.list_images(job.labels))
     sources, used = [], set()
-    for (img_path, lab_path), label in zip(pairs, classes, strict=True):
-        image = _read_em(img_path)
-        label = label.astype(np.uint16)
-        if image.shape != label.shape:
-            raise ValueError(f"{img_path.name} is {image.shape} but its label {lab_path.name} is "
-                             f"{label.shape}; they must have the same size")
-        n_wanted = count_patches(label, job.density)
-        if job.downsample > 1:
-            image = downsample_xy(image[None], job.downsample, labels=False)[0]
-            label = downsample_xy(label[None], job.downsample, labels=True)[0]
-        image = _contrast(image, job.contrast, job.patch_size)
+    for (img_path, lab_path), label in zip(pairs, pair_classes(job, pairs), strict=True):
         name, k = img_path.stem, 2
         while name in used:  # identical stems (e.g. a.png and a.tif) never overwrite each other
             name, k = f"{img_path.stem}_{k}", k + 1
         used.add(name)
-        sources.append(PatchSource(name, str(img_path), str(lab_path), image, label, n_wanted))
+        sources.append(load_pair(job, img_path, lab_path, label, name))
     return sources
+
+
+def valid_centre_preview(job: PatchJob) -> tuple[PatchSource, np.ndarray]:
+    """The job's first source and where patch centres may lie in it (the saturated-sampling
+    mask), so a user sees what the patch size and angles allow before cutting patches."""
+    pairs = pair_by_name(L.list_images(job.images), L.list_images(job.labels))
+    if not pairs:
+        raise ValueError(f"no image/label pair with matching names in {job.images} and "
+                         f"{job.labels}")
+    img_path, lab_path = pairs[0]
+    src = load_pair(job, img_path, lab_path, pair_classes(job, pairs[:1])[0], img_path.stem)
+    if not src.label.any():
+        return src, np.zeros(src.label.shape, bool)
+    return src, SaturatedSampler(src.label, job.patch_size, job.rotate, job.angle_step).valid
 
 
 def generate_patches(job: PatchJob, progress: ProgressCallback | None = None,

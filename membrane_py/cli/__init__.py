@@ -36,6 +36,7 @@ def _register() -> None:
         data,
         ffn,
         groundtruth,
+        gui,
         instances,
         onnx,
         predict,
@@ -44,7 +45,8 @@ def _register() -> None:
         worker,
     )
 
-    for module in (data, groundtruth, instances, onnx, predict, run, training, worker, ffn):
+    for module in (data, groundtruth, instances, onnx, predict, run, training, worker, ffn,
+                   gui):
         module.register(app)
 
 
