@@ -45,13 +45,7 @@ def test_evaluate_writes_pictures_and_metrics(tmp_path, ckpt):
         for kind in ("prediction", "probability", "overlay"):
             pic = cv2.imread(str(out / f"em{z}_{kind}.png"), cv2.IMREAD_UNCHANGED)
             assert pic.shape[:2] == (100, 90)
-        errors = cv2.imread(str(out / f"em{z}_errors.png"))[..., ::-1]
-        pred = cv2.imread(str(out / f"em{z}_prediction.png"), cv2.IMREAD_UNCHANGED) == 255
-        truth = syn.membranes[z] == 2
-        red = np.all(errors == (255, 40, 40), axis=2)
-        blue = np.all(errors == (40, 90, 255), axis=2)
-        np.testing.assert_array_equal(red, pred & ~truth)  # extra membrane
-        np.testing.assert_array_equal(blue, truth & ~pred)  # missed membrane
+        assert (out / f"em{z}_errors.png").is_file()  # colours: tests/test_pictures_cli.py
     saved = json.loads((out / "metrics.json").read_text())
     assert saved[-1]["image"] == "mean" and 0 <= saved[-1]["v_rand"] <= 1
     assert 0 <= saved[0]["pixel_error"] <= 1

@@ -268,7 +268,7 @@ def test_ground_truth_converts_and_previews_like_the_cli(qtbot, window, em_folde
     assert tab.panel.eta.text() == "done", tab.panel.status.text()
     assert tab.result_view.has_image()
     run_like_the_cli(tab.build_spec(), tmp_path, output=str(tmp_path / "cli"))
-    assert same_files(tmp_path / "membranes", tmp_path / "cli") == 3
+    assert same_files(tmp_path / "membranes", tmp_path / "cli") == 6  # 3 labels + previews
 
 
 def test_patches_train_and_evaluate_through_the_window(qtbot, window, em_folders, tmp_path):
