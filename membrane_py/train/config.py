@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from membrane_py.augment.affinities import check_offsets
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import UNetConfig
@@ -14,6 +15,7 @@ from membrane_py.train.transfer_modes import TRANSFER_MODES
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "step", "cosine")
 LABEL_FORMATS = ("codes", "isbi", "classes")
+TARGETS = ("classes", "affinities")
 # validation metric used to keep the best checkpoint -> True when higher is better
 BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "val_v_rand": True,
                 "val_v_info": True}
@@ -35,6 +37,12 @@ class TrainJob(JobSpec):
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
     (:mod:`membrane_py.train.episodic`); it combines with any mode.
+
+    Target: ``classes`` (one class per pixel, softmax) or ``affinities`` (one sigmoid channel
+    per offset in ``offsets``, see :mod:`membrane_py.augment.affinities`; datasets then yield
+    uint8 (C, H, W) targets). ``context`` neighbouring sections on each side are extra input
+    channels (2.5D; 0 = plain 2D). Both are recorded in the checkpoint (``train_config``, and
+    the architecture's ``in_channels``), so prediction feeds the same sections.
     """
 
     kind: ClassVar[str] = "train"
@@ -51,6 +59,10 @@ class TrainJob(JobSpec):
     val_patches: int = 128
     val_fraction: float = 0.3
     augment: bool = True
+    # target and input
+    target: str = "classes"
+    context: int = 0
+    offsets: list[list[int]] = field(default_factory=lambda: [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     # model
     depth: int = 5
     base_filters: int = 32
@@ -92,6 +104,10 @@ class TrainJob(JobSpec):
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.target in TARGETS, f"target must be one of {TARGETS}"),
+            (self.context >= 0, "context (sections on each side) must be >= 0"),
+            (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
+             "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
             (self.best_metric in BEST_METRICS, f"best_metric must be one of {list(BEST_METRICS)}"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
@@ -117,8 +133,9 @@ class TrainJob(JobSpec):
                 raise ValueError(msg)
 
     def model_config(self, n_classes: int) -> UNetConfig:
-        return UNetConfig(in_channels=1, n_classes=n_classes, depth=self.depth,
-                          base_filters=self.base_filters, norm=self.norm, dropout=self.dropout)
+        return UNetConfig(in_channels=1 + 2 * self.context, n_classes=n_classes,
+                          depth=self.depth, base_filters=self.base_filters, norm=self.norm,
+                          dropout=self.dropout)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

@@ -1,0 +1,154 @@
+"""Affinity targets, 2.5D affinity training and prediction, and affinity agglomeration."""
+
+import numpy as np
+import pytest
+import torch
+
+from membrane_py.augment.affinities import IGNORE, affinities, apply_mapping
+from membrane_py.augment.dataset import AffinityPatchDataset
+from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.segment import (
+    AgglomerationKnobs,
+    agglomerate_affinities,
+    boundary_affinities,
+    relabel,
+    segment_affinities,
+)
+from membrane_py.train.losses import affinity_bce
+
+
+def test_affinities_hand_worked():
+    # two sections of 2 x 3; id 0 is boundary
+    labels = np.array([[[1, 1, 2],
+                        [1, 0, 2]],
+                       [[1, 2, 2],
+                        [3, 3, 2]]])
+    a = affinities(labels)
+    assert a.shape == (3, 2, 2, 3) and a.dtype == np.uint8
+    x = IGNORE
+    # z: section 1 against section 0, voxel by voxel; section 0 has no neighbour
+    np.testing.assert_array_equal(a[0, 0], [[x, x, x], [x, x, x]])
+    np.testing.assert_array_equal(a[0, 1], [[1, 0, 1], [0, 0, 1]])
+    # y: row 1 against row 0
+    np.testing.assert_array_equal(a[1, 0], [[x, x, x], [1, 0, 1]])
+    np.testing.assert_array_equal(a[1, 1], [[x, x, x], [0, 0, 1]])
+    # x: column c against column c - 1
+    np.testing.assert_array_equal(a[2, 0], [[x, 1, 0], [x, 0, 0]])
+    np.testing.assert_array_equal(a[2, 1], [[x, 0, 1], [x, 1, 0]])
+
+
+def test_long_range_affinity_and_bad_offsets():
+    labels = np.array([[[1, 1, 2, 2, 1]]])
+    np.testing.assert_array_equal(affinities(labels, [(0, 0, 2)])[0, 0, 0],
+                                  [IGNORE, IGNORE, 0, 0, 0])
+    np.testing.assert_array_equal(affinities(labels, [(0, 0, 4)])[0, 0, 0, 4], 1)
+    with pytest.raises(ValueError, match="offsets"):
+        affinities(labels, [(0, -1, 0)])
+
+
+def test_apply_mapping_keeps_unmapped_ids():
+    fragments = np.array([[0, 1, 2, 3, 7]])
+    bodies = apply_mapping(fragments, np.array([[1, 10], [2, 10], [7, 5]]))
+    np.testing.assert_array_equal(bodies, [[0, 10, 10, 3, 5]])
+
+
+def test_boundary_affinities_hand_worked():
+    p = np.array([[[0.1, 0.8, 0.3]]], np.float32)
+    a = boundary_affinities(p)
+    np.testing.assert_allclose(a[2, 0, 0], [0.9, 0.2, 0.2])  # x: 1 - max(p, left)
+    np.testing.assert_allclose(a[0, 0, 0], [0.9, 0.2, 0.7])  # z: no neighbour, 1 - p
+
+
+def test_affinity_patch_dataset_matches_labels():
+    rng = np.random.default_rng(0)
+    em = rng.integers(0, 255, (6, 40, 40), dtype=np.uint8)
+    labels = np.repeat(np.arange(40)[None, :, None] // 10, 6, 0) * np.ones((1, 1, 40), int) + 1
+    ds = AffinityPatchDataset(em, labels, 32, 5, PreprocessConfig(), context=2, augment=False)
+    image, target = ds[3]
+    assert image.shape == (5, 32, 32) and image.dtype == np.float32
+    assert target.shape == (3, 32, 32) and target.dtype == np.uint8
+    assert np.all(target[0] == 1)  # the same stripes in every section: z affinities are 1
+    assert set(np.unique(target[1, 1:])) == {0, 1}  # y: stripe edges are 0
+    assert np.all(target[1, 0] == IGNORE) and np.all(target[2, :, 0] == IGNORE)
+    assert np.all(target[2, :, 1:] == 1)  # stripes run along x
+
+
+def test_affinity_loss_skips_ignored_and_balances():
+    logits = torch.tensor([[[[5.0, -5.0, 0.0]]]])
+    good = affinity_bce(logits, torch.tensor([[[[1, 0, IGNORE]]]], dtype=torch.uint8))
+    bad = affinity_bce(logits, torch.tensor([[[[0, 1, IGNORE]]]], dtype=torch.uint8))
+    assert float(good) < 0.01 < 4 < float(bad)
+    none = affinity_bce(logits, torch.full((1, 1, 1, 3), IGNORE, dtype=torch.uint8))
+    assert float(none) == 0.0
+
+
+def blocks_with_contacts(contacts: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks side by side along x, 6 voxels wide, affinity 1 inside each block and
+    ``contacts[i]`` across the face between block i and i + 1; the blocks as fragments."""
+    n = len(contacts) + 1
+    fragments = np.repeat(np.arange(1, n + 1), 6)[None, None, :] * np.ones((4, 8, 1), int)
+    affs = np.ones((3, *fragments.shape), np.float32)
+    for i, value in enumerate(contacts):
+        affs[2, :, :, 6 * (i + 1)] = value  # x affinity of the first voxel of block i + 1
+    return affs, fragments
+
+
+def groups(seg: np.ndarray) -> list[set[int]]:
+    """Which of the 6-voxel blocks along x share an object."""
+    ids = seg[0, 0, ::6]
+    return sorted(({i + 1 for i in np.flatnonzero(ids == v)} for v in np.unique(ids)), key=min)
+
+
+def test_agglomeration_merges_exactly_below_threshold():
+    # contact scores (1 - affinity): 1|2 0.1, 2|3 0.4, 3|4 0.8
+    affs, fragments = blocks_with_contacts([0.9, 0.6, 0.2])
+    knobs = AgglomerationKnobs(min_size=0)
+    segs = list(agglomerate_affinities(affs, [0.05, 0.3, 0.5, 0.9], knobs, fragments))
+    assert groups(segs[0]) == [{1}, {2}, {3}, {4}]
+    assert groups(segs[1]) == [{1, 2}, {3}, {4}]
+    assert groups(segs[2]) == [{1, 2, 3}, {4}]
+    assert groups(segs[3]) == [{1, 2, 3, 4}]
+    assert all(s.dtype == np.uint32 and s.min() == 1 for s in segs)
+    assert fragments.max() == 4  # the caller's fragments are left alone
+
+
+def test_mean_and_quantile_scoring_differ_on_a_leaky_contact():
+    affs, fragments = blocks_with_contacts([0.1])
+    affs[2, :1, :, 6] = 1.0  # one of four sections leaks: mean 0.325, median 0.1
+    mean = next(agglomerate_affinities(affs, [0.7], AgglomerationKnobs(min_size=0), fragments))
+    median = next(agglomerate_affinities(
+        affs, [0.7], AgglomerationKnobs(scoring="quantile", quantile=50, min_size=0), fragments))
+    assert groups(mean) == [{1, 2}] and groups(median) == [{1}, {2}]
+
+
+def test_segment_affinities_from_a_label_volume():
+    labels = np.zeros((12, 40, 40), np.int64)
+    labels[:, :19, :] = 1
+    labels[:, 21:, :19] = 2
+    labels[:, 21:, 21:] = 3
+    labels[:6, :19, 21:] = 4  # a fourth object, cut from 1 by boundary planes (id 0)
+    labels[:7, :19, 20] = 0
+    labels[6, :19, 20:] = 0
+    affs = affinities(labels).astype(np.float32)
+    affs[affs == IGNORE] = 1
+    rng = np.random.default_rng(1)
+    noisy = np.clip(0.1 + 0.8 * affs + rng.normal(0, 0.05, affs.shape), 0, 1).astype(np.float32)
+    seg = segment_affinities(noisy, AgglomerationKnobs(threshold=0.4, min_size=50))
+    inside = labels > 0
+    pairs = np.unique(np.stack([labels[inside], seg[inside]]), axis=1)
+    assert pairs.shape[1] == 4 and len(np.unique(pairs[1])) == 4  # one object per body
+
+
+def test_knobs_reject_bad_values():
+    for bad in ({"threshold": 1.5}, {"scoring": "max"}, {"quantile": 33},
+                {"fragmenter": "random"}):
+        with pytest.raises(ValueError):
+            AgglomerationKnobs(**bad)
+
+
+def test_relabel_numbers_consecutively_and_drops_small():
+    labels = np.array([[5, 5, 5, 900, 0, 70000, 70000, 70000]])
+    out = relabel(labels, min_size=2)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out[0] > 0, [1, 1, 1, 0, 0, 1, 1, 1])
+    assert sorted(np.unique(out[out > 0])) == [1, 2]
