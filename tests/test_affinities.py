@@ -1,5 +1,7 @@
 """Affinity targets, 2.5D affinity training and prediction, and affinity agglomeration."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 from membrane_py.augment.affinities import IGNORE, affinities, apply_mapping
 from membrane_py.augment.dataset import AffinityPatchDataset
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.geometry import Box
 from membrane_py.segment import (
     AgglomerationKnobs,
     agglomerate_affinities,
@@ -152,3 +155,72 @@ def test_relabel_numbers_consecutively_and_drops_small():
     assert out.dtype == np.uint32
     np.testing.assert_array_equal(out[0] > 0, [1, 1, 1, 0, 0, 1, 1, 1])
     assert sorted(np.unique(out[out > 0])) == [1, 2]
+
+
+def test_instances_job_affinity_modes_and_cli(tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from membrane_py.cli import app
+    from membrane_py.edit.instances import InstanceJob, run_instances
+    from membrane_py.train.metrics import rand_info_scores
+    from membrane_py.volumes.open import open_volume
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    s = make_synthetic((8, 128, 128), seed=4)
+    gt = s.instances.astype(np.int64)
+    affs = affinities(gt)
+    paths = []
+    for name, channel in zip("zyx", affs, strict=True):
+        paths.append(str(tmp_path / f"aff_{name}.tif"))
+        code = np.where(channel == IGNORE, 255, 1 + channel.astype(np.uint16) * 254)
+        tifffile.imwrite(paths[-1], code.astype(np.uint8), photometric="minisblack")
+    job = InstanceJob(paths, str(tmp_path / "a.zarr"), mode="affinities",
+                      affinity=AgglomerationKnobs(threshold=0.3, min_size=20))
+    assert InstanceJob.from_dict(json.loads(job.to_json())) == job
+    result = run_instances(job)
+    seg = open_volume(result.path, labels=True)
+    seg = seg.read(seg.full_box if hasattr(seg, "full_box") else Box.full(seg.shape))
+    assert rand_info_scores(seg, gt)["adapted_rand_error"] < 0.1  # thin objects may merge
+    with pytest.raises(ValueError, match="three volumes"):
+        InstanceJob(paths[:2], "x.zarr", mode="affinities")
+    out = CliRunner().invoke(app, ["instances", *paths, "-o", str(tmp_path / "cli.tif"),
+                                   "--mode", "affinities", "--merge-threshold", "0.3"])
+    assert out.exit_code == 0, out.output
+    cli = tifffile.imread(tmp_path / "cli.tif")
+    assert cli.max() == int(seg.max())
+    bad = CliRunner().invoke(app, ["instances", *paths, "-o", "x.tif", "--mode", "affinities",
+                                   "--merge-threshold", "2"])
+    assert bad.exit_code == 2 and "threshold" in bad.output
+
+
+def test_many_objects_keep_vast_ids_with_a_remap_warning(tmp_path, vast_server):
+    import tifffile
+
+    from membrane_py.edit.paint import PaintJob, run_paint
+    from membrane_py.predict.job import RegionSpec
+    from membrane_py.vastapi.client import VastClient
+
+    # one-voxel cells on a 2-voxel grid, apart in z too: 131 072 objects, ids past 65535
+    grid = np.arange(256) % 2 == 0
+    cells = np.broadcast_to(grid[:, None] & grid[None, :], (8, 256, 256))
+    fragments = np.zeros(cells.shape, np.int64)
+    fragments[cells] = np.arange(1, cells.sum() + 1)
+    affs = affinities(fragments).astype(np.float32)
+    affs[affs == IGNORE] = 0
+    seg = next(agglomerate_affinities(affs, [0.5], AgglomerationKnobs(min_size=0), fragments))
+    assert seg.max() == 8 * 128 * 128 > 0xFFFF
+    tifffile.imwrite(tmp_path / "ids.tif", seg, photometric="minisblack")
+    events = []
+    vast = f"vast://{vast_server.host}:{vast_server.port}"
+    result = run_paint(PaintJob(str(tmp_path / "ids.tif"), vast=vast, mode="labels",
+                                region=RegionSpec("box", [0, 63, 0, 63, 7, 7]), save=False),
+                       events.append)
+    assert max(result.mapping.values()) <= 0xFFFF
+    assert any(e.kind == "warning" and "16-bit" in e.message for e in events)
+    with VastClient(vast_server.host, vast_server.port) as client:
+        client.set_selected_api_layer(result.layer)
+        painted = client.get_seg_image(Box(7, 8, 0, 64, 0, 64))[0]
+    assert seg[7, :64, :64].min() == 0 and seg[7, :64, :64].max() > 0xFFFF
+    assert painted.max() <= 0xFFFF and len(np.unique(painted[painted > 0])) == 32 * 32
+    np.testing.assert_array_equal(painted > 0, seg[7, :64, :64] > 0)

@@ -66,7 +66,9 @@ def instances(
                                 "or a folder for RGB tiles with a .vsvi"),
     layer: list[int] = typer.Option(None, help="VAST image layer of each VAST source, in order"),
     mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
-                             "sections) or watershed3d"),
+                             "sections), watershed3d, agglomerate (fragments merged up to "
+                             "--merge-threshold) or affinities (three sources: z, y, x "
+                             "affinities)"),
     box: str = BOX,
     mip: int = MIP,
     invert: bool = INVERT,
@@ -82,16 +84,27 @@ def instances(
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
     min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
+    merge_threshold: float = typer.Option(
+        0.5, help="agglomerate/affinities: regions merge while the boundary between them "
+        "scores below this (0..1; higher = fewer splits, more merges)"),
+    scoring: str = typer.Option("mean", help="agglomerate/affinities: boundary score, mean "
+                                "or quantile (of the contact's affinities)"),
+    quantile: int = typer.Option(50, help="scoring quantile: the percentile used"),
+    min_size_agglomerate: int = typer.Option(
+        100, help="agglomerate/affinities: objects smaller (voxels) removed"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
     from membrane_py.edit.instances import InstanceJob
+    from membrane_py.segment.affinity import AgglomerationKnobs
 
+    knobs = spec_or_exit(AgglomerationKnobs, threshold=merge_threshold, scoring=scoring,
+                         quantile=quantile, min_size=min_size_agglomerate)
     execute(spec_or_exit(
         InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
         mode=mode, box=box_option(box), mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
-        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
+        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction), affinity=knobs,
         min_size_3d=min_size_3d), save_job)
 
 

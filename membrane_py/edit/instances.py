@@ -33,6 +33,11 @@ from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
+from membrane_py.segment.affinity import (
+    AgglomerationKnobs,
+    boundary_affinities,
+    segment_affinities,
+)
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
     InstanceConfig,
@@ -47,7 +52,7 @@ from membrane_py.volumes.open import open_source
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
 COLORINGS = ("ids", "palette")
-MODES = ("2d", "3d", "watershed3d")
+MODES = ("2d", "3d", "watershed3d", "agglomerate", "affinities")
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:
@@ -167,8 +172,12 @@ class InstanceJob(JobSpec):
 
     ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
     are taken from ``layers`` in order. ``mode``: ``2d`` (per section), ``3d`` (2D segments
-    linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
-    inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume.
+    linked across sections), ``watershed3d`` (seeds and flooding in 3D), ``agglomerate``
+    (fragments of the membrane map merged hierarchically up to ``affinity.threshold``, see
+    :mod:`membrane_py.segment.affinity`) or ``affinities`` (the same on predicted affinities:
+    exactly three sources, the z, y and x affinity volumes in that order, e.g. the
+    ``per_class`` output of an affinity network). ``box``: inclusive mip-0 VAST order
+    (x0, x1, y0, y1, z0, z1), None = the whole volume.
     """
 
     kind: ClassVar[str] = "instances"
@@ -183,6 +192,7 @@ class InstanceJob(JobSpec):
     colors: str = "ids"
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    affinity: AgglomerationKnobs = field(default_factory=AgglomerationKnobs)
     min_size_3d: int = 500
 
     def __post_init__(self) -> None:
@@ -194,6 +204,9 @@ class InstanceJob(JobSpec):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.colors not in COLORINGS:
             raise ValueError(f"colors must be one of {COLORINGS}, got {self.colors!r}")
+        if self.mode == "affinities" and len(self.sources) != 3:
+            raise ValueError(f"mode affinities takes three volumes (z, y, x affinities), got "
+                             f"{len(self.sources)}")
         n_vast = sum(parse_vast_address(s) is not None for s in self.sources)
         if n_vast > len(self.layers):
             raise ValueError(f"{n_vast} VAST sources but only {len(self.layers)} layer "
@@ -217,8 +230,13 @@ class InstanceResult(Result):
 def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
                    agglomeration: AgglomerationConfig, min_size_3d: int,
                    progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> np.ndarray:
-    """Instance ids (uint32) of a (z, y, x) probability volume by ``mode`` (see MODES)."""
+                   cancel: CancelToken | None = None,
+                   affinity: AgglomerationKnobs | None = None) -> np.ndarray:
+    """Instance ids (uint32) by ``mode`` (see MODES) of a (z, y, x) membrane probability
+    volume, or for ``affinities`` of a (3, z, y, x) affinity volume."""
+    if mode in ("agglomerate", "affinities"):
+        affs = prob if mode == "affinities" else boundary_affinities(prob)
+        return segment_affinities(affs, affinity, cancel)
     if mode == "watershed3d":
         return watershed_3d(prob, cfg, min_size_3d)
     labels = segment_stack(prob, cfg, progress, cancel)
@@ -235,10 +253,13 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
         shape = sources[0].shape
         check_shapes(sources, shape)
         box = region_box(job.box, shape, job.mip)
-        prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
+        if job.mode == "affinities":
+            prob = np.stack([to_probability(s.read(box, job.mip), job.invert) for s in sources])
+        else:
+            prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
         voxel_size = sources[0].voxel_size
     labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
-                            progress, cancel)
+                            progress, cancel, job.affinity)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
                            voxel_size=voxel_size, name=f"instances ({job.mode})",
                            colors=job.colors, attrs={"job": job.to_dict()})

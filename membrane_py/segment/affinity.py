@@ -51,8 +51,9 @@ class AgglomerationKnobs:
     the boundary between them scores below it. ``scoring``: ``mean`` (1 - mean affinity of
     the contact surface) or ``quantile`` (1 - the ``quantile``-th percentile of it; low
     percentiles let a few closed voxels keep objects apart). ``fragmenter``: ``distance``
-    (seeded watershed, seeds at least ``seed_distance`` voxels from a boundary and apart;
-    boundary = mean affinity below ``boundary``) or ``zwatershed`` (waterz's own).
+    (seeded watershed, :func:`watershed_fragments`: seeds where the distance to the nearest
+    boundary voxel peaks at ``seed_distance`` or more; a boundary voxel has an affinity
+    below ``boundary``) or ``zwatershed`` (waterz's own).
     ``sections``: seed per section (anisotropic serial sections) instead of in 3D.
     ``min_size``: objects with fewer voxels become 0.
     """
@@ -62,7 +63,7 @@ class AgglomerationKnobs:
     quantile: int = 50
     fragmenter: str = "distance"
     boundary: float = 0.5
-    seed_distance: float = 3.0
+    seed_distance: float = 2.0
     sections: bool = False
     min_size: int = 100
 
@@ -111,30 +112,34 @@ def _check_affinities(affs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(affs[:3], dtype=np.float32)
 
 
-def voxel_affinity(affs: np.ndarray) -> np.ndarray:
-    """Mean affinity (float32 (z, y, x)) of each voxel to its six nearest neighbours.
+def voxel_affinity(affs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and minimum affinity (float32 (z, y, x) each) of every voxel to its six nearest
+    neighbours.
 
     Channel ``c`` at ``v`` stores the edge to ``v - d``; the edge to ``v + d`` is stored at
-    ``v + d``. Averaging both keeps a boundary symmetric (both voxels beside a face see it),
+    ``v + d``. Using both keeps a boundary symmetric (both voxels beside a face see it),
     where the stored channels alone would mark only the voxel after the face. At the
     volume's far faces the missing edge is replaced by the one stored at ``v``.
     """
     affs = _check_affinities(affs)
     total = affs.sum(axis=0)
+    low = affs.min(axis=0)
     for c, (dz, dy, dx) in enumerate(NEAREST):
         nxt = affs[c].copy()
         nxt[:nxt.shape[0] - dz, :nxt.shape[1] - dy, :nxt.shape[2] - dx] = affs[c, dz:, dy:, dx:]
         total += nxt
-    return total / 6.0
+        np.minimum(low, nxt, out=low)
+    return total / 6.0, low
 
 
-def watershed_fragments(affs: np.ndarray, boundary: float = 0.5, seed_distance: float = 3.0,
+def watershed_fragments(affs: np.ndarray, boundary: float = 0.5, seed_distance: float = 2.0,
               sections: bool = False) -> np.ndarray:
     """Over-segmentation of an affinity volume by a seeded watershed (uint64 (z, y, x)).
 
     The boundary map is ``1 - mean`` of the six nearest-neighbour affinities of each voxel
-    (:func:`voxel_affinity`). Voxels whose mean affinity is at least ``boundary`` are inside
-    cells; their distance to the nearest boundary voxel (``edt``) peaks at cell centres, and
+    (:func:`voxel_affinity`). Voxels whose six affinities are all at least ``boundary`` are
+    inside cells (so two cells that touch without a boundary voxel still part); their
+    distance to the nearest boundary voxel (``edt``) peaks at cell centres, and
     each peak plateau at least
     ``seed_distance`` from a boundary seeds one fragment. The watershed then floods the
     boundary map from the seeds, so every voxel belongs to a fragment. ``sections`` seeds
@@ -144,8 +149,9 @@ def watershed_fragments(affs: np.ndarray, boundary: float = 0.5, seed_distance: 
     import edt
     from skimage.segmentation import watershed
 
-    level = 1.0 - voxel_affinity(affs)
-    inside = level <= 1.0 - boundary
+    mean, low = voxel_affinity(affs)
+    level = 1.0 - mean
+    inside = low >= boundary
     if sections:
         dist = np.stack([edt.edt(s, parallel=1) for s in inside])
         size = (1, 5, 5)

@@ -70,8 +70,9 @@ def split_by_image(n_images: int, val_fraction: float = 0.3,
 
 
 def affinity_names(offsets) -> list[str]:
-    """Channel names of an affinity network: ``affinity dz,dy,dx``."""
-    return [f"affinity {dz},{dy},{dx}" for dz, dy, dx in offsets]
+    """Channel names of an affinity network, ``affinity_<dz>_<dy>_<dx>`` (usable as folder
+    names when prediction writes one folder per channel)."""
+    return [f"affinity_{dz}_{dy}_{dx}" for dz, dy, dx in offsets]
 
 
 def default_class_names(n_classes: int) -> list[str]:
