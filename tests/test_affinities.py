@@ -224,3 +224,37 @@ def test_many_objects_keep_vast_ids_with_a_remap_warning(tmp_path, vast_server):
     assert seg[7, :64, :64].min() == 0 and seg[7, :64, :64].max() > 0xFFFF
     assert painted.max() <= 0xFFFF and len(np.unique(painted[painted > 0])) == 32 * 32
     np.testing.assert_array_equal(painted > 0, seg[7, :64, :64] > 0)
+
+
+def test_affinity_training_through_run_training_and_engine(tmp_path):
+    import tifffile
+
+    from membrane_py.infer.engine import load_predictor
+    from membrane_py.train.checkpoint import load_checkpoint
+    from membrane_py.train.config import TrainJob
+    from membrane_py.train.trainer import run_training
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    s = make_synthetic((6, 64, 64), seed=1)
+    tifffile.imwrite(tmp_path / "em.tif", s.em, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "gt.tif", s.instances.astype(np.uint32),
+                     photometric="minisblack")
+    cfg = TrainJob(image_dir=str(tmp_path / "em.tif"), label_dir=str(tmp_path / "gt.tif"),
+                   out_dir=str(tmp_path / "runs"), target="affinities", context=1,
+                   patch_size=32, patches_per_epoch=8, val_patches=4, val_fraction=0.34,
+                   depth=2, base_filters=4, epochs=2, batch_size=4, device="cpu")
+    result = run_training(cfg)
+    assert len(result.history) == 2 and np.isfinite(result.history[-1]["val_loss"])
+    ck = load_checkpoint(result.best_path)
+    assert (ck.target, ck.context, ck.model_config.in_channels) == ("affinities", 1, 3)
+    assert ck.class_names == ["affinity_1_0_0", "affinity_0_1_0", "affinity_0_0_1"]
+    predictor = load_predictor(result.best_path, device="cpu", tile=32, margin=8)
+    out = predictor.predict(s.em[:3])
+    assert out.shape == (3, 3, 64, 64) and out.min() >= 0 and out.max() <= 1
+    assert not np.allclose(out.sum(axis=1), 1)  # independent sigmoids, not a softmax
+    # the neighbouring sections matter: changing section 0 changes section 1's prediction
+    changed = s.em[:3].copy()
+    changed[0] = 255 - changed[0]
+    assert not np.allclose(predictor.predict(changed)[1], out[1])
+    with pytest.raises(ValueError, match="backend='torch'"):
+        load_predictor(result.best_path, backend="onnx")
