@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from membrane_py.augment.affinities import IGNORE, affinities, apply_mapping
+from membrane_py.augment.affinities import IGNORE, affinities
 from membrane_py.augment.dataset import AffinityPatchDataset
+from membrane_py.augment.labels import apply_mapping
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.geometry import Box
 from membrane_py.segment import (
@@ -258,3 +259,30 @@ def test_affinity_training_through_run_training_and_engine(tmp_path):
     assert not np.allclose(predictor.predict(changed)[1], out[1])
     with pytest.raises(ValueError, match="backend='torch'"):
         load_predictor(result.best_path, backend="onnx")
+
+
+def test_gt_membrane_applies_a_fragment_to_body_mapping(tmp_path):
+    import h5py
+    import tifffile
+    from typer.testing import CliRunner
+
+    from membrane_py.augment.groundtruth import GtJob, run_gt
+    from membrane_py.augment.labels import read_label_image
+    from membrane_py.cli import app
+
+    fragments = np.zeros((1, 6, 9), np.uint32)
+    fragments[0, :, :3], fragments[0, :, 3:6], fragments[0, :, 6:] = 1, 2, 3
+    tifffile.imwrite(tmp_path / "frag.tif", fragments, photometric="minisblack")
+    with h5py.File(tmp_path / "gt.h5", "w") as f:
+        f["transforms"] = np.array([[1, 10], [2, 10], [3, 20]])
+    run_gt(GtJob("membrane", str(tmp_path / "frag.tif"), str(tmp_path / "out"), thickness=2,
+                 mapping=f"{tmp_path / 'gt.h5'}:transforms"))
+    (png,) = sorted((tmp_path / "out").glob("*.png"))
+    cols = np.flatnonzero((read_label_image(png) == 2).any(axis=0))
+    assert cols.size and cols.min() >= 5 and cols.max() <= 6  # only the body boundary 10 | 20
+    plain = GtJob("membrane", "x", "y", thickness=2).convert(fragments[0])
+    assert (plain[:, 2:4] == 2).any()  # without the mapping fragments 1 | 2 are cut apart
+    bad = CliRunner().invoke(app, ["gt", "membrane", str(tmp_path / "frag.tif"),
+                                   str(tmp_path / "o2"), "--mapping",
+                                   f"{tmp_path / 'gt.h5'}:nothere"])
+    assert bad.exit_code == 2 and "no dataset 'nothere'" in bad.output

@@ -53,18 +53,3 @@ def affinities(labels: np.ndarray,
         there = labels[:labels.shape[0] - dz, :labels.shape[1] - dy, :labels.shape[2] - dx]
         out[c, dz:, dy:, dx:] = (here == there) & (here != 0)
     return out
-
-
-def apply_mapping(fragments: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Fragment ids -> body ids by ``pairs`` rows (fragment, body), as FIB-25's
-    ``transforms``; ids without a row keep their value. Returns int64."""
-    pairs = np.asarray(pairs, dtype=np.int64)
-    if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise ValueError(f"a fragment -> body mapping is (N, 2) pairs, got shape {pairs.shape}")
-    ids = fragments.astype(np.int64, copy=False)
-    if ids.size and ids.min() < 0 or pairs.size and pairs.min() < 0:
-        raise ValueError("fragment and body ids must be >= 0")
-    top = max(int(ids.max(initial=0)), int(pairs[:, 0].max(initial=0)))
-    lut = np.arange(top + 1, dtype=np.int64)
-    lut[pairs[:, 0]] = pairs[:, 1]
-    return lut[ids]
