@@ -5,15 +5,17 @@ fragments mapped to bodies by ``transforms``). Protocol:
 
 1. Two networks train for half of ``--minutes`` each on sections 0-149 (the trainer is
    stopped by its cancel token when the time is up, and its last weights are used): a 2D
-   membrane U-Net (labels: ground-truth id 0 and contacts between bodies, 1 px) and a 2.5D
+   membrane U-Net (labels: 3-px bands between bodies, as `gt membrane` draws them, plus
+   any id 0) and a 2.5D
    affinity U-Net (one neighbouring section on each side as input channels; z, y, x
    affinities as targets).
-2. Both predict all 250 sections through the tiled engine
+2. Both predict the sections needed (99-249 by default) through the tiled engine
    (:func:`membrane_py.infer.engine.load_predictor`).
-3. Every method segments sections 50-149 and 150-249 separately. Its parameter (the merge
-   threshold, or ``h`` for the h-minima watersheds) is chosen by adapted Rand error on
-   sections 50-149 (training sections; 100 of them to keep the sweep short); the row
-   reports that choice scored on 150-249.
+3. Every method segments the tuning block (sections 100-149, ``--tune 50``; training
+   sections, fewer than 150 to keep the sweep short on a CPU) and the test block 150-249
+   (``--test 100``) separately. Its parameter (the merge threshold, or ``h`` for the
+   h-minima watersheds) is chosen by adapted Rand error on the tuning block only; the row
+   reports that choice scored on the test block. Smaller ``--test`` is for quick checks.
 4. The published FFN segmentation is scored on 150-249 (and on all 250 sections, to check
    the README's 0.157) by the same code.
 
@@ -24,7 +26,7 @@ FFN's is scored as published (its 0 = unlabelled counts as one id, as in the REA
 The JSON also times connected-components-3d / fastremap / edt against the scipy /
 numpy / scikit-image calls they replace.
 
-    python bench/neurons3d.py [--minutes 20] [--device auto] [--work DIR]
+    python bench/neurons3d.py [--minutes 20] [--tune 50] [--test 100] [--device auto]
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRAIN = slice(0, 150)
-TUNE = slice(50, 150)  # parameters are chosen on these training sections
-TEST = slice(150, 250)
 KEYS = ("adapted_rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
 WATERZ_THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]
 H_VALUES = [0.05, 0.1, 0.2]
@@ -87,7 +87,7 @@ def train(kind: str, em: np.ndarray, gt: np.ndarray, seconds: float, work: Path,
               "log_every": 8}
     if kind == "membrane":
         cfg = TrainJob(**common, n_classes=2)
-        labels = [instances_to_membrane(s, thickness=1, fill_ecs=True) for s in gt[TRAIN]]
+        labels = [instances_to_membrane(s, thickness=3, fill_ecs=True) for s in gt[TRAIN]]
         ds = OnTheFlyPatchDataset(list(em[TRAIN]), labels, 128, 64, pre, AugmentConfig(),
                                   seed=0)
     else:
@@ -112,13 +112,18 @@ def train(kind: str, em: np.ndarray, gt: np.ndarray, seconds: float, work: Path,
                            else None}
 
 
-def predict(model: Path, em: np.ndarray, device: str) -> tuple[np.ndarray, float]:
-    """(C, z, y, x) probabilities of a checkpoint over the whole volume, and seconds."""
+def predict(model: Path, em: np.ndarray, first: int, device: str) -> tuple[np.ndarray, float]:
+    """(C, z, y, x) probabilities of a checkpoint for sections ``first - 1 ..`` (0 before),
+    and seconds. Each section is one tile (margin 8: the sections are whole, so the margin
+    only reflects the volume's border)."""
     from membrane_py.infer.engine import load_predictor
 
     t0 = time.perf_counter()
-    out = load_predictor(model, device=device, tile=256).predict(em)
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3)), time.perf_counter() - t0
+    start = max(first - 1, 0)
+    part = load_predictor(model, device=device, tile=256, margin=8).predict(em[start:])
+    out = np.zeros((part.shape[1], *em.shape), np.float32)
+    out[:, start:] = part.transpose(1, 0, 2, 3)
+    return out, time.perf_counter() - t0
 
 
 def score(seg: np.ndarray, gt: np.ndarray, boundary: np.ndarray | None) -> dict:
@@ -132,27 +137,28 @@ def score(seg: np.ndarray, gt: np.ndarray, boundary: np.ndarray | None) -> dict:
 
 
 def sweep(name: str, network: str, param: str, values, segment, gt: np.ndarray,
-          boundary: np.ndarray) -> dict:
+          boundary: np.ndarray, tune: slice, test: slice) -> dict:
     """Choose ``param`` on sections 50-149 by adapted Rand error; score it on 150-249.
     ``segment(block, values)`` yields one segmentation per value for a block slice."""
-    log(f"{name} on the {network} network: sweeping {param} on 50-149")
+    log(f"{name} on the {network} network: sweeping {param}")
     t0 = time.perf_counter()
-    tuning = [score(seg, gt[TUNE], boundary[TUNE])["adapted_rand_error"]
-              for seg in segment(TUNE, values)]
+    tuning = [score(seg, gt[tune], boundary[tune])["adapted_rand_error"]
+              for seg in segment(tune, values)]
     best = values[int(np.argmin(tuning))]
     t1 = time.perf_counter()
-    (seg,) = list(segment(TEST, [best]))
+    (seg,) = list(segment(test, [best]))
     seconds = time.perf_counter() - t1
     row = {"method": name, "network": network, param: best,
-           "tuning_error_50_149": round(min(tuning), 4), **score(seg, gt[TEST], boundary[TEST]),
+           "tuning_error": round(min(tuning), 4), **score(seg, gt[test], boundary[test]),
            "objects": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
-           "segment_seconds_150_249": round(seconds, 1),
+           "segment_seconds_test": round(seconds, 1),
            "sweep_seconds": round(t1 - t0, 1)}
     log(json.dumps(row))
     return row
 
 
-def methods(membrane: np.ndarray, affs: np.ndarray, gt: np.ndarray) -> list[dict]:
+def methods(membrane: np.ndarray, affs: np.ndarray, gt: np.ndarray, tune: slice,
+            test: slice) -> list[dict]:
     from membrane_py.segment import (
         AgglomerationKnobs,
         InstanceConfig,
@@ -169,35 +175,33 @@ def methods(membrane: np.ndarray, affs: np.ndarray, gt: np.ndarray) -> list[dict
         rows.append(sweep("2D h-minima watershed, linked across sections (--mode 3d)", network,
                           "h", H_VALUES, lambda b, vs, p=prob: (
                               agglomerate(segment_stack(p[b], InstanceConfig(h=v)))
-                              for v in vs), gt, prob))
-        rows.append(sweep("3D h-minima watershed (--mode watershed3d)", network, "h",
-                          H_VALUES, lambda b, vs, p=prob: (
-                              watershed_3d(p[b], InstanceConfig(h=v), 500) for v in vs),
-                          gt, prob))
+                              for v in vs), gt, prob, tune, test))
+    rows.append(sweep("3D h-minima watershed (--mode watershed3d)", "membrane 2D", "h",
+                      [0.05, 0.2], lambda b, vs: (
+                          watershed_3d(membrane[b], InstanceConfig(h=v), 500) for v in vs),
+                      gt, membrane, tune, test))
     derived = boundary_affinities(membrane)
     variants = [("membrane 2D", derived, AgglomerationKnobs(), "waterz mean, distance seeds"),
                 ("affinity 2.5D", affs, AgglomerationKnobs(), "waterz mean, distance seeds"),
                 ("affinity 2.5D", affs, AgglomerationKnobs(fragmenter="zwatershed"),
                  "waterz mean, waterz zwatershed fragments"),
                 ("affinity 2.5D", affs, AgglomerationKnobs(scoring="quantile", quantile=50),
-                 "waterz median, distance seeds"),
-                ("affinity 2.5D", affs, AgglomerationKnobs(scoring="quantile", quantile=25),
-                 "waterz 25th percentile, distance seeds")]
+                 "waterz median, distance seeds")]
     for network, a, knobs, name in variants:
         boundary = 1.0 - a[:3].mean(axis=0)
         rows.append(sweep(f"affinity agglomeration ({name})", network, "threshold",
                           WATERZ_THRESHOLDS, lambda b, vs, a=a, k=knobs: agglomerate_affinities(
-                              a[:, b], vs, k), gt, boundary))
+                              a[:, b], vs, k), gt, boundary, tune, test))
     return rows
 
 
-def ffn(gt: np.ndarray) -> list[dict]:
+def ffn(gt: np.ndarray, test: slice) -> list[dict]:
     path = DATA / "ffn_fib25_model" / "sample-training2.npz"
     if not path.is_file():
         return [{"method": "FFN (published)", "skipped": f"{path} not found"}]
     seg = np.load(path)["segmentation"]
     return [{"method": "FFN (published segmentation, Januszewski et al. 2018)",
-             "sections": "150-249", **score(seg[TEST], gt[TEST], None)},
+             "sections": f"{test.start}-{test.stop - 1}", **score(seg[test], gt[test], None)},
             {"method": "FFN (published segmentation, Januszewski et al. 2018)",
              "sections": "0-249", **score(seg, gt, None)}]
 
@@ -238,17 +242,25 @@ def main() -> None:
                     help="training budget for both networks together (wall clock)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", default="bench_neurons3d_runs", help="checkpoint folder")
+    ap.add_argument("--tune", type=int, default=50,
+                    help="choose parameters on sections 150-N..149 (training sections)")
+    ap.add_argument("--test", type=int, default=100,
+                    help="score on sections 150..149+N (100: the protocol)")
     args = ap.parse_args()
     if not (DATA / "fib25_sample2").is_dir():
         print(json.dumps({"bench": "neurons3d", "skipped": f"{DATA / 'fib25_sample2'} not found"}))
         return
     from membrane_py.train.device import device_description, pick_device
 
+    if not (1 <= args.tune <= 150 and 1 <= args.test <= 100):
+        ap.error("--tune must lie in 1..150 and --test in 1..100")
+    tune, test = slice(150 - args.tune, 150), slice(150, 150 + args.test)
     em, gt = load()
     work = Path(args.work)
     out = {"bench": "neurons3d", "device": device_description(pick_device(args.device)),
            "budget_minutes": args.minutes, "train_sections": "0-149",
-           "tuning_sections": "50-149", "test_sections": "150-249", "training": {},
+           "tuning_sections": f"{tune.start}-{tune.stop - 1}",
+           "test_sections": f"{test.start}-{test.stop - 1}", "training": {},
            "prediction_seconds": {}}
     half = args.minutes * 60 / 2
     models = {}
@@ -256,14 +268,15 @@ def main() -> None:
         log(f"training the {kind} network for {half:.0f} s")
         models[kind], out["training"][kind] = train(kind, em, gt, half, work, args.device)
     log("predicting")
-    membrane, seconds = predict(models["membrane"], em, args.device)
+    em = em[:test.stop]
+    membrane, seconds = predict(models["membrane"], em, tune.start, args.device)
     out["prediction_seconds"]["membrane"] = round(seconds, 1)
-    affs, seconds = predict(models["affinity"], em, args.device)
+    affs, seconds = predict(models["affinity"], em, tune.start, args.device)
     out["prediction_seconds"]["affinity"] = round(seconds, 1)
     out["membrane_fraction"] = {
-        "predicted (p > 0.5)": round(float((membrane[1] > 0.5).mean()), 3),
-        "ground truth (id 0)": round(float((gt == 0).mean()), 3)}
-    out["rows"] = methods(membrane[1], affs, gt) + ffn(gt)
+        "predicted (p > 0.5), test sections": round(float((membrane[1][test] > 0.5).mean()), 3),
+        "ground truth (id 0), test sections": round(float((gt[test] == 0).mean()), 3)}
+    out["rows"] = methods(membrane[1], affs, gt[:test.stop], tune, test) + ffn(gt, test)
     out["libraries_seconds"] = libraries(gt)
     print(json.dumps(out, indent=1))
 

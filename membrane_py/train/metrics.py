@@ -14,7 +14,9 @@ s_i = sum_j p_ij and t_j = sum_i p_ij:
 - V_info split = I(S;T) / H(S), V_info merge = I(S;T) / H(T), V_info = harmonic mean.
 - VI split = H(S|T), VI merge = H(T|S) in bits (0 is perfect), from scikit-image.
 - adapted Rand error = 1 - Rand F-score as scikit-image counts it (pairs of distinct pixels),
-  with its precision (low when S merges true objects) and recall (low when S splits them).
+  with its precision and recall as scikit-image names them: ``sum p_ij^2`` over the sum of
+  squared true object sizes (low when S splits true objects), and over the sum of squared
+  segment sizes (low when S merges them).
 """
 
 from __future__ import annotations
