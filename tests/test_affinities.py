@@ -286,3 +286,31 @@ def test_gt_membrane_applies_a_fragment_to_body_mapping(tmp_path):
                                    str(tmp_path / "o2"), "--mapping",
                                    f"{tmp_path / 'gt.h5'}:nothere"])
     assert bad.exit_code == 2 and "no dataset 'nothere'" in bad.output
+
+
+def test_paint_agglomerate_into_vast(tmp_path, vast_server):
+    import tifffile
+
+    from membrane_py.edit.paint import PaintJob, run_paint
+    from membrane_py.predict.job import RegionSpec
+    from membrane_py.segment import membrane_map_from_labels, to_probability
+    from membrane_py.vastapi.client import VastClient
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    s = make_synthetic((8, 256, 256), seed=0)  # the volume the server serves
+    prob_u8 = (1 + membrane_map_from_labels(s.instances, seed=3) * 254).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "prob.tif", prob_u8, photometric="minisblack")
+    knobs = AgglomerationKnobs(threshold=0.4)
+    result = run_paint(PaintJob(str(tmp_path / "prob.tif"),
+                                vast=f"vast://{vast_server.host}:{vast_server.port}",
+                                mode="agglomerate", affinity=knobs, save=False,
+                                region=RegionSpec("box", [0, 127, 0, 127, 2, 5])))
+    expected = segment_affinities(boundary_affinities(to_probability(prob_u8[2:6, :128, :128])),
+                                  knobs)
+    with VastClient(vast_server.host, vast_server.port) as client:
+        client.set_selected_api_layer(result.layer)
+        painted = client.get_seg_image(Box(2, 6, 0, 128, 0, 128))
+    assert expected.max() > 3
+    pairs = np.unique(np.stack([painted.ravel(), expected.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(expected))  # the same partition, renumbered
+    np.testing.assert_array_equal(painted > 0, expected > 0)
