@@ -314,3 +314,29 @@ def test_paint_agglomerate_into_vast(tmp_path, vast_server):
     pairs = np.unique(np.stack([painted.ravel(), expected.ravel()]), axis=1)
     assert pairs.shape[1] == len(np.unique(expected))  # the same partition, renumbered
     np.testing.assert_array_equal(painted > 0, expected > 0)
+
+
+def test_auto_mode_follows_the_voxel_size(tmp_path):
+    import tifffile
+
+    from membrane_py.edit.instances import (
+        ANISOTROPIC_MODE,
+        ISOTROPIC_MODE,
+        InstanceJob,
+        auto_mode,
+        run_instances,
+    )
+    from membrane_py.segment import membrane_map_from_labels
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    assert auto_mode((10, 10, 10)) == auto_mode((1, 1, 1)) == ISOTROPIC_MODE
+    assert auto_mode((50, 4, 4)) == ANISOTROPIC_MODE
+    assert auto_mode((50, 4, 4), mip=3) == ISOTROPIC_MODE  # 32 nm pixels at mip 3
+    s = make_synthetic((4, 96, 96), seed=5)
+    prob = (1 + membrane_map_from_labels(s.instances, seed=1) * 254).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "prob.tif", prob, photometric="minisblack")
+    events = []
+    result = run_instances(InstanceJob([str(tmp_path / "prob.tif")], str(tmp_path / "o.tif")),
+                           events.append)
+    assert result.mode == ISOTROPIC_MODE and result.n_objects > 3  # a TIFF knows no voxel size
+    assert any(e.kind == "log" and ISOTROPIC_MODE in e.message for e in events)

@@ -80,8 +80,9 @@ def instances(
     output: Path = typer.Option(..., "--output", "-o", help="a .zarr directory, a .tif file, "
                                 "or a folder for RGB tiles with a .vsvi"),
     layer: list[int] = typer.Option(None, help="VAST image layer of each VAST source, in order"),
-    mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
-                             "sections), watershed3d, agglomerate (fragments merged up to "
+    mode: str = typer.Option("auto", help="auto (by voxel size: see docs/instances.md), 2d "
+                             "(per section), 3d (2D segments linked across sections), "
+                             "watershed3d, agglomerate (fragments merged up to "
                              "--merge-threshold) or affinities (three sources: z, y, x "
                              "affinities)"),
     box: str = BOX,

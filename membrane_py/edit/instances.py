@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -52,7 +52,22 @@ from membrane_py.volumes.open import open_source
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
 COLORINGS = ("ids", "palette")
-MODES = ("2d", "3d", "watershed3d", "agglomerate", "affinities")
+MODES = ("auto", "2d", "3d", "watershed3d", "agglomerate", "affinities")
+#: what ``auto`` picks for membrane maps, by the source's voxel size; measured with network
+#: predictions in bench/neurons3d.py (FIB-25, isotropic) and bench/instances.py (snemi-mini's
+#: shipped maps, serial sections); see docs/instances.md
+ISOTROPIC_MODE = "agglomerate"
+ANISOTROPIC_MODE = "3d"
+ANISOTROPY = 2.0  # z step / xy pixel above which a stack counts as serial sections
+
+
+def auto_mode(voxel_size: Sequence[float], mip: int = 0) -> str:
+    """The ``auto`` mode for a source of ``voxel_size`` (z, y, x; of mip 0) read at ``mip``:
+    :data:`ANISOTROPIC_MODE` when z steps exceed :data:`ANISOTROPY` times the pixel, else
+    :data:`ISOTROPIC_MODE`. Sources that do not know their voxel size report (1, 1, 1) and
+    count as isotropic."""
+    z, y, x = (float(v) for v in voxel_size)
+    return ANISOTROPIC_MODE if z > ANISOTROPY * max(y, x) * 2**mip else ISOTROPIC_MODE
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:
@@ -171,7 +186,8 @@ class InstanceJob(JobSpec):
     """Probability volume(s) -> instance ids -> zarr, TIFF or RGB tiles with a .vsvi.
 
     ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
-    are taken from ``layers`` in order. ``mode``: ``2d`` (per section), ``3d`` (2D segments
+    are taken from ``layers`` in order. ``mode``: ``auto`` (the measured best for membrane
+    maps by voxel size, :func:`auto_mode`), ``2d`` (per section), ``3d`` (2D segments
     linked across sections), ``watershed3d`` (seeds and flooding in 3D), ``agglomerate``
     (fragments of the membrane map merged hierarchically up to ``affinity.threshold``, see
     :mod:`membrane_py.segment.affinity`) or ``affinities`` (the same on predicted affinities:
@@ -185,7 +201,7 @@ class InstanceJob(JobSpec):
     sources: list[str]
     output: str
     layers: list[int] = field(default_factory=lambda: [0])
-    mode: str = "2d"
+    mode: str = "auto"
     box: list[int] | None = None
     mip: int = 0
     invert: bool = False
@@ -216,15 +232,17 @@ class InstanceJob(JobSpec):
 
 @dataclass
 class InstanceResult(Result):
-    """What was written (the descriptor for tiles), the box processed (at the job's mip)
-    and the number of objects."""
+    """What was written (the descriptor for tiles), the box processed (at the job's mip),
+    the number of objects and the mode used (``auto`` resolved)."""
 
     path: Path
     box: Box
     n_objects: int
+    mode: str = ""
 
     def summary(self) -> str:
-        return f"{self.n_objects} objects in box {list(self.box.to_vast())} -> {self.path}"
+        return (f"{self.n_objects} objects ({self.mode}) in box {list(self.box.to_vast())} -> "
+                f"{self.path}")
 
 
 def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
@@ -258,10 +276,16 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
         else:
             prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
         voxel_size = sources[0].voxel_size
-    labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
-                            progress, cancel, job.affinity)
+    mode, knobs = job.mode, job.affinity
+    if mode == "auto":
+        mode = auto_mode(voxel_size, job.mip)
+        anisotropic = mode == ANISOTROPIC_MODE
+        knobs = replace(knobs, sections=knobs.sections or anisotropic)
+        report(progress, Event.log(f"mode auto: {mode} (voxel size {voxel_size})", "instances"))
+    labels = segment_volume(prob, mode, job.instances, job.agglomeration, job.min_size_3d,
+                            progress, cancel, knobs)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
-                           voxel_size=voxel_size, name=f"instances ({job.mode})",
-                           colors=job.colors, attrs={"job": job.to_dict()})
+                           voxel_size=voxel_size, name=f"instances ({mode})",
+                           colors=job.colors, attrs={"job": job.to_dict(), "mode": mode})
     report(progress, Event.artifact(path, "instances", "instance segmentation"))
-    return InstanceResult(path, box, int(labels.max(initial=0)))
+    return InstanceResult(path, box, int(labels.max(initial=0)), mode)
