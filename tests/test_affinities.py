@@ -340,3 +340,15 @@ def test_auto_mode_follows_the_voxel_size(tmp_path):
                            events.append)
     assert result.mode == ISOTROPIC_MODE and result.n_objects > 3  # a TIFF knows no voxel size
     assert any(e.kind == "log" and ISOTROPIC_MODE in e.message for e in events)
+
+
+def test_train_job_checks_target_and_context():
+    from membrane_py.train.config import TrainJob
+
+    job = TrainJob(target="affinities", context=2, offsets=[[1, 0, 0], [0, 1, 0], [0, 0, 9]])
+    assert TrainJob.from_dict(json.loads(job.to_json())) == job
+    assert job.model_config(3).in_channels == 5
+    for bad, why in (({"context": 1}, "needs target affinities"), ({"target": "boxes"}, "target"),
+                     ({"target": "affinities", "offsets": [[0, 0, 0], [1, 0, 0]]}, "non-zero")):
+        with pytest.raises(ValueError, match=why):
+            TrainJob(**bad)

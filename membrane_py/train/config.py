@@ -106,6 +106,8 @@ class TrainJob(JobSpec):
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}"),
             (self.context >= 0, "context (sections on each side) must be >= 0"),
+            (self.context == 0 or self.target == "affinities",
+             "context (2.5D input) needs target affinities; class datasets read one section"),
             (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
              "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
