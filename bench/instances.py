@@ -20,7 +20,7 @@ non-zero, after growing the segments over their 0 (membrane) pixels so they tile
 volume, as ISBI-style scoring expects; 2D scores are means over sections against each
 section's connected ground-truth pieces.
 
-    python bench/instances.py [--sections 250] [--h 0.05] [--min-size 70]
+    python bench/instances.py [--sections 250] [--h 0.05] [--min-size 70] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--h", type=float, default=InstanceConfig.h)
     ap.add_argument("--min-size", type=int, default=InstanceConfig.min_size)
     ap.add_argument("--min-size-3d", type=int, default=500)
+    ap.add_argument("--only", nargs="*", choices=list(DATASETS), help="run these datasets only")
     args = ap.parse_args()
     cfg = InstanceConfig(h=args.h, min_size=args.min_size)
     agg = AgglomerationConfig()
@@ -151,6 +152,8 @@ def main() -> None:
         "min_size_3d": args.min_size_3d, "datasets": {},
     }
     for name, (folder, load) in DATASETS.items():
+        if args.only and name not in args.only:
+            continue
         if not folder.is_dir():
             result["datasets"][name] = {"skipped": f"{folder} not found"}
             continue
