@@ -324,6 +324,7 @@ def test_auto_mode_follows_the_voxel_size(tmp_path):
         ISOTROPIC_MODE,
         InstanceJob,
         auto_mode,
+        is_anisotropic,
         run_instances,
     )
     from membrane_py.segment import membrane_map_from_labels
@@ -331,7 +332,8 @@ def test_auto_mode_follows_the_voxel_size(tmp_path):
 
     assert auto_mode((10, 10, 10)) == auto_mode((1, 1, 1)) == ISOTROPIC_MODE
     assert auto_mode((50, 4, 4)) == ANISOTROPIC_MODE
-    assert auto_mode((50, 4, 4), mip=3) == ISOTROPIC_MODE  # 32 nm pixels at mip 3
+    assert not is_anisotropic((10, 10, 10)) and is_anisotropic((50, 4, 4))
+    assert not is_anisotropic((50, 4, 4), mip=3)  # 32 nm pixels at mip 3
     s = make_synthetic((4, 96, 96), seed=5)
     prob = (1 + membrane_map_from_labels(s.instances, seed=1) * 254).astype(np.uint8)
     tifffile.imwrite(tmp_path / "prob.tif", prob, photometric="minisblack")

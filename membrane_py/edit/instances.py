@@ -57,17 +57,22 @@ MODES = ("auto", "2d", "3d", "watershed3d", "agglomerate", "affinities")
 #: predictions in bench/neurons3d.py (FIB-25, isotropic) and bench/instances.py (snemi-mini's
 #: shipped maps, serial sections); see docs/instances.md
 ISOTROPIC_MODE = "agglomerate"
-ANISOTROPIC_MODE = "3d"
+ANISOTROPIC_MODE = "agglomerate"  # with fragments seeded per section
 ANISOTROPY = 2.0  # z step / xy pixel above which a stack counts as serial sections
 
 
-def auto_mode(voxel_size: Sequence[float], mip: int = 0) -> str:
-    """The ``auto`` mode for a source of ``voxel_size`` (z, y, x; of mip 0) read at ``mip``:
-    :data:`ANISOTROPIC_MODE` when z steps exceed :data:`ANISOTROPY` times the pixel, else
-    :data:`ISOTROPIC_MODE`. Sources that do not know their voxel size report (1, 1, 1) and
-    count as isotropic."""
+def is_anisotropic(voxel_size: Sequence[float], mip: int = 0) -> bool:
+    """True when the z step of a source of ``voxel_size`` (z, y, x; of mip 0) read at ``mip``
+    exceeds :data:`ANISOTROPY` times its pixel. Sources that do not know their voxel size
+    report (1, 1, 1) and count as isotropic."""
     z, y, x = (float(v) for v in voxel_size)
-    return ANISOTROPIC_MODE if z > ANISOTROPY * max(y, x) * 2**mip else ISOTROPIC_MODE
+    return z > ANISOTROPY * max(y, x) * 2**mip
+
+
+def auto_mode(voxel_size: Sequence[float], mip: int = 0) -> str:
+    """The ``auto`` mode for a source (:data:`ANISOTROPIC_MODE` or :data:`ISOTROPIC_MODE`
+    by :func:`is_anisotropic`)."""
+    return ANISOTROPIC_MODE if is_anisotropic(voxel_size, mip) else ISOTROPIC_MODE
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:
@@ -187,7 +192,8 @@ class InstanceJob(JobSpec):
 
     ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
     are taken from ``layers`` in order. ``mode``: ``auto`` (the measured best for membrane
-    maps by voxel size, :func:`auto_mode`), ``2d`` (per section), ``3d`` (2D segments
+    maps by voxel size, :func:`auto_mode`; fragments seeded per section when
+    :func:`is_anisotropic`), ``2d`` (per section), ``3d`` (2D segments
     linked across sections), ``watershed3d`` (seeds and flooding in 3D), ``agglomerate``
     (fragments of the membrane map merged hierarchically up to ``affinity.threshold``, see
     :mod:`membrane_py.segment.affinity`) or ``affinities`` (the same on predicted affinities:
@@ -279,8 +285,7 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
     mode, knobs = job.mode, job.affinity
     if mode == "auto":
         mode = auto_mode(voxel_size, job.mip)
-        anisotropic = mode == ANISOTROPIC_MODE
-        knobs = replace(knobs, sections=knobs.sections or anisotropic)
+        knobs = replace(knobs, sections=knobs.sections or is_anisotropic(voxel_size, job.mip))
         report(progress, Event.log(f"mode auto: {mode} (voxel size {voxel_size})", "instances"))
     labels = segment_volume(prob, mode, job.instances, job.agglomeration, job.min_size_3d,
                             progress, cancel, knobs)
