@@ -241,7 +241,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=20.0,
                     help="training budget for both networks together (wall clock)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", default="bench_neurons3d_runs", help="checkpoint folder")
+    ap.add_argument("--work", default="bench/results/neurons3d", help="checkpoint folder")
     ap.add_argument("--tune", type=int, default=50,
                     help="choose parameters on sections 150-N..149 (training sections)")
     ap.add_argument("--test", type=int, default=100,
