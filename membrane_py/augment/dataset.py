@@ -1,13 +1,15 @@
 """PyTorch datasets over written patch folders or sampled on the fly from whole images.
 
-Both return ``(image float32 (1, H, W), label int64 (H, W))`` with 0 = unknown and classes
-1..K, use the same sampler and augmentation code as the patch writer, and draw every random
-choice from ``numpy.random.default_rng([seed, index])``: deterministic per (seed, index),
-independent of DataLoader worker layout.
+The class datasets return ``(image float32 (1, H, W), label int64 (H, W))`` with 0 = unknown
+and classes 1..K, use the same sampler and augmentation code as the patch writer, and draw
+every random choice from ``numpy.random.default_rng([seed, index])``: deterministic per
+(seed, index), independent of DataLoader worker layout. :class:`AffinityPatchDataset`
+samples a labelled volume for affinity training instead (2.5D input, affinity targets).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from membrane_py.augment import labels as L
+from membrane_py.augment.affinities import NEAREST, affinities, check_offsets
 from membrane_py.augment.patches import pair_by_name, read_manifest
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.augment.sampling import SaturatedSampler, cut_patch
@@ -118,3 +121,59 @@ class OnTheFlyPatchDataset(Dataset):
         if self.augment is not None:
             image, label, _ = augment_pair(image, label, self.augment, rng)
         return _to_tensors(image, label, self.preprocess)
+
+
+class AffinityPatchDataset(Dataset):
+    """Random 2.5D samples of an EM volume with instance labels, for affinity training.
+
+    Item ``i`` is (image float32 (2 * context + 1, P, P), target uint8 (C, P, P)): a random
+    section ``z`` and window, EM of sections ``z - context .. z + context`` (clamped at the
+    volume's ends) preprocessed as prediction will, and the affinities of section ``z``
+    (:func:`affinities` of the labels of ``z - max dz .. z``). Samples are flipped and
+    transposed in (y, x) at random when ``augment``; the labels are transformed before the
+    affinities are computed, so the x and y channels stay right. Deterministic per
+    ``(seed, i)``.
+    """
+
+    def __init__(self, em: np.ndarray, labels: np.ndarray, patch_size: int, length: int,
+                 preprocessing: PreprocessConfig, context: int = 1,
+                 offsets: Sequence[Sequence[int]] = NEAREST, augment: bool = True,
+                 seed: int = 0) -> None:
+        if em.shape != labels.shape or em.ndim != 3:
+            raise ValueError(f"EM {em.shape} and labels {labels.shape} must be one (z, y, x) "
+                             "shape")
+        if min(em.shape[1:]) < patch_size:
+            raise ValueError(f"patch_size {patch_size} exceeds the sections {em.shape[1:]}")
+        self.offsets = check_offsets(offsets)
+        self.reach = max(d[0] for d in self.offsets)
+        if em.shape[0] <= self.reach:
+            raise ValueError(f"{em.shape[0]} sections are too few for z offsets of "
+                             f"{self.reach}")
+        self.em = preprocess(em, preprocessing).astype(np.float32, copy=False)
+        self.labels = labels
+        self.patch_size, self.length, self.context = patch_size, length, context
+        self.augment, self.seed = augment, seed
+        self.preprocess = preprocessing
+        self.n_classes = len(self.offsets)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, i))
+        p, (nz, ny, nx) = self.patch_size, self.em.shape
+        z = int(rng.integers(self.reach, nz))
+        y, x = int(rng.integers(0, ny - p + 1)), int(rng.integers(0, nx - p + 1))
+        zs = np.clip(np.arange(z - self.context, z + self.context + 1), 0, nz - 1)
+        image = self.em[zs, y:y + p, x:x + p]
+        lab = self.labels[z - self.reach:z + 1, y:y + p, x:x + p]
+        if self.augment:
+            k = rng.integers(0, 8)
+            if k & 1:
+                image, lab = image[:, ::-1], lab[:, ::-1]
+            if k & 2:
+                image, lab = image[:, :, ::-1], lab[:, :, ::-1]
+            if k & 4:
+                image, lab = image.transpose(0, 2, 1), lab.transpose(0, 2, 1)
+        target = affinities(np.ascontiguousarray(lab), self.offsets)[:, -1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(target)

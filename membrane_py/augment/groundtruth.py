@@ -62,6 +62,7 @@ class GtJob(JobSpec):
     box: list[int] | None = None
     mip: int = 0
     images: str | None = None
+    mapping: str | None = None
 
     def __post_init__(self) -> None:
         if self.conversion not in CONVERSIONS:
@@ -74,9 +75,13 @@ class GtJob(JobSpec):
             raise ValueError(f"mip must be >= 0, got {self.mip}")
         if self.box is not None:
             Box.from_vast_list(self.box)
+        if self.mapping and self.conversion != "membrane":
+            raise ValueError("a fragment -> body mapping applies to the membrane conversion only")
 
-    def convert(self, labels: np.ndarray) -> np.ndarray:
-        """One 2D label image -> the uint8 PNG this job writes."""
+    def convert(self, labels: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
+        """One 2D label image -> the uint8 PNG this job writes (``pairs``: the mapping read)."""
+        if pairs is not None:
+            labels = L.apply_mapping(labels, pairs)
         if self.conversion == "import":
             return self._import(labels)
         if self.label_map:
@@ -142,6 +147,7 @@ def run_gt(job: GtJob, progress: ProgressCallback | None = None,
            cancel: CancelToken | None = None) -> GtResult:
     """Convert every image (or slice); write ``<stem>_border|_skel|_label.png`` atomically."""
     suffix = _SUFFIX[job.conversion]
+    pairs = L.read_mapping(job.mapping) if job.mapping else None
     inputs = _inputs(job)
     task = f"gt {job.conversion}"
     written = []
@@ -150,7 +156,7 @@ def run_gt(job: GtJob, progress: ProgressCallback | None = None,
         report(progress, Event.progress(task, i, len(inputs), stem))
         labels = L.read_label_image(item) if isinstance(item, Path) else item
         out = Path(job.output) / f"{stem}{suffix}.png"
-        converted = job.convert(labels)
+        converted = job.convert(labels, pairs)
         write_png(out, converted)
         written.append(out)
         if (preview := class_preview(converted)) is not None:  # {1, 2} looks black

@@ -161,6 +161,60 @@ def map_values(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     return vals[np.searchsorted(keys, labels.astype(np.int64))]
 
 
+def apply_mapping(fragments: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Fragment ids -> body ids by ``pairs`` rows (fragment, body), as FIB-25's
+    ``transforms``; ids without a row keep their value. Returns int64."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"a fragment -> body mapping is (N, 2) pairs, got shape {pairs.shape}")
+    ids = fragments.astype(np.int64, copy=False)
+    if ids.size and ids.min() < 0 or pairs.size and pairs.min() < 0:
+        raise ValueError("fragment and body ids must be >= 0")
+    top = max(int(ids.max(initial=0)), int(pairs[:, 0].max(initial=0)))
+    lut = np.arange(top + 1, dtype=np.int64)
+    lut[pairs[:, 0]] = pairs[:, 1]
+    return lut[ids]
+
+
+def read_mapping(spec: str | Path) -> np.ndarray:
+    """Fragment -> body pairs (int64 (N, 2)) from ``file.h5:dataset`` (``.h5.gz`` too, as
+    FIB-25's ``groundtruth.h5.gz:transforms``), a ``.npy`` file or a two-column ``.csv`` /
+    ``.txt`` (comma- or space-separated)."""
+    import h5py
+
+    from membrane_py.volumes.hdf5 import gunzip_cached
+
+    text = str(spec)
+    path, inner = Path(text), ""
+    if not path.exists() and ":" in text:
+        head, inner = text.rsplit(":", 1)
+        path = Path(head)
+    if not path.is_file():
+        raise FileNotFoundError(f"mapping file {path} not found")
+    name = path.name.lower()
+    try:
+        if name.endswith((".h5", ".hdf5", ".h5.gz", ".hdf5.gz")):
+            if not inner:
+                raise ValueError(f"name the dataset of {path}: '{path}:transforms'")
+            local = gunzip_cached(path) if name.endswith(".gz") else path
+            with h5py.File(local, "r") as f:
+                if inner not in f:
+                    raise ValueError(f"{path} has no dataset {inner!r}; it holds {list(f)}")
+                pairs = f[inner][()]
+        elif name.endswith(".npy"):
+            pairs = np.load(path, allow_pickle=False)
+        else:
+            pairs = np.loadtxt(path, delimiter="," if name.endswith(".csv") else None,
+                               dtype=np.int64, ndmin=2)
+    except OSError as e:
+        raise ValueError(f"cannot read the mapping {path}: {e}") from e
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+        raise ValueError(f"a mapping holds integer (fragment, body) pairs, (N, 2); {text} "
+                         f"holds {pairs.dtype} {pairs.shape}")
+    return pairs.astype(np.int64)
+
+
 def binary_to_classes(mask: np.ndarray, membrane_value: int = 0) -> np.ndarray:
     """Binary membrane mask (ISBI: 0 = membrane, 255 = interior) -> 1 non-membrane / 2 membrane."""
     values = np.unique(mask)

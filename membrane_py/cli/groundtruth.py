@@ -43,6 +43,8 @@ def gt_membrane(
     thickness: int = typer.Option(3, min=1, help="membrane band width in pixels"),
     fill_ecs: bool = typer.Option(False, help="label-0 pixels (extracellular space) -> membrane"),
     unknown_id: int = typer.Option(None, help="input id that means unknown; stays 0 in output"),
+    mapping: str = typer.Option(None, help="fragment -> body pairs applied first: FILE.h5:DATASET "
+                                "(e.g. groundtruth.h5.gz:transforms), .npy or two-column .csv"),
     box: str = BOX,
     mip: int = MIP,
     images: Path = EM_IMAGES,
@@ -50,7 +52,7 @@ def gt_membrane(
 ) -> None:
     """Neuron instance labels -> membrane labels (1 non-membrane, 2 membrane, 0 unknown)."""
     _gt(save_job, conversion="membrane", input=input, output=str(output), thickness=thickness,
-        fill_ecs=fill_ecs, unknown_id=unknown_id, box=box_option(box), mip=mip,
+        fill_ecs=fill_ecs, unknown_id=unknown_id, mapping=mapping, box=box_option(box), mip=mip,
         images=str(images) if images else None)
 
 

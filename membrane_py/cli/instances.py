@@ -44,6 +44,14 @@ LAYER = typer.Option(None, help="target segmentation layer number (default: a ne
 SAVE = typer.Option(True, help="save the layer (SAVELAYER) at the end")
 SAVE_PATH = typer.Option("", help="file name for SAVELAYER (default: VAST's own)")
 OVERWRITE = typer.Option(False, help="also paint over voxels that are already painted")
+MERGE_THRESHOLD = typer.Option(
+    0.5, help="agglomerate/affinities: regions merge while the boundary between them scores "
+    "below this (0..1; higher = fewer splits, more merges)")
+SCORING = typer.Option("mean", help="agglomerate/affinities: boundary score, mean or quantile "
+                       "(of the affinities across the contact)")
+QUANTILE = typer.Option(50, help="--scoring quantile: the percentile used")
+MIN_SIZE_AGGLOMERATE = typer.Option(100, help="agglomerate/affinities: objects smaller "
+                                    "(voxels) removed")
 
 
 def _instance_config(h: float, threshold: float, min_size: int, sigma: float, window: int,
@@ -53,6 +61,13 @@ def _instance_config(h: float, threshold: float, min_size: int, sigma: float, wi
     w = tuple(floats_option(weights, "--weights"))
     return spec_or_exit(InstanceConfig, h=h, membrane_threshold=threshold, min_size=min_size,
                         sigma=sigma, window=window, halo=halo, weights=w)
+
+
+def _knobs(threshold: float, scoring: str, quantile: int, min_size: int):
+    from membrane_py.segment.affinity import AgglomerationKnobs
+
+    return spec_or_exit(AgglomerationKnobs, threshold=threshold, scoring=scoring,
+                        quantile=quantile, min_size=min_size)
 
 
 def _agglomeration(px: int, fraction: float):
@@ -67,8 +82,11 @@ def instances(
     output: Path = typer.Option(..., "--output", "-o", help="a .zarr directory, a .tif file, "
                                 "or a folder for RGB tiles with a .vsvi"),
     layer: list[int] = typer.Option(None, help="VAST image layer of each VAST source, in order"),
-    mode: str = typer.Option("2d", help="2d (per section), 3d (2D segments linked across "
-                             "sections) or watershed3d"),
+    mode: str = typer.Option("auto", help="auto (by voxel size: see docs/instances.md), 2d "
+                             "(per section), 3d (2D segments linked across sections), "
+                             "watershed3d, agglomerate (fragments merged up to "
+                             "--merge-threshold) or affinities (three sources: z, y, x "
+                             "affinities)"),
     box: str = BOX,
     clip: bool = CLIP,
     mip: int = MIP,
@@ -86,16 +104,21 @@ def instances(
     min_overlap_fraction: float = OVERLAP_FRACTION,
     min_size_3d: int = typer.Option(500, help="watershed3d: objects smaller (voxels) removed"),
     voxel_size: tuple[float, float, float] = VOXEL_SIZE,
+    merge_threshold: float = MERGE_THRESHOLD,
+    scoring: str = SCORING,
+    quantile: int = QUANTILE,
+    min_size_agglomerate: int = MIN_SIZE_AGGLOMERATE,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Instance segmentation of membrane probabilities -> zarr, TIFF or RGB tiles + .vsvi."""
     from membrane_py.edit.instances import InstanceJob
 
+    knobs = _knobs(merge_threshold, scoring, quantile, min_size_agglomerate)
     execute(spec_or_exit(
         InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
         mode=mode, box=box_option(box), clip=clip, mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
-        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
+        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction), affinity=knobs,
         min_size_3d=min_size_3d, voxel_size=list(voxel_size) if voxel_size else None), save_job)
 
 
@@ -104,7 +127,8 @@ def paint(
                                  "or the VAST address (then --source-layer is read)"),
     source_layer: int = SOURCE_LAYER,
     vast: str = VAST,
-    mode: str = typer.Option("instances2d", help="mask, instances2d, instances3d or labels"),
+    mode: str = typer.Option("instances2d", help="mask, instances2d, instances3d, agglomerate "
+                             "(fragments merged up to --merge-threshold) or labels"),
     region: str = typer.Option(None, help="volume, box, view (cube around VAST's view), anchors "
                                "(cube per skeleton anchor) or nodes (per skeleton node); "
                                "default: box when --box is given, else volume"),
@@ -132,6 +156,10 @@ def paint(
     halo: int = HALO,
     min_overlap_px: int = OVERLAP_PX,
     min_overlap_fraction: float = OVERLAP_FRACTION,
+    merge_threshold: float = MERGE_THRESHOLD,
+    scoring: str = SCORING,
+    quantile: int = QUANTILE,
+    min_size_agglomerate: int = MIN_SIZE_AGGLOMERATE,
     mapping_out: Path = typer.Option(None, help="write source id -> VAST segment id as JSON"),
     save_job: Path = SAVE_JOB,
 ) -> None:
@@ -147,7 +175,8 @@ def paint(
         region=regions, mip=mip, threshold=mask_threshold, class_name=class_name, invert=invert,
         layer=layer, layer_name=layer_name, overwrite=overwrite, save=save, save_path=save_path,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo),
-        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction)), save_job)
+        agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction),
+        affinity=_knobs(merge_threshold, scoring, quantile, min_size_agglomerate)), save_job)
     if mapping_out is not None:
         from membrane_py.atomic import write_text_atomic
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +33,11 @@ from membrane_py.codes import ids_to_rgb, palette_rgb, rgb_to_ids
 from membrane_py.events import CancelToken, Event, ProgressCallback, report, warn
 from membrane_py.geometry import Box, box_in_volume, size_at_mip, volume_extent
 from membrane_py.jobs.spec import JobSpec, Result
+from membrane_py.segment.affinity import (
+    AgglomerationKnobs,
+    boundary_affinities,
+    segment_affinities,
+)
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate, watershed_3d
 from membrane_py.segment.instances import (
     InstanceConfig,
@@ -48,7 +53,27 @@ from membrane_py.volumes.placed import placement_attrs
 from membrane_py.volumes.tiles import TILE_SIZE, TileWriter
 
 COLORINGS = ("ids", "palette")
-MODES = ("2d", "3d", "watershed3d")
+MODES = ("auto", "2d", "3d", "watershed3d", "agglomerate", "affinities")
+#: what ``auto`` picks for membrane maps, by the source's voxel size; measured with network
+#: predictions in bench/neurons3d.py (FIB-25, isotropic) and bench/instances.py (snemi-mini's
+#: shipped maps, serial sections); see docs/instances.md
+ISOTROPIC_MODE = "agglomerate"
+ANISOTROPIC_MODE = "agglomerate"  # with fragments seeded per section
+ANISOTROPY = 2.0  # z step / xy pixel above which a stack counts as serial sections
+
+
+def is_anisotropic(voxel_size: Sequence[float], mip: int = 0) -> bool:
+    """True when the z step of a source of ``voxel_size`` (z, y, x; of mip 0) read at ``mip``
+    exceeds :data:`ANISOTROPY` times its pixel. Sources that do not know their voxel size
+    report (1, 1, 1) and count as isotropic."""
+    z, y, x = (float(v) for v in voxel_size)
+    return z > ANISOTROPY * max(y, x) * 2**mip
+
+
+def auto_mode(voxel_size: Sequence[float], mip: int = 0) -> str:
+    """The ``auto`` mode for a source (:data:`ANISOTROPIC_MODE` or :data:`ISOTROPIC_MODE`
+    by :func:`is_anisotropic`)."""
+    return ANISOTROPIC_MODE if is_anisotropic(voxel_size, mip) else ISOTROPIC_MODE
 
 
 def decode_ids(data: np.ndarray) -> np.ndarray:
@@ -171,11 +196,17 @@ class InstanceJob(JobSpec):
     """Probability volume(s) -> instance ids -> zarr, TIFF or RGB tiles with a .vsvi.
 
     ``sources``: volume paths, or VAST addresses (``vast://host:port``) whose image layers
-    are taken from ``layers`` in order. ``mode``: ``2d`` (per section), ``3d`` (2D segments
-    linked across sections) or ``watershed3d`` (seeds and flooding in 3D). ``box``:
-    inclusive mip-0 VAST order (x0, x1, y0, y1, z0, z1), None = the whole volume; one
-    reaching outside the volume is an error unless ``clip`` (then a warning).
-    ``voxel_size`` (nm, x, y, z) is recorded in the outputs; default: the first source's.
+    are taken from ``layers`` in order. ``mode``: ``auto`` (the measured best for membrane
+    maps by voxel size, :func:`auto_mode`; fragments seeded per section when
+    :func:`is_anisotropic`), ``2d`` (per section), ``3d`` (2D segments
+    linked across sections), ``watershed3d`` (seeds and flooding in 3D), ``agglomerate``
+    (fragments of the membrane map merged hierarchically up to ``affinity.threshold``, see
+    :mod:`membrane_py.segment.affinity`) or ``affinities`` (the same on predicted affinities:
+    exactly three sources, the z, y and x affinity volumes in that order, e.g. the
+    ``per_class`` output of an affinity network). ``box``: inclusive mip-0 VAST order
+    (x0, x1, y0, y1, z0, z1), None = the whole volume; one reaching outside the volume is
+    an error unless ``clip`` (then a warning). ``voxel_size`` (nm, x, y, z) is recorded in
+    the outputs and picks the ``auto`` mode; default: the first source's.
     """
 
     kind: ClassVar[str] = "instances"
@@ -183,13 +214,14 @@ class InstanceJob(JobSpec):
     sources: list[str]
     output: str
     layers: list[int] = field(default_factory=lambda: [0])
-    mode: str = "2d"
+    mode: str = "auto"
     box: list[int] | None = None
     mip: int = 0
     invert: bool = False
     colors: str = "ids"
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    affinity: AgglomerationKnobs = field(default_factory=AgglomerationKnobs)
     min_size_3d: int = 500
     clip: bool = False
     voxel_size: list[float] | None = None
@@ -204,6 +236,9 @@ class InstanceJob(JobSpec):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.colors not in COLORINGS:
             raise ValueError(f"colors must be one of {COLORINGS}, got {self.colors!r}")
+        if self.mode == "affinities" and len(self.sources) != 3:
+            raise ValueError(f"mode affinities takes three volumes (z, y, x affinities), got "
+                             f"{len(self.sources)}")
         n_vast = sum(parse_vast_address(s) is not None for s in self.sources)
         if n_vast > len(self.layers):
             raise ValueError(f"{n_vast} VAST sources but only {len(self.layers)} layer "
@@ -213,22 +248,29 @@ class InstanceJob(JobSpec):
 
 @dataclass
 class InstanceResult(Result):
-    """What was written (the descriptor for tiles), the box processed (at the job's mip)
-    and the number of objects."""
+    """What was written (the descriptor for tiles), the box processed (at the job's mip),
+    the number of objects and the mode used (``auto`` resolved)."""
 
     path: Path
     box: Box
     n_objects: int
+    mode: str = ""
 
     def summary(self) -> str:
-        return f"{self.n_objects} objects in box {list(self.box.to_vast())} -> {self.path}"
+        return (f"{self.n_objects} objects ({self.mode}) in box {list(self.box.to_vast())} -> "
+                f"{self.path}")
 
 
 def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
                    agglomeration: AgglomerationConfig, min_size_3d: int,
                    progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> np.ndarray:
-    """Instance ids (uint32) of a (z, y, x) probability volume by ``mode`` (see MODES)."""
+                   cancel: CancelToken | None = None,
+                   affinity: AgglomerationKnobs | None = None) -> np.ndarray:
+    """Instance ids (uint32) by ``mode`` (see MODES) of a (z, y, x) membrane probability
+    volume, or for ``affinities`` of a (3, z, y, x) affinity volume."""
+    if mode in ("agglomerate", "affinities"):
+        affs = prob if mode == "affinities" else boundary_affinities(prob)
+        return segment_affinities(affs, affinity, cancel)
     if mode == "watershed3d":
         return watershed_3d(prob, cfg, min_size_3d)
     labels = segment_stack(prob, cfg, progress, cancel)
@@ -245,12 +287,20 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
         shape = sources[0].shape
         check_shapes(sources, shape)
         box = region_box(job.box, shape, job.mip, job.clip, progress)
-        prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
+        if job.mode == "affinities":
+            prob = np.stack([to_probability(s.read(box, job.mip), job.invert) for s in sources])
+        else:
+            prob = read_probability(sources, box, job.mip, job.instances.weights, job.invert)
         voxel_size = output_voxel_size(sources[0], job.voxel_size, progress, "instances")
-    labels = segment_volume(prob, job.mode, job.instances, job.agglomeration, job.min_size_3d,
-                            progress, cancel)
+    mode, knobs = job.mode, job.affinity
+    if mode == "auto":
+        mode = auto_mode(voxel_size, job.mip)
+        knobs = replace(knobs, sections=knobs.sections or is_anisotropic(voxel_size, job.mip))
+        report(progress, Event.log(f"mode auto: {mode} (voxel size {voxel_size})", "instances"))
+    labels = segment_volume(prob, mode, job.instances, job.agglomeration, job.min_size_3d,
+                            progress, cancel, knobs)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
-                           voxel_size=voxel_size, name=f"instances ({job.mode})",
-                           colors=job.colors, attrs={"job": job.to_dict()})
+                           voxel_size=voxel_size, name=f"instances ({mode})",
+                           colors=job.colors, attrs={"job": job.to_dict(), "mode": mode})
     report(progress, Event.artifact(path, "instances", "instance segmentation"))
-    return InstanceResult(path, box, int(labels.max(initial=0)))
+    return InstanceResult(path, box, int(labels.max(initial=0)), mode)

@@ -38,6 +38,11 @@ from membrane_py.geometry import Box, size_at_mip
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.predict.job import RegionSpec
 from membrane_py.predict.regions import region_boxes
+from membrane_py.segment.affinity import (
+    AgglomerationKnobs,
+    boundary_affinities,
+    segment_affinities,
+)
 from membrane_py.segment.agglomerate import AgglomerationConfig, agglomerate
 from membrane_py.segment.instances import InstanceConfig, segment_stack, to_probability
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
@@ -48,9 +53,10 @@ from membrane_py.volumes.placed import PlacedVolume
 
 SEG_MAX_ID = 0xFFFF
 SEGMENTATION_LAYER = 2  # ADDNEWLAYER type: segmentation with XY mipmapping
-PAINT_MODES = ("mask", "instances2d", "instances3d", "labels")
+PAINT_MODES = ("mask", "instances2d", "instances3d", "agglomerate", "labels")
 _NAMES = {"mask": "{class_name}", "instances2d": "cell {id}", "instances3d": "neuron {id}",
-          "labels": "label {id}"}
+          "agglomerate": "neuron {id}", "labels": "label {id}"}
+COMPUTED = ("instances2d", "instances3d", "agglomerate")  # modes that number their own ids
 
 
 @dataclass
@@ -59,7 +65,9 @@ class PaintJob(JobSpec):
 
     ``source``: a probability or label volume path, or a VAST address (the same VAST; its
     image layer ``source_layer`` is read). ``region``: as for prediction (mip-0 boxes or
-    cubes around the view, skeleton anchors or nodes), processed at ``mip``.
+    cubes around the view, skeleton anchors or nodes), processed at ``mip``. ``mode``
+    ``agglomerate`` paints the hierarchical agglomeration of each region's membrane map
+    (:func:`membrane_py.segment.segment_affinities` with ``affinity``, the merge threshold).
     """
 
     kind: ClassVar[str] = "paint"
@@ -80,6 +88,7 @@ class PaintJob(JobSpec):
     save_path: str = ""
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     agglomeration: AgglomerationConfig = field(default_factory=AgglomerationConfig)
+    affinity: AgglomerationKnobs = field(default_factory=AgglomerationKnobs)
 
     def __post_init__(self) -> None:
         if self.mode not in PAINT_MODES:
@@ -274,6 +283,8 @@ def region_ids(source: VolumeSource, box: Box, job: PaintJob) -> np.ndarray:
     prob = to_probability(data, job.invert)
     if job.mode == "mask":
         return (prob >= job.threshold).astype(np.uint32)
+    if job.mode == "agglomerate":
+        return segment_affinities(boundary_affinities(prob), job.affinity)
     labels = segment_stack(prob, job.instances)
     return labels if job.mode == "instances2d" else agglomerate(labels, job.agglomeration)
 
@@ -294,7 +305,7 @@ def run_paint(job: PaintJob, progress: ProgressCallback | None = None,
         for k, box in enumerate(regions, 1):
             check_cancel(cancel)
             ids = region_ids(source, box, job)
-            if job.mode in ("instances2d", "instances3d"):
+            if job.mode in COMPUTED:
                 top = int(ids.max(initial=0))
                 ids = np.where(ids > 0, ids.astype(np.int64) + offset, 0)
                 offset += top

@@ -64,13 +64,15 @@ class Backend(Protocol):
     """Runs the network on preprocessed windows."""
 
     n_classes: int
+    in_channels: int  # 1, or 2 * context + 1 sections for a 2.5D network
     multiple: int  # input sides must be multiples of this
     window: tuple[int, int] | None  # fixed input (height, width), or None when any works
     max_batch: int | None  # fixed batch size of the model, or None
     device_type: str  # "cpu", "cuda", ...
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 1, H, W) float32 -> (N, C, H, W) float32 probabilities."""
+        """(N, in_channels, H, W) float32 -> (N, C, H, W) float32 probabilities (softmax
+        over classes, or a sigmoid per channel for affinity networks)."""
         ...
 
 
@@ -103,7 +105,12 @@ class TiledPredictor:
         return TileGrid(shape[0], *plans)
 
     def predict(self, em: np.ndarray) -> np.ndarray:
-        """(z, y, x) uint8 EM -> (z, C, y, x) float32 probabilities summing to 1 over C."""
+        """(z, y, x) uint8 EM -> (z, C, y, x) float32 probabilities (summing to 1 over C
+        for class networks; one independent probability per channel for affinities).
+
+        A 2.5D network (``in_channels = 2 * context + 1``) sees sections ``z - context ..
+        z + context`` of ``em`` as channels; beyond the first and last section the edge
+        section repeats, so predict a stack with real neighbours where they exist."""
         if em.ndim != 3:
             raise ValueError(f"expected a (z, y, x) stack, got shape {em.shape}; "
                              "use em[None] for one section")
@@ -113,12 +120,15 @@ class TiledPredictor:
             return stitcher.result()
         padded = grid.pad(preprocess(em, self.preprocessing))
         wy, wx = grid.window
-        batch = np.empty((self.batch_size, 1, wy, wx), np.float32)
+        channels = self.backend.in_channels
+        context = np.arange(channels) - channels // 2
+        batch = np.empty((self.batch_size, channels, wy, wx), np.float32)
         tiles = list(grid.tiles())
         for start in range(0, len(tiles), self.batch_size):
             chunk = tiles[start: start + self.batch_size]
             for i, t in enumerate(chunk):
-                batch[i, 0] = padded[t.z, t.y: t.y + wy, t.x: t.x + wx]
+                zs = np.clip(t.z + context, 0, em.shape[0] - 1)
+                batch[i] = padded[zs, t.y: t.y + wy, t.x: t.x + wx]
             probs = self.backend.run(batch[: len(chunk)])
             for t, p in zip(chunk, probs, strict=True):
                 stitcher.add(t, p)
@@ -143,9 +153,14 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     config = EngineConfig(tile=tile, margin=margin, overlap=overlap, blend=blend,
                           batch_size=batch_size)
     is_onnx = isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
+    ck = None if is_onnx else _checkpoint(model)
+    plain = ck is None or (ck.target == "classes" and ck.context == 0)
+    if backend == "onnx" and not plain:
+        raise ValueError("the ONNX export holds one-section class networks; run this "
+                         "affinity / 2.5D checkpoint with backend='torch' (or 'auto')")
     if backend == "auto":
         on_cpu = pick_device(device).type == "cpu"
-        backend = "onnx" if is_onnx or (on_cpu and not compile) else "torch"
+        backend = "onnx" if is_onnx or (on_cpu and not compile and plain) else "torch"
     if is_onnx and backend == "torch":
         raise ValueError(f"{model} is an ONNX model: use backend='onnx' (or 'auto')")
     if backend == "onnx":
@@ -153,15 +168,14 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
-        ck = None if is_onnx else _checkpoint(model)
         runtime = OnnxBackend(model if ck is None else onnx_model(ck).SerializeToString(),
                               device=device, threads=threads)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
                               runtime.tensors_sha256 if ck is None else ck.digest())
     from membrane_py.infer.torch_backend import TorchBackend
 
-    ck = _checkpoint(model)
-    net = TorchBackend(ck.build_model(), device=device, compile=compile)
+    activation = "sigmoid" if ck.target == "affinities" else "softmax"
+    net = TorchBackend(ck.build_model(), device=device, compile=compile, activation=activation)
     return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest())
 
 

@@ -234,6 +234,7 @@ class OnnxBackend:
             raise ValueError(f"ONNX model input {inp.name!r} must be float (N, 1, H, W), got "
                              f"{inp.type} {inp.shape}")
         self.input_name, self.output_name = inp.name, out.name
+        self.in_channels = 1
         n, _, h, w = inp.shape
         self.max_batch = n if isinstance(n, int) else None
         self.window = (h, w) if isinstance(h, int) and isinstance(w, int) else None

@@ -13,12 +13,15 @@ from membrane_py.train.device import autocast, pick_device
 class TorchBackend:
     """PyTorch backend: :class:`InferenceUNet` in inference mode, channels-last, bf16
     autocast on CUDA, optionally ``torch.compile`` (with freezing: constant weights let
-    Inductor prepack them and fuse convolution + ReLU)."""
+    Inductor prepack them and fuse convolution + ReLU). ``activation`` turns logits into
+    probabilities: ``softmax`` over classes, or ``sigmoid`` per channel (affinities)."""
 
     def __init__(self, model: UNet, device: str | torch.device = "auto", amp: bool = True,
-                 compile: bool = False) -> None:
-        if model.config.in_channels != 1:
-            raise ValueError(f"engines feed one EM channel; model has {model.config.in_channels}")
+                 compile: bool = False, activation: str = "softmax") -> None:
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+        self.activation = activation
+        self.in_channels = model.config.in_channels
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.device_type = self.device.type
         self.n_classes = model.config.n_classes
@@ -35,4 +38,6 @@ class TorchBackend:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             logits = self.forward(x)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits.float()).cpu().numpy()
         return torch.softmax(logits.float(), dim=1).cpu().numpy()

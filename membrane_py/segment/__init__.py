@@ -10,6 +10,10 @@ membrane (bright = membrane). This package turns such maps into segment ids:
 - 3D linking (:func:`link_sections`, :func:`agglomerate`): 2D segments of neighbouring
   sections that overlap enough become one 3D object (serial-section data).
 - 3D watershed (:func:`watershed_3d`): the same seeded flood in 3D, for near-isotropic data.
+- Affinity agglomeration (:func:`segment_affinities`, :func:`agglomerate_affinities`):
+  watershed fragments of an affinity map merged hierarchically by the mean (or a quantile)
+  affinity of their contacts (waterz), up to one merge threshold; :func:`boundary_affinities`
+  derives affinities from a membrane map, :func:`relabel` numbers ids 1..n.
 - Membrane-constrained fill (:func:`fill_region`): the cell around a clicked point.
 
 Helpers: :func:`to_probability` brings 8-bit/16-bit tiles or floats to one [0, 1] scale,
@@ -23,6 +27,14 @@ uint32 with 0 meaning membrane/background. Nothing here talks to VAST or reads f
 ``membrane_py.edit`` does that and calls these functions.
 """
 
+from membrane_py.segment.affinity import (
+    AgglomerationKnobs,
+    agglomerate_affinities,
+    boundary_affinities,
+    relabel,
+    segment_affinities,
+    watershed_fragments,
+)
 from membrane_py.segment.agglomerate import (
     AgglomerationConfig,
     agglomerate,
@@ -44,17 +56,23 @@ from membrane_py.segment.instances import (
 
 __all__ = [
     "AgglomerationConfig",
+    "AgglomerationKnobs",
     "InstanceConfig",
     "agglomerate",
+    "agglomerate_affinities",
+    "boundary_affinities",
     "combine_predictions",
     "fill_region",
     "grow_into_membranes",
     "link_sections",
     "membrane_map_from_labels",
     "mix64",
+    "relabel",
     "remove_small",
+    "segment_affinities",
     "segment_section",
     "segment_stack",
     "to_probability",
     "watershed_3d",
+    "watershed_fragments",
 ]

@@ -72,6 +72,16 @@ class Checkpoint:
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.preprocess)
 
+    @property
+    def target(self) -> str:
+        """``classes`` (softmax over classes) or ``affinities`` (a sigmoid per channel)."""
+        return self.train_config.get("target", "classes")
+
+    @property
+    def context(self) -> int:
+        """Neighbouring sections on each side fed as extra input channels (2.5D)."""
+        return (self.model_config.in_channels - 1) // 2
+
     def build_model(self) -> UNet:
         net = UNet(self.model_config)
         net.load_state_dict(self.state_dict)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+from membrane_py.augment.affinities import check_offsets
 from membrane_py.augment.labels import LABEL_FORMATS, MAX_CLASSES
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
@@ -20,6 +21,7 @@ SCHEDULES = ("none", "step", "cosine")
 #: network trains at about 1 patch/s on a 2-core CPU, the depth-4 / 16-filter one (1.9 M
 #: instead of 31 M weights) 2.6 to 4 times as fast (bench/train.py); GPUs take the big one
 DEFAULT_ARCH = {"cuda": (5, 32), "cpu": (4, 16), "mps": (4, 16)}
+TARGETS = ("classes", "affinities")
 # validation metric used to keep the best checkpoint -> True when higher is better
 BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "val_v_rand": True,
                 "val_v_info": True}
@@ -44,6 +46,12 @@ class TrainJob(JobSpec):
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
     (:mod:`membrane_py.train.episodic`); it combines with any mode.
+
+    Target: ``classes`` (one class per pixel, softmax) or ``affinities`` (one sigmoid channel
+    per offset in ``offsets``, see :mod:`membrane_py.augment.affinities`; datasets then yield
+    uint8 (C, H, W) targets). ``context`` neighbouring sections on each side are extra input
+    channels (2.5D; 0 = plain 2D). Both are recorded in the checkpoint (``train_config``, and
+    the architecture's ``in_channels``), so prediction feeds the same sections.
     """
 
     kind: ClassVar[str] = "train"
@@ -61,6 +69,10 @@ class TrainJob(JobSpec):
     val_patches: int = 128
     val_fraction: float = 0.3
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    # target and input
+    target: str = "classes"
+    context: int = 0
+    offsets: list[list[int]] = field(default_factory=lambda: [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     # model (None: the device's default, see DEFAULT_ARCH)
     depth: int | None = None
     base_filters: int | None = None
@@ -106,6 +118,12 @@ class TrainJob(JobSpec):
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.target in TARGETS, f"target must be one of {TARGETS}"),
+            (self.context >= 0, "context (sections on each side) must be >= 0"),
+            (self.context == 0 or self.target == "affinities",
+             "context (2.5D input) needs target affinities; class datasets read one section"),
+            (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
+             "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
             (self.best_metric in BEST_METRICS, f"best_metric must be one of {list(BEST_METRICS)}"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
@@ -150,7 +168,7 @@ class TrainJob(JobSpec):
         if self.patch_size % 2**self.depth:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of 2**depth = "
                              f"{2**self.depth}; pass --patch-size or --depth")
-        return UNetConfig(in_channels=1, n_classes=n_classes, depth=self.depth,
+        return UNetConfig(in_channels=1 + 2 * self.context, n_classes=n_classes, depth=self.depth,
                           base_filters=self.base_filters, norm=self.norm, dropout=self.dropout)
 
     @property

@@ -42,7 +42,7 @@ def header_fields(cfg: TrainJob, n_classes: int, checkpoint: Path) -> list[tuple
         ("Learning Rate Schedule?", schedule),
         ("Learning Rate Drop", drop),
         ("Training optimizer/solver", cfg.optimizer),
-        ("Loss", cfg.loss),
+        ("Loss", "affinity_bce" if cfg.target == "affinities" else cfg.loss),
         ("Mini-batch size", cfg.batch_size),
         ("Input patch size", cfg.patch_size),
         ("Preprocessing", cfg.preprocess),

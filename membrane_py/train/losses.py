@@ -105,3 +105,21 @@ def make_loss(name: str, class_weights: Sequence[float] | torch.Tensor | None = 
     if name not in table:
         raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
     return table[name]
+
+
+def affinity_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid log loss of affinity logits (N, C, H, W) against targets (N, C, H, W) of
+    0 / 1, with 255 (:data:`membrane_py.augment.affinities.IGNORE`) skipped. Positive and
+    negative affinities are weighted to equal shares, so the rare 0s on boundaries (the
+    ones that separate objects) are not drowned by the many 1s inside cells."""
+    if logits.shape != targets.shape:
+        raise ValueError(f"affinity logits {tuple(logits.shape)} and targets "
+                         f"{tuple(targets.shape)} differ in shape")
+    pos, neg = (targets == 1).float(), (targets == 0).float()
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos + n_neg == 0:
+        return logits.sum() * 0.0
+    weight = pos / n_pos.clamp(min=1) + neg / n_neg.clamp(min=1)
+    weight = weight / ((n_pos > 0).float() + (n_neg > 0).float())
+    bce = F.binary_cross_entropy_with_logits(logits.float(), pos, reduction="none")
+    return (bce * weight).sum()

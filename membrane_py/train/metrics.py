@@ -13,7 +13,10 @@ s_i = sum_j p_ij and t_j = sum_i p_ij:
   V_rand = their harmonic mean (the foreground-restricted Rand F-score; 1 is perfect).
 - V_info split = I(S;T) / H(S), V_info merge = I(S;T) / H(T), V_info = harmonic mean.
 - VI split = H(S|T), VI merge = H(T|S) in bits (0 is perfect), from scikit-image.
-- adapted Rand error = 1 - Rand F-score as scikit-image counts it (pairs of distinct pixels).
+- adapted Rand error = 1 - Rand F-score as scikit-image counts it (pairs of distinct pixels),
+  with its precision and recall as scikit-image names them: ``sum p_ij^2`` over the sum of
+  squared true object sizes (low when S splits true objects), and over the sum of squared
+  segment sizes (low when S merges them).
 """
 
 from __future__ import annotations
@@ -98,13 +101,14 @@ def rand_info_scores(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     mutual = h_s + h_t - _entropy(p.data)
     info_split = mutual / h_s if h_s > 0 else 1.0
     info_merge = mutual / h_t if h_t > 0 else 1.0
-    are, _, _ = adapted_rand_error(gt, seg, ignore_labels=(0,))
+    are, precision, recall = adapted_rand_error(gt, seg, ignore_labels=(0,))
     vi_split, vi_merge = variation_of_information(gt, seg, ignore_labels=(0,))
     return {
         "v_rand": _harmonic(rand_split, rand_merge), "v_rand_split": rand_split,
         "v_rand_merge": rand_merge, "v_info": _harmonic(info_split, info_merge),
         "v_info_split": info_split, "v_info_merge": info_merge,
-        "adapted_rand_error": float(are), "vi_split": float(vi_split),
+        "adapted_rand_error": float(are), "rand_precision": float(precision),
+        "rand_recall": float(recall), "vi_split": float(vi_split),
         "vi_merge": float(vi_merge),
     }
 

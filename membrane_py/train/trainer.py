@@ -1,6 +1,8 @@
 """The U-Net training loop: any pair of torch Datasets in, checkpoints and logs out.
 
-Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown.
+Datasets yield ``(image float32 (1, H, W), label int64 (H, W))`` with label 0 = unknown, or
+for ``target="affinities"`` ``(image float32 (2 * context + 1, H, W), affinities uint8
+(C, H, W))`` (:class:`membrane_py.augment.dataset.AffinityPatchDataset`).
 Each epoch writes ``<name>_last.pt`` (resumable) and, when the validation metric improves,
 ``<name>.pt``. Cancellation or Ctrl-C (KeyboardInterrupt), also mid-epoch, saves
 ``<name>_last.pt`` and ``<name>_resume.json`` (the job resuming from it) and raises
@@ -47,7 +49,7 @@ from membrane_py.train.device import (
 )
 from membrane_py.train.episodic import episodic_loader_parts
 from membrane_py.train.logs import TrainingLog
-from membrane_py.train.losses import class_weights_from_counts, make_loss
+from membrane_py.train.losses import affinity_bce, class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
 from membrane_py.train.transfer_modes import load_backbone, parameter_groups, train_mode
 
@@ -78,6 +80,12 @@ def split_by_image(n_images: int, val_fraction: float = 0.3,
     if val_fraction > 0 and n_images >= 2:
         n_val = min(max(n_val, 1), n_images - 1)
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def affinity_names(offsets) -> list[str]:
+    """Channel names of an affinity network, ``affinity_<dz>_<dy>_<dx>`` (usable as folder
+    names when prediction writes one folder per channel)."""
+    return [f"affinity_{dz}_{dy}_{dx}" for dz, dy, dx in offsets]
 
 
 def default_class_names(n_classes: int) -> list[str]:
@@ -115,8 +123,9 @@ def _count_classes(ds: Dataset, n_classes: int, max_items: int = 64) -> list[int
 
 @torch.no_grad()
 def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp: bool,
-             class_names: list[str]) -> dict[str, float]:
-    """Mean validation loss, pixel error, mean IoU and (membrane maps) mean V_rand / V_info."""
+             class_names: list[str], target: str = "classes") -> dict[str, float]:
+    """Mean validation loss, pixel error, mean IoU and (membrane maps) mean V_rand / V_info;
+    the loss only for affinity networks."""
     model.eval()
     n_classes = len(class_names)
     losses, scores = [], []
@@ -129,6 +138,8 @@ def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp
             logits = model(x)
         logits = logits.float()
         losses.append(float(loss_fn(logits, y)) * len(x))
+        if target == "affinities":
+            continue
         prob = torch.softmax(logits, dim=1).cpu().numpy()
         labels = y.cpu().numpy()
         for p, t in zip(prob, labels, strict=True):
@@ -156,6 +167,8 @@ def _class_names(cfg: TrainJob, n_classes: int, source: Checkpoint | None) -> li
     unchanged, else the defaults."""
     if cfg.class_names:
         names = list(cfg.class_names)
+    elif cfg.target == "affinities":
+        names = affinity_names(cfg.offsets)
     elif source is not None and len(source.class_names) == n_classes:
         names = list(source.class_names)
     else:
@@ -208,6 +221,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     device = pick_device(cfg.device)
     gen = seed_everything(cfg.seed)
     n_classes = n_classes or getattr(train_ds, "n_classes", None) or cfg.n_classes
+    if cfg.target == "affinities":
+        n_classes = len(cfg.offsets)
     if not n_classes:
         raise ValueError("number of classes unknown: set TrainJob.n_classes or give a dataset "
                          "with an n_classes attribute")
@@ -251,9 +266,9 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         lineage = resumed.lineage
 
     weights = cfg.class_weights
-    if cfg.loss == "weighted_ce" and weights is None:
+    if cfg.loss == "weighted_ce" and weights is None and cfg.target == "classes":
         weights = class_weights_from_counts(_count_classes(train_ds, n_classes)).tolist()
-    loss_fn = make_loss(cfg.loss, weights)
+    loss_fn = affinity_bce if cfg.target == "affinities" else make_loss(cfg.loss, weights)
     loader_opts = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
                    "persistent_workers": cfg.num_workers > 0}
     if memory:
@@ -328,7 +343,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                 record["iterations"] = n_iters
             sched.step()
             if val_loader is not None:
-                record.update(validate(model, val_loader, loss_fn, device, cfg.amp, class_names))
+                record.update(validate(model, val_loader, loss_fn, device, cfg.amp,
+                                        class_names, cfg.target))
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             improved = _improved(record.get(metric), best, higher_better)
@@ -437,9 +453,44 @@ def build_datasets(cfg: TrainJob, progress: ProgressCallback | None = None,
     return train, val, memory, k
 
 
+def affinity_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None]:
+    """Affinity training and validation sets from an EM volume (``image_dir``) and an
+    instance label volume (``label_dir``), any form :func:`~membrane_py.volumes.open.open_source`
+    reads ('file.h5:dataset', TIFF, image folder, zarr). The last ``val_fraction`` of the
+    sections validates, the rest trains (a split along z keeps validation honest)."""
+    from membrane_py.augment.dataset import AffinityPatchDataset
+    from membrane_py.augment.labels import read_label_stack
+    from membrane_py.geometry import Box
+    from membrane_py.volumes.open import open_source
+
+    with open_source(cfg.image_dir) as volume:
+        em = volume.read(Box.full(volume.shape_at(cfg.mip)), cfg.mip)
+    labels = read_label_stack(cfg.label_dir, None, cfg.mip)
+    if em.shape != labels.shape or em.dtype != np.uint8:
+        raise ValueError(f"EM {cfg.image_dir} ({em.dtype} {em.shape}) and labels "
+                         f"{cfg.label_dir} {labels.shape} must be one shape, EM 8-bit")
+    n_val = round(em.shape[0] * cfg.val_fraction)
+    cut = em.shape[0] - n_val
+    pre = cfg.preprocess_config
+
+    def make(a: int, b: int, length: int, augment: bool, seed: int):
+        return AffinityPatchDataset(em[a:b], labels[a:b], cfg.patch_size, length, pre,
+                                    cfg.context, cfg.offsets, augment, seed)
+
+    train = make(0, cut, cfg.patches_per_epoch, cfg.augment is not None, cfg.seed)
+    return train, (make(cut, em.shape[0], cfg.val_patches, False, cfg.seed + 1)
+                   if n_val > 1 else None)
+
+
 def run_training(cfg: TrainJob, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> TrainResult:
     """The whole job: read and split the data, train, write checkpoints and logs."""
+    if cfg.target == "affinities":
+        if cfg.episodic or cfg.pretrained:
+            raise ValueError("affinity training does not take episodic data or a pretrained "
+                             "membrane network; leave them empty")
+        train, val = affinity_datasets(cfg)
+        return train_model(train, val, cfg, progress=progress, cancel=cancel)
     train, val, memory, k = build_datasets(cfg, progress)
     return train_model(train, val, cfg, n_classes=k, memory=memory, progress=progress,
                        cancel=cancel)

@@ -1,0 +1,285 @@
+"""Neurons in 3D on FIB-25 within a training budget, next to the published FFN result.
+
+Data: ``../shared/data/fib25_sample2`` (250^3 FIB-SEM, 10 nm isotropic; ground-truth
+fragments mapped to bodies by ``transforms``). Protocol:
+
+1. Two networks train for half of ``--minutes`` each on sections 0-149 (the trainer is
+   stopped by its cancel token when the time is up, and its last weights are used): a 2D
+   membrane U-Net (labels: 3-px bands between bodies, as `gt membrane` draws them, plus
+   any id 0) and a 2.5D
+   affinity U-Net (one neighbouring section on each side as input channels; z, y, x
+   affinities as targets).
+2. Both predict the sections needed (99-249 by default) through the tiled engine
+   (:func:`membrane_py.infer.engine.load_predictor`).
+3. Every method segments the tuning block (sections 100-149, ``--tune 50``; training
+   sections, fewer than 150 to keep the sweep short on a CPU) and the test block 150-249
+   (``--test 100``) separately. Its parameter (the merge threshold, or ``h`` for the
+   h-minima watersheds) is chosen by adapted Rand error on the tuning block only; the row
+   reports that choice scored on the test block. Smaller ``--test`` is for quick checks.
+4. The published FFN segmentation is scored on 150-249 (and on all 250 sections, to check
+   the README's 0.157) by the same code.
+
+Scores (:func:`membrane_py.train.metrics.rand_info_scores`, scikit-image underneath) count
+voxels where the ground truth is > 0. Our segmentations are first grown over their 0 voxels
+(membranes, removed small objects) with :func:`~membrane_py.segment.grow_into_membranes`;
+FFN's is scored as published (its 0 = unlabelled counts as one id, as in the README).
+The JSON also times connected-components-3d / fastremap / edt against the scipy /
+numpy / scikit-image calls they replace.
+
+    python bench/neurons3d.py [--minutes 20] [--tune 50] [--test 100] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRAIN = slice(0, 150)
+KEYS = ("adapted_rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
+WATERZ_THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]
+H_VALUES = [0.05, 0.1, 0.2]
+
+
+def log(message: str) -> None:
+    """Stage notes on stderr (stdout carries the JSON)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load() -> tuple[np.ndarray, np.ndarray]:
+    """EM (250, 250, 250) uint8 and body ids int64 (fragments mapped by ``transforms``)."""
+    import h5py
+
+    from membrane_py.augment.labels import apply_mapping
+    from membrane_py.geometry import Box
+    from membrane_py.volumes.hdf5 import gunzip_cached
+    from membrane_py.volumes.open import open_source
+
+    folder = DATA / "fib25_sample2"
+    with open_source(folder / "grayscale") as volume:
+        em = volume.read(Box.full(volume.shape), 0)
+    with h5py.File(gunzip_cached(folder / "groundtruth.h5.gz")) as f:
+        bodies = apply_mapping(f["stack"][()], f["transforms"][()])
+    return em, bodies
+
+
+def train(kind: str, em: np.ndarray, gt: np.ndarray, seconds: float, work: Path,
+          device: str) -> tuple[Path, dict]:
+    """Train a ``membrane`` or ``affinity`` network on sections 0-149 for ``seconds``."""
+    from membrane_py.augment.dataset import AffinityPatchDataset, OnTheFlyPatchDataset
+    from membrane_py.augment.labels import instances_to_membrane
+    from membrane_py.augment.preprocess import PreprocessConfig
+    from membrane_py.augment.transforms import AugmentConfig
+    from membrane_py.events import Cancelled, CancelToken
+    from membrane_py.train.config import TrainJob
+    from membrane_py.train.trainer import train_model
+
+    pre = PreprocessConfig()
+    common = {"out_dir": str(work), "name": kind, "patch_size": 128, "patches_per_epoch": 64,
+              "depth": 4, "base_filters": 16, "epochs": 100000, "batch_size": 8,
+              "device": device, "preprocess": pre.to_dict(), "voxel_size": [10.0, 10.0, 10.0],
+              "log_every": 8}
+    if kind == "membrane":
+        cfg = TrainJob(**common, n_classes=2)
+        labels = [instances_to_membrane(s, thickness=3, fill_ecs=True) for s in gt[TRAIN]]
+        ds = OnTheFlyPatchDataset(list(em[TRAIN]), labels, 128, 64, pre, AugmentConfig(),
+                                  seed=0)
+    else:
+        cfg = TrainJob(**common, target="affinities", context=1)
+        ds = AffinityPatchDataset(em[TRAIN], gt[TRAIN], 128, 64, pre, context=1, seed=0)
+    cancel = CancelToken()
+    timer = threading.Timer(seconds, cancel.cancel)
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        train_model(ds, None, cfg, cancel=cancel)
+    except Cancelled:
+        pass
+    finally:
+        timer.cancel()
+    from membrane_py.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(cfg.last_path)
+    return cfg.last_path, {"seconds": round(time.perf_counter() - t0, 1),
+                           "epochs_of_64_patches": ck.epoch,
+                           "last_train_loss": ck.history[-1]["train_loss"] if ck.history
+                           else None}
+
+
+def predict(model: Path, em: np.ndarray, first: int, device: str) -> tuple[np.ndarray, float]:
+    """(C, z, y, x) probabilities of a checkpoint for sections ``first - 1 ..`` (0 before),
+    and seconds. Each section is one tile (margin 8: the sections are whole, so the margin
+    only reflects the volume's border)."""
+    from membrane_py.infer.engine import load_predictor
+
+    t0 = time.perf_counter()
+    start = max(first - 1, 0)
+    part = load_predictor(model, device=device, tile=256, margin=8).predict(em[start:])
+    out = np.zeros((part.shape[1], *em.shape), np.float32)
+    out[:, start:] = part.transpose(1, 0, 2, 3)
+    return out, time.perf_counter() - t0
+
+
+def score(seg: np.ndarray, gt: np.ndarray, boundary: np.ndarray | None) -> dict:
+    from membrane_py.segment import grow_into_membranes
+    from membrane_py.train.metrics import rand_info_scores
+
+    if boundary is not None and (seg == 0).any():
+        seg = grow_into_membranes(seg, boundary)
+    s = rand_info_scores(seg, gt)
+    return {k: round(s[k], 4) for k in KEYS}
+
+
+def sweep(name: str, network: str, param: str, values, segment, gt: np.ndarray,
+          boundary: np.ndarray, tune: slice, test: slice) -> dict:
+    """Choose ``param`` on sections 50-149 by adapted Rand error; score it on 150-249.
+    ``segment(block, values)`` yields one segmentation per value for a block slice."""
+    log(f"{name} on the {network} network: sweeping {param}")
+    t0 = time.perf_counter()
+    tuning = [score(seg, gt[tune], boundary[tune])["adapted_rand_error"]
+              for seg in segment(tune, values)]
+    best = values[int(np.argmin(tuning))]
+    t1 = time.perf_counter()
+    (seg,) = list(segment(test, [best]))
+    seconds = time.perf_counter() - t1
+    row = {"method": name, "network": network, param: best,
+           "tuning_error": round(min(tuning), 4), **score(seg, gt[test], boundary[test]),
+           "objects": int(len(np.unique(seg)) - (1 if (seg == 0).any() else 0)),
+           "segment_seconds_test": round(seconds, 1),
+           "sweep_seconds": round(t1 - t0, 1)}
+    log(json.dumps(row))
+    return row
+
+
+def methods(membrane: np.ndarray, affs: np.ndarray, gt: np.ndarray, tune: slice,
+            test: slice) -> list[dict]:
+    from membrane_py.segment import (
+        AgglomerationKnobs,
+        InstanceConfig,
+        agglomerate,
+        agglomerate_affinities,
+        boundary_affinities,
+        segment_stack,
+        watershed_3d,
+    )
+
+    rows = []
+    aff_boundary = 1.0 - affs[:3].mean(axis=0)
+    for network, prob in (("membrane 2D", membrane), ("affinity 2.5D", aff_boundary)):
+        rows.append(sweep("2D h-minima watershed, linked across sections (--mode 3d)", network,
+                          "h", H_VALUES, lambda b, vs, p=prob: (
+                              agglomerate(segment_stack(p[b], InstanceConfig(h=v)))
+                              for v in vs), gt, prob, tune, test))
+    rows.append(sweep("3D h-minima watershed (--mode watershed3d)", "membrane 2D", "h",
+                      [0.05, 0.2], lambda b, vs: (
+                          watershed_3d(membrane[b], InstanceConfig(h=v), 500) for v in vs),
+                      gt, membrane, tune, test))
+    derived = boundary_affinities(membrane)
+    variants = [("membrane 2D", derived, AgglomerationKnobs(), "waterz mean, distance seeds"),
+                ("affinity 2.5D", affs, AgglomerationKnobs(), "waterz mean, distance seeds"),
+                ("affinity 2.5D", affs, AgglomerationKnobs(fragmenter="zwatershed"),
+                 "waterz mean, waterz zwatershed fragments"),
+                ("affinity 2.5D", affs, AgglomerationKnobs(scoring="quantile", quantile=50),
+                 "waterz median, distance seeds")]
+    for network, a, knobs, name in variants:
+        boundary = 1.0 - a[:3].mean(axis=0)
+        rows.append(sweep(f"affinity agglomeration ({name})", network, "threshold",
+                          WATERZ_THRESHOLDS, lambda b, vs, a=a, k=knobs: agglomerate_affinities(
+                              a[:, b], vs, k), gt, boundary, tune, test))
+    return rows
+
+
+def ffn(gt: np.ndarray, test: slice) -> list[dict]:
+    path = DATA / "ffn_fib25_model" / "sample-training2.npz"
+    if not path.is_file():
+        return [{"method": "FFN (published)", "skipped": f"{path} not found"}]
+    seg = np.load(path)["segmentation"]
+    return [{"method": "FFN (published segmentation, Januszewski et al. 2018)",
+             "sections": f"{test.start}-{test.stop - 1}", **score(seg[test], gt[test], None)},
+            {"method": "FFN (published segmentation, Januszewski et al. 2018)",
+             "sections": "0-249", **score(seg, gt, None)}]
+
+
+def libraries(gt: np.ndarray) -> dict:
+    """Seconds of cc3d / fastremap / edt against the scipy / numpy / scikit-image calls."""
+    import cc3d
+    import edt
+    import fastremap
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+
+    vol = np.ascontiguousarray(gt[TRAIN] > 0)
+    ids = np.ascontiguousarray(gt[TRAIN] * 7919)
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return round(time.perf_counter() - t0, 3)
+
+    return {
+        "shape_zyx": list(vol.shape),
+        "connected_components_6": {"cc3d": timed(lambda: cc3d.connected_components(
+            vol, connectivity=6)), "skimage.measure.label": timed(lambda: label(
+                vol, connectivity=1))},
+        "renumber": {"fastremap.renumber": timed(lambda: fastremap.renumber(ids)),
+                     "numpy.unique(return_inverse)": timed(lambda: np.unique(
+                         ids, return_inverse=True))},
+        "distance_transform": {"edt": timed(lambda: edt.edt(vol, parallel=1)),
+                               "scipy.ndimage.distance_transform_edt": timed(
+                                   lambda: ndi.distance_transform_edt(vol))},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=20.0,
+                    help="training budget for both networks together (wall clock)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", default="bench/results/neurons3d", help="checkpoint folder")
+    ap.add_argument("--tune", type=int, default=50,
+                    help="choose parameters on sections 150-N..149 (training sections)")
+    ap.add_argument("--test", type=int, default=100,
+                    help="score on sections 150..149+N (100: the protocol)")
+    args = ap.parse_args()
+    if not (DATA / "fib25_sample2").is_dir():
+        print(json.dumps({"bench": "neurons3d", "skipped": f"{DATA / 'fib25_sample2'} not found"}))
+        return
+    from membrane_py.train.device import device_description, pick_device
+
+    if not (1 <= args.tune <= 150 and 1 <= args.test <= 100):
+        ap.error("--tune must lie in 1..150 and --test in 1..100")
+    tune, test = slice(150 - args.tune, 150), slice(150, 150 + args.test)
+    em, gt = load()
+    work = Path(args.work)
+    out = {"bench": "neurons3d", "device": device_description(pick_device(args.device)),
+           "budget_minutes": args.minutes, "train_sections": "0-149",
+           "tuning_sections": f"{tune.start}-{tune.stop - 1}",
+           "test_sections": f"{test.start}-{test.stop - 1}", "training": {},
+           "prediction_seconds": {}}
+    half = args.minutes * 60 / 2
+    models = {}
+    for kind in ("membrane", "affinity"):
+        log(f"training the {kind} network for {half:.0f} s")
+        models[kind], out["training"][kind] = train(kind, em, gt, half, work, args.device)
+    log("predicting")
+    em = em[:test.stop]
+    membrane, seconds = predict(models["membrane"], em, tune.start, args.device)
+    out["prediction_seconds"]["membrane"] = round(seconds, 1)
+    affs, seconds = predict(models["affinity"], em, tune.start, args.device)
+    out["prediction_seconds"]["affinity"] = round(seconds, 1)
+    out["membrane_fraction"] = {
+        "predicted (p > 0.5), test sections": round(float((membrane[1][test] > 0.5).mean()), 3),
+        "ground truth (id 0), test sections": round(float((gt[test] == 0).mean()), 3)}
+    out["rows"] = methods(membrane[1], affs, gt[:test.stop], tune, test) + ffn(gt, test)
+    out["libraries_seconds"] = libraries(gt)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
