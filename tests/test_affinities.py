@@ -349,7 +349,7 @@ def test_train_job_checks_target_and_context():
 
     job = TrainJob(target="affinities", context=2, offsets=[[1, 0, 0], [0, 1, 0], [0, 0, 9]])
     assert TrainJob.from_dict(json.loads(job.to_json())) == job
-    assert job.model_config(3).in_channels == 5
+    assert job.with_architecture("cpu").model_config(3).in_channels == 5
     for bad, why in (({"context": 1}, "needs target affinities"), ({"target": "boxes"}, "target"),
                      ({"target": "affinities", "offsets": [[0, 0, 0], [1, 0, 0]]}, "non-zero")):
         with pytest.raises(ValueError, match=why):
