@@ -24,6 +24,8 @@ def train(
     val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
+    arch: str = typer.Option(None, help="architecture: unet (plain U-Net) or resunet "
+                             "(residual U-Net) (default unet, or the pretrained network's)"),
     depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5, or the "
                               "pretrained network's)"),
     base_filters: int = typer.Option(None, help="filters of the first stage, doubling per stage "
@@ -73,7 +75,7 @@ def train(
     from membrane_py.transfer.finetune import finetune_config, parse_episodic
 
     # unset architecture / preprocessing options come from the pretrained network, if any
-    inheritable = {"depth": depth, "base_filters": base_filters, "norm": norm,
+    inheritable = {"arch": arch, "depth": depth, "base_filters": base_filters, "norm": norm,
                    "dropout": dropout,
                    "preprocess": None if clahe is None else PreprocessConfig(clahe=clahe).to_dict()}
     try:

@@ -34,8 +34,11 @@ PALETTE = np.array([[255, 40, 40], [40, 200, 40], [60, 90, 255], [255, 200, 0], 
 def predict_probabilities(model: UNet, image: np.ndarray, cfg: PreprocessConfig,
                           device: torch.device | None = None, amp: bool = True) -> np.ndarray:
     """Class probabilities (K, y, x) float32 of one uint8 image of any size, through the
-    tiled PyTorch engine (for a bare network; checkpoints go through ``load_predictor``)."""
-    backend = TorchBackend(model, device or next(model.parameters()).device, amp=amp)
+    tiled PyTorch engine (for a bare network; checkpoints go through ``load_predictor``);
+    ``amp``: bf16 autocast on CUDA."""
+    device = device or next(model.parameters()).device
+    precision = "bf16" if amp and device.type == "cuda" else "fp32"
+    backend = TorchBackend(model, device, precision=precision)
     names = [f"class_{i + 1}" for i in range(backend.n_classes)]
     return TiledPredictor(backend, names, cfg).predict(image[None])[0]
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.jobs.spec import JobSpec
-from membrane_py.models.unet import UNetConfig
+from membrane_py.models.unet import ARCHS, UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -52,6 +52,7 @@ class TrainJob(JobSpec):
     val_fraction: float = 0.3
     augment: bool = True
     # model
+    arch: str = "unet"
     depth: int = 5
     base_filters: int = 32
     norm: str = "batch"
@@ -90,6 +91,7 @@ class TrainJob(JobSpec):
 
     def __post_init__(self) -> None:
         checks = [
+            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
@@ -118,7 +120,8 @@ class TrainJob(JobSpec):
 
     def model_config(self, n_classes: int) -> UNetConfig:
         return UNetConfig(in_channels=1, n_classes=n_classes, depth=self.depth,
-                          base_filters=self.base_filters, norm=self.norm, dropout=self.dropout)
+                          base_filters=self.base_filters, norm=self.norm, dropout=self.dropout,
+                          arch=self.arch)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
