@@ -57,6 +57,16 @@ def predict(
     chunk: str = typer.Option("16,1024,1024", help="z,y,x sections and pixels per read"),
     margin: int = typer.Option(64, help="context pixels read around each chunk"),
     tile: int = typer.Option(1024, help="side of the written PNG tiles"),
+    tta: int = typer.Option(1, help="test-time augmentation: average over this many of the 8 "
+                            "flips/rotations (1 off, 4 flips, 8 all; costs tta x the time)"),
+    uncertainty: bool = typer.Option(False, help="also write the spread between the "
+                                     "augmented predictions as an 'uncertainty' layer "
+                                     "(needs --tta 2..8)"),
+    precision: str = typer.Option("auto", help="fp32, bf16 (PyTorch autocast), int8 (ONNX "
+                                  "Runtime, quantised and cached next to the checkpoint) or "
+                                  "auto (bf16 on CUDA, fp32 on the CPU)"),
+    calibration: str = typer.Option(None, help="int8: calibrate on this EM (image folder or "
+                                    "volume) instead of the volume being predicted"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -73,7 +83,8 @@ def predict(
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
-        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile)
+        chunk=ints_option(chunk, 3, "--chunk"), margin=margin, tile=tile, tta=tta,
+        uncertainty=uncertainty, precision=precision, calibration=calibration)
     execute(spec, save_job)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from membrane_py.geometry import Box
+from membrane_py.infer.precision import PRECISIONS
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 
@@ -68,6 +69,13 @@ class PredictJob(JobSpec):
     the class of the ``probability`` output (default: "membrane", else the last class).
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
     ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout).
+
+    Quality and speed: ``tta`` averages each tile over the first ``tta`` of the 8 flips /
+    rotations (1: off; :data:`membrane_py.infer.engine.DIHEDRAL`), and ``uncertainty``
+    writes their spread as one more probability-like output, ``uncertainty``.
+    ``precision`` is ``fp32``, ``bf16``, ``int8`` or ``auto``
+    (:mod:`membrane_py.infer.precision`); ``int8`` calibrates on patches of the volume
+    itself, or of the volume or image folder ``calibration`` names.
     """
 
     kind: ClassVar[str] = "predict"
@@ -94,6 +102,10 @@ class PredictJob(JobSpec):
     margin: int = 64
     tile: int = 1024
     prefetch: int = 2
+    tta: int = 1
+    uncertainty: bool = False
+    precision: str = "auto"
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -109,6 +121,12 @@ class PredictJob(JobSpec):
             (len(self.chunk) == 3 and all(c % self.tile == 0 for c in self.chunk[1:]),
              f"chunk y and x ({self.chunk[1:]}) must be multiples of the tile size {self.tile}"),
             (self.prefetch >= 0, "prefetch must be >= 0"),
+            (1 <= self.tta <= 8, f"tta must be 1 (off) .. 8 (all flips and rotations), got "
+                                 f"{self.tta}"),
+            (self.tta > 1 or not self.uncertainty,
+             "the uncertainty output is the spread between test-time augmentations: give "
+             "tta 2..8 (--tta 8) with it"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
         ]
         for ok, msg in checks:
             if not ok:

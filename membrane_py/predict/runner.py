@@ -95,6 +95,32 @@ def open_em(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient
     return volume, client
 
 
+def calibration_em(job: PredictJob, volume: VolumeSource, n: int = 8, side: int = 256,
+                   seed: int = 0) -> np.ndarray:
+    """(n, side, side) uint8 EM patches, not blank, at random places of the job's
+    ``calibration`` volume or image folder, else of ``volume`` itself (at the job's mip);
+    what int8 quantisation calibrates on."""
+    with ExitStack() as stack:
+        if job.calibration is not None:
+            volume = stack.enter_context(open_source(job.calibration))
+        mip = job.mip if job.calibration is None else 0
+        z, h, w = volume.shape_at(mip)
+        sy, sx = min(side, h), min(side, w)
+        rng = np.random.default_rng(seed)
+        patches = []
+        for _ in range(16 * n):
+            z0, y0, x0 = rng.integers(z), rng.integers(h - sy + 1), rng.integers(w - sx + 1)
+            patch = volume.read(Box(z0, z0 + 1, y0, y0 + sy, x0, x0 + sx), mip)
+            if not is_blank(patch[0], job.blank_entropy):
+                patches.append(patch[0])
+            if len(patches) == n:
+                break
+    if not patches:
+        raise ValueError(f"no EM to calibrate int8 on: {volume.name} looks blank; give "
+                         "sample EM with calibration (--calibration FOLDER)")
+    return np.stack(patches)
+
+
 def _clock(seconds: float) -> str:
     """Seconds as h:mm:ss (hours unbounded)."""
     s = int(seconds)
@@ -168,8 +194,8 @@ class _WriterThread:
         try:
             while (item := self._queue.get())[0] != "stop":
                 if item[0] == "tiles":
-                    _, chunk, sections, probs, keys = item
-                    self.writer.write(chunk.core, sections, probs, keys)
+                    _, chunk, sections, probs, keys, spread = item
+                    self.writer.write(chunk.core, sections, probs, keys, spread)
                     self.written[chunk.z_block].update(keys)
                     self.tally.add(written=len(keys))
                 else:  # ("block", k): every chunk of z block k is done
@@ -237,9 +263,12 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
                 continue
             sections = sorted({z for z, _, _ in keys})
             em = chunk.data[[z - chunk.outer.z0 for z in sections]]
-            probs = predictor.predict(_padded_em(em, pc.core, chunk.outer, m))
+            padded = _padded_em(em, pc.core, chunk.outer, m)
+            probs, spread = predictor.predict_with_uncertainty(padded) if job.uncertainty \
+                else (predictor.predict(padded), None)
             _, h, w = pc.core.shape
-            out.put(("tiles", pc, sections, probs[:, :, m:m + h, m:m + w], keys))
+            out.put(("tiles", pc, sections, probs[:, :, m:m + h, m:m + w], keys,
+                     None if spread is None else spread[:, m:m + h, m:m + w]))
         while next_block is not None:
             out.put(("block", next_block))
             next_block = next(blocks, None)
@@ -266,8 +295,12 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
         if predictor is None:
             from membrane_py.infer.engine import load_predictor
 
-            predictor = load_predictor(job.checkpoint, backend=job.backend, device=job.device,
-                                       tile=max(job.chunk[1:]) + 2 * job.margin, margin=0)
+            predictor = load_predictor(
+                job.checkpoint, backend=job.backend, device=job.device,
+                tile=max(job.chunk[1:]) + 2 * job.margin, margin=0, tta=job.tta,
+                precision=job.precision, calibration=lambda: calibration_em(job, volume))
+        if job.uncertainty and not hasattr(predictor, "predict_with_uncertainty"):
+            raise ValueError("the uncertainty output needs the tiled engine (load_predictor)")
         plan = plan_region(job.region, volume.shape, job.mip, job.tile, client)
         outputs = make_outputs(job, predictor.class_names)
         # refuses tiles of another job
