@@ -110,6 +110,9 @@ def evaluate(
     device: str = typer.Option("auto"),
     threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),
     method: str = typer.Option("watershed", help="instances: watershed or components"),
+    tta: int = typer.Option(1, help="test-time augmentation: flips/rotations averaged (1..8)"),
+    precision: str = typer.Option("auto", help="fp32, bf16, int8 (calibrated on the first "
+                                  "image) or auto, as predict"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict sample images, write prediction / probability / overlay PNGs and, with labels,
@@ -123,7 +126,8 @@ def evaluate(
         EvaluateJob, checkpoint=str(checkpoint), images=[str(p) for p in images], out=str(out),
         labels=[str(p) for p in labels] if labels else None,
         label_dir=str(label_dir) if label_dir else None, label_format=label_format,
-        device=device, threshold=threshold, method=method), save_job)
+        device=device, threshold=threshold, method=method, tta=tta, precision=precision),
+        save_job)
     rows = result.rows
     if rows:
         keys = [k for k in ("pixel_error", "v_rand", "v_info", "adapted_rand_error", "vi_split",

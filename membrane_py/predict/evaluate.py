@@ -64,18 +64,22 @@ def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
 def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                     labels: list[str | Path] | None = None, label_format: str = "codes",
                     device: str = "auto", threshold: float = 0.5, method: str = "watershed",
+                    tta: int = 1, precision: str = "auto",
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
     by the tiled engine), write ``<stem>_{prediction,probability,overlay}.png`` to
     ``out_dir`` and, with labels, ``metrics.json`` / ``metrics.csv`` (rows per image plus a
-    ``mean`` row). Returns the metric rows (empty without labels)."""
+    ``mean`` row). Returns the metric rows (empty without labels). ``tta`` and
+    ``precision`` are the engine's (:func:`~membrane_py.infer.engine.load_predictor`); int8
+    calibrates on the first image."""
     from membrane_py.augment import labels as L
     from membrane_py.train.trainer import convert_labels
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
-    predictor = load_predictor(checkpoint, device=device)
+    predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
+                               calibration=lambda: L.read_image(images[0])[None])
     names = predictor.class_names
     k = predictor.n_classes
     membrane = k == 2 and names[-1] == "membrane"
@@ -136,6 +140,8 @@ class EvaluateJob(JobSpec):
     device: str = "auto"
     threshold: float = 0.5
     method: str = "watershed"
+    tta: int = 1
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -174,7 +180,8 @@ def run_evaluation(job: EvaluateJob, progress: ProgressCallback | None = None,
     """The evaluate job (see :func:`evaluate_images`)."""
     rows = evaluate_images(job.checkpoint, list(job.images), job.out, labels=job.label_files(),
                            label_format=job.label_format, device=job.device,
-                           threshold=job.threshold, method=job.method, progress=progress,
+                           threshold=job.threshold, method=job.method, tta=job.tta,
+                           precision=job.precision, progress=progress,
                            cancel=cancel)
     report(progress, Event.artifact(job.out, "evaluate", "evaluation pictures"))
     return EvaluateResult(Path(job.out), rows)
