@@ -261,11 +261,10 @@ def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: bytes,
     from membrane_py.infer.onnx_backend import OnnxBackend
     from membrane_py.infer.quantize import cached_int8, calibration_patches, int8_cache_path
 
-    if calibration is None:
-        raise ValueError("int8 needs sample EM to calibrate on (calibration=...; predict "
-                         "takes it from the volume, or --calibration FOLDER)")
-
     def batches() -> list[np.ndarray]:
+        if calibration is None:
+            raise ValueError("int8 needs sample EM to calibrate on (calibration=...; predict "
+                             "takes it from the volume, or --calibration FOLDER)")
         pre = OnnxBackend(fp32, device="cpu").info.preprocess
         return [preprocess(p, pre)[None] for p in calibration_patches(calibration())]
 

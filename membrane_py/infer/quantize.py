@@ -14,6 +14,7 @@ calibration wins: delete the file to calibrate again on other EM.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,13 +51,7 @@ def quantize_int8(model: bytes, batches: list[np.ndarray]) -> bytes:
     """The int8 QDQ model of an fp32 ONNX model, calibrated on preprocessed float32
     ``batches`` (each (N, 1, H, W)); membrane-py metadata is kept with the new tensor
     digest."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader
 
     _, info, _ = read_onnx(model)
     proto = onnx.load_from_string(model)
@@ -70,18 +65,30 @@ def quantize_int8(model: bytes, batches: list[np.ndarray]) -> bytes:
             batch = next(self.items, None)
             return None if batch is None else {name: batch}
 
-    with tempfile.TemporaryDirectory(prefix="membrane_int8_") as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(model)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-        quant = onnx.load(str(dst))
+    # the quantiser logs a warning per float bias and a pre-processing hint: noise here
+    logging.disable(logging.WARNING)
+    try:
+        quant = _quantize_file(model, Reader())
+    finally:
+        logging.disable(logging.NOTSET)
     if info is not None:
         info = replace(info, tensors_sha256=onnx_tensors_sha256(quant))
         del quant.metadata_props[:]
         onnx.helper.set_model_props(quant, {METADATA_KEY: info.to_json()})
     return quant.SerializeToString()
+
+
+def _quantize_file(model: bytes, reader: object) -> onnx.ModelProto:
+    """quantize_static through temporary files (it reads and writes paths)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="membrane_int8_") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model)
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        return onnx.load(str(dst))
 
 
 def int8_cache_path(checkpoint: str | Path, sha256: str) -> Path:
