@@ -22,6 +22,7 @@ from membrane_py.models import UNetConfig, build_model
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.runner import run_prediction
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from membrane_py.transfer.onnx import export_onnx
 from membrane_py.volumes.synthetic import make_synthetic
 from tests.predict_support import synthetic_training_folders
 
@@ -107,7 +108,7 @@ def trained(tmp_path_factory):
     return folder / "run" / "unet.pt"
 
 
-def test_int8_agrees_with_fp32_and_is_cached(trained):
+def test_int8_agrees_with_fp32_and_is_cached(trained, tmp_path):
     em = make_synthetic((2, 128, 128), seed=7).em
     fp32 = load_predictor(trained, device="cpu", precision="fp32").predict(em)[:, 1]
     cache = int8_cache_path(trained, load_checkpoint(trained).digest())
@@ -123,6 +124,11 @@ def test_int8_agrees_with_fp32_and_is_cached(trained):
     assert cache.stat().st_mtime_ns == stamp
     assert np.array_equal(again.predict(em), int8.predict(em))
 
+    onnx_path = export_onnx(trained, tmp_path / "model.onnx", check=False).path
+    from_onnx = load_predictor(onnx_path, precision="int8", calibration=lambda: em)
+    assert len(list(tmp_path.glob("model.int8-*.onnx"))) == 1  # cached next to the .onnx
+    assert np.abs(from_onnx.predict(em)[:, 1] - fp32).mean() < 0.05
+
 
 def test_bf16_is_close_to_fp32(trained):
     em = make_synthetic((1, 128, 128), seed=8).em
@@ -135,7 +141,10 @@ def test_bf16_is_close_to_fp32(trained):
 
 def test_precision_rule_and_refusals(trained, tmp_path):
     assert resolve_precision("auto", "cuda") == "bf16"
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("auto", "cpu", 32) == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("auto", "cpu", 16) == resolve_precision("auto", "cpu") == "fp32"
+    # 8 filters: auto keeps fp32, on the (faster) ONNX Runtime engine
+    assert type(load_predictor(trained, device="cpu").backend).__name__ == "OnnxBackend"
     assert resolve_precision("int8", "cpu") == "int8"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", "cpu")

@@ -64,7 +64,8 @@ def predict(
                                      "(needs --tta 2..8)"),
     precision: str = typer.Option("auto", help="fp32, bf16 (PyTorch autocast), int8 (ONNX "
                                   "Runtime, quantised and cached next to the checkpoint) or "
-                                  "auto (bf16 on CUDA, fp32 on the CPU)"),
+                                  "auto (bf16 on CUDA, and on CPUs with AVX-512 BF16 / AMX "
+                                  "for networks of >= 32 filters; else fp32)"),
     calibration: str = typer.Option(None, help="int8: calibrate on this EM (image folder or "
                                     "volume) instead of the volume being predicted"),
     save_job: Path = SAVE_JOB,

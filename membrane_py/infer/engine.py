@@ -223,8 +223,9 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     is_onnx = isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
     device_type = pick_device(device).type
     fixed = "onnx" if is_onnx else backend if backend != "auto" else None
-    precision = "fp32" if precision == "auto" and fixed == "onnx" else \
-        resolve_precision(precision, device_type)
+    ck = None if is_onnx else _checkpoint(model)
+    precision = "fp32" if precision == "auto" and fixed == "onnx" else resolve_precision(
+        precision, device_type, None if ck is None else ck.model_config.base_filters)
     if precision == "bf16" and fixed == "onnx":
         raise ValueError("bf16 runs on the PyTorch backend: use backend torch (or auto) with "
                          "a .pt checkpoint")
@@ -241,40 +242,45 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
-        ck = None if is_onnx else _checkpoint(model)
-        data = model_bytes(model) if ck is None else onnx_model(ck).SerializeToString()
-        if precision == "int8":
-            data = _int8(model, ck, data, calibration)
+
+        def fp32() -> bytes:
+            return model_bytes(model) if ck is None else onnx_model(ck).SerializeToString()
+
+        data = _int8(model, ck, fp32, calibration) if precision == "int8" else fp32()
         runtime = OnnxBackend(data, device=device)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
                               runtime.tensors_sha256 if ck is None else ck.digest())
     from membrane_py.infer.torch_backend import TorchBackend
 
-    ck = _checkpoint(model)
     net = TorchBackend(ck.build_model(), device=device, precision=precision, compile=compile)
     return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest())
 
 
-def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: bytes,
+def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: Callable[[], bytes],
           calibration: Callable[[], np.ndarray] | None) -> bytes:
-    """The int8 model of ``fp32``, cached next to a model file (see load_predictor)."""
-    from membrane_py.infer.onnx_backend import OnnxBackend
+    """The int8 model of the fp32 ONNX model ``fp32()``, cached next to a model file (see
+    :func:`load_predictor`); ``fp32`` and ``calibration`` are called only to quantise."""
+    from membrane_py.infer.onnx_backend import OnnxModelInfo, read_onnx
     from membrane_py.infer.quantize import cached_int8, calibration_patches, int8_cache_path
+
+    data = None if ck is not None else fp32()
+
+    def source() -> bytes:
+        return data if data is not None else fp32()
 
     def batches() -> list[np.ndarray]:
         if calibration is None:
             raise ValueError("int8 needs sample EM to calibrate on (calibration=...; predict "
                              "takes it from the volume, or --calibration FOLDER)")
-        pre = OnnxBackend(fp32, device="cpu").info.preprocess
+        pre = ck.preprocess_config if ck is not None else \
+            (read_onnx(source())[1] or OnnxModelInfo(class_names=[])).preprocess
         return [preprocess(p, pre)[None] for p in calibration_patches(calibration())]
 
     cache = None
     if isinstance(model, str | Path):
-        from membrane_py.infer.onnx_backend import read_onnx
-
-        digest = ck.digest() if ck is not None else read_onnx(fp32)[2]
+        digest = ck.digest() if ck is not None else read_onnx(source())[2]
         cache = int8_cache_path(model, digest)
-    return cached_int8(lambda: fp32, batches, cache)
+    return cached_int8(source, batches, cache)
 
 
 def _checkpoint(model: str | Path | Checkpoint) -> Checkpoint:

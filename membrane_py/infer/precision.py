@@ -8,12 +8,18 @@
   (:mod:`membrane_py.infer.quantize`). Runs on the ONNX Runtime backend only.
 
 ``auto`` is a recorded rule, not a measurement at run time (:func:`resolve_precision`):
-bf16 on CUDA (as before); on the CPU fp32, the ONNX Runtime engine. bench/predict.py on
-this project's benchmark CPU (Xeon with AVX-512 BF16 and VNNI, 2 cores, see
-docs/prediction.md) measured PyTorch bf16 autocast *slower* than the ONNX Runtime fp32
-engine, so bf16 never wins on the CPU by default. int8 was the fastest there but moves
-V_rand by more than the 0.005 the rule tolerates on some models, so it is used only when
-asked for.
+
+- CUDA: bf16 (as the engine always did);
+- CPU with AVX-512 BF16 or AMX and a network of at least :data:`BF16_MIN_FILTERS` base
+  filters (the default U-Net): bf16. On this project's 2-core Xeon (AVX-512 BF16 and VNNI)
+  PyTorch bf16 ran the default U-Net (32 filters) 1.7x faster than the ONNX Runtime fp32
+  engine, but the light one (16 filters, whose thin layers keep oneDNN's bf16 kernels
+  busy with overhead) 0.7x as fast, so narrower networks stay on fp32;
+- otherwise fp32 (ONNX Runtime on the CPU).
+
+bf16 changed probabilities by under 0.001 and V_rand on ISBI 2012 by under 0.005 in
+bench/predict.py (docs/prediction.md). int8 was faster still but is never picked by
+``auto``: its error depends on the calibration EM, so it is used only when asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import platform
 from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: ``auto`` uses bf16 on a bf16-capable CPU from this many base filters on (see above)
+BF16_MIN_FILTERS = 32
 
 
 def cpu_flags() -> set[str]:
@@ -40,11 +48,15 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``fp32``, ``bf16`` or ``int8`` for a requested precision on a device type (``auto``:
-    see the module docstring)."""
+def resolve_precision(precision: str, device_type: str, base_filters: int | None = None) -> str:
+    """``fp32``, ``bf16`` or ``int8`` for a requested precision on a device type, for a
+    network with ``base_filters`` (None: unknown, e.g. an ONNX model). ``auto``: see the
+    module docstring."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if device_type == "cuda" else "fp32"
+    if device_type == "cuda":
+        return "bf16"
+    wide = base_filters is not None and base_filters >= BF16_MIN_FILTERS
+    return "bf16" if device_type == "cpu" and wide and cpu_has_bf16() else "fp32"
