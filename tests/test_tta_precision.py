@@ -8,6 +8,9 @@ probabilities within 0.05 of fp32 on average (at most 0.25 at any pixel), and bf
 0.02 (0.1 at any pixel); the int8 model is cached next to the checkpoint and reused.
 """
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,7 @@ from membrane_py.infer.engine import DIHEDRAL, dihedral, dihedral_inverse, load_
 from membrane_py.infer.precision import cpu_has_bf16, resolve_precision
 from membrane_py.infer.quantize import int8_cache_path
 from membrane_py.models import UNetConfig, build_model
+from membrane_py.predict.identity import JobMismatchError
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.runner import run_prediction
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -128,6 +132,21 @@ def test_int8_agrees_with_fp32_and_is_cached(trained, tmp_path):
     from_onnx = load_predictor(onnx_path, precision="int8", calibration=lambda: em)
     assert len(list(tmp_path.glob("model.int8-*.onnx"))) == 1  # cached next to the .onnx
     assert np.abs(from_onnx.predict(em)[:, 1] - fp32).mean() < 0.05
+
+
+def test_int8_prediction_calibrates_on_a_given_folder(tmp_path):
+    _checkpoint(tmp_path, symmetric=False)
+    images, _ = synthetic_training_folders(tmp_path / "sample")
+    job = PredictJob(checkpoint=str(tmp_path / "model.pt"), source="synthetic:2x96x96",
+                     out=str(tmp_path / "out"), chunk=[2, 64, 64], tile=64, margin=16,
+                     precision="int8", calibration=str(images), device="cpu")
+    result = run_prediction(job)
+    assert result.tiles_written > 0
+    assert len(list(tmp_path.glob("model.int8-*.onnx"))) == 1
+    identity = json.loads((tmp_path / "out" / "job_identity.json").read_text())
+    assert identity["pixels"]["precision"] == "int8"
+    with pytest.raises(JobMismatchError, match="precision"):
+        run_prediction(replace(job, precision="fp32"))
 
 
 def test_bf16_is_close_to_fp32(trained):

@@ -33,15 +33,16 @@ CALIBRATION_PATCHES = 8
 
 def calibration_patches(em: np.ndarray, side: int = CALIBRATION_SIDE,
                         n: int = CALIBRATION_PATCHES, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` (1, side, side) patches of (z, y, x) ``em`` at random positions (sides
-    shrink to the sections' when these are smaller), as (n, 1, side, side)."""
+    """``n`` (1, side, side) patches of (z, y, x) ``em``, section after section in turn, at
+    random positions (sides shrink to the sections' when these are smaller), as
+    (n, 1, side, side)."""
     if em.ndim != 3 or em.size == 0:
         raise ValueError(f"calibration EM must be a non-empty (z, y, x) stack, got {em.shape}")
     rng = np.random.default_rng(seed)
     sy, sx = min(side, em.shape[1]), min(side, em.shape[2])
     out = np.empty((n, 1, sy, sx), em.dtype)
     for i in range(n):
-        z = rng.integers(em.shape[0])
+        z = i % em.shape[0]
         y, x = rng.integers(em.shape[1] - sy + 1), rng.integers(em.shape[2] - sx + 1)
         out[i, 0] = em[z, y:y + sy, x:x + sx]
     return out
