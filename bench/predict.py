@@ -8,7 +8,8 @@ compute roofline. Prints one JSON object; every number comes from one run on one
 - ``models``: per architecture (default U-Net, light variant; random weights): FLOPs per
   pixel (``torch.utils.flop_counter``) and per engine the model-only throughput in MB/s of
   uint8 EM, the achieved FLOP/s and its fraction of the roofline (``utilisation`` counts the
-  output pixels, ``executed_utilisation`` also the margins the tiles compute);
+  output pixels, ``executed_utilisation`` also the margins the tiles compute); besides the
+  fp32 engines, PyTorch bf16 and ONNX Runtime int8 (measured against the fp32 roofline);
 - ``end_to_end``: a whole volume through the VAST server, and the same engine on the same
   chunks without I/O; their ratio (:func:`end_to_end`);
 - ``precision``: fp32, bf16 and int8 side by side on ISBI 2012 sections 15-19 with one
@@ -102,9 +103,13 @@ def roofline_key(pred: TiledPredictor) -> str:
 
 def bench_models(args: argparse.Namespace, em: np.ndarray, peaks: dict[str, float]) -> dict:
     """Throughput and utilisation per model and engine (best of interleaved rounds)."""
-    engines = {name: {"backend": name} for name in args.backends}
+    engines = {name: {"backend": name, "precision": "fp32"} for name in args.backends}
     if args.compile:
-        engines["torch_compile"] = {"backend": "torch", "compile": True}
+        engines["torch_compile"] = {"backend": "torch", "compile": True, "precision": "fp32"}
+    if not args.fp32_only:  # lower precisions (random weights: speed only, calibrated on em)
+        engines["torch_bf16"] = {"backend": "torch", "precision": "bf16"}
+        engines["onnx_int8"] = {"backend": "onnx", "precision": "int8",
+                                "calibration": lambda: em}
     out = {}
     for model in args.models:
         cfg = MODELS[model]
@@ -312,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--e2e-model", default="light", choices=list(MODELS))
     p.add_argument("--e2e-backend", default="onnx", choices=["torch", "onnx"])
     p.add_argument("--skip-models", action="store_true", help="only the end-to-end run")
+    p.add_argument("--fp32-only", action="store_true", help="models: no bf16 / int8 engines")
+    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end run")
     p.add_argument("--precision-only", action="store_true",
                    help="only the precision / TTA table on ISBI 15-19")
     p.add_argument("--checkpoint", default=None, help="precision table: network to use "
@@ -330,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["models"] = bench_models(args, em, peaks)
         add_utilisation(result["models"], peaks)
         result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
-    result["end_to_end"] = end_to_end(args)
+    if not args.skip_e2e:
+        result["end_to_end"] = end_to_end(args)
     if ISBI.is_dir():
         result["precision"] = precision_table(args)
     return result
