@@ -11,15 +11,16 @@
 
 - CUDA: bf16 (as the engine always did);
 - CPU with AVX-512 BF16 or AMX and a network of at least :data:`BF16_MIN_FILTERS` base
-  filters (the default U-Net): bf16. On this project's 2-core Xeon (AVX-512 BF16 and VNNI)
-  PyTorch bf16 ran the default U-Net (32 filters) 1.7x faster than the ONNX Runtime fp32
-  engine, but the light one (16 filters, whose thin layers keep oneDNN's bf16 kernels
-  busy with overhead) 0.7x as fast, so narrower networks stay on fp32;
+  filters (the default U-Net): bf16. On this project's 2-core AMD EPYC (AVX-512 BF16 and VNNI,
+  shared with other jobs) PyTorch bf16 ran the default U-Net (32 filters) 1.6x (bench/predict.py)
+  and 1.7x (a second, ad hoc run) faster than the ONNX Runtime fp32 engine; for the light
+  one (16 filters) the runs disagreed (0.7x to 1.4x), so narrower networks stay on fp32;
 - otherwise fp32 (ONNX Runtime on the CPU).
 
-bf16 changed probabilities by under 0.001 and V_rand on ISBI 2012 by under 0.005 in
-bench/predict.py (docs/prediction.md). int8 was faster still but is never picked by
-``auto``: its error depends on the calibration EM, so it is used only when asked for.
+On ISBI 2012 sections 15-19 (bench/predict.py, docs/prediction.md) bf16 moved
+probabilities by at most 0.01 and V_rand by 0.002. int8 was 2.0-2.6x faster there but moved
+V_rand by 0.01, more than the 0.005 this rule tolerates, so ``auto`` never picks it: it is
+used only when asked for.
 """
 
 from __future__ import annotations
