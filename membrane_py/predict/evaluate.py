@@ -128,7 +128,8 @@ def _write_tables(out: Path, rows: list[dict]) -> None:
 class EvaluateJob(JobSpec):
     """Evaluate ``checkpoint`` (``.pt`` or ``.onnx``) on EM ``images``, writing pictures and,
     with labels, metrics to ``out``. Labels come from ``labels`` (one file per image, in
-    order) or from ``label_dir`` (paired with the images by file name)."""
+    order) or from ``label_dir`` (paired with the images by file name). ``tta`` and
+    ``precision`` are the engine's, as in prediction (int8 calibrates on the first image)."""
 
     kind: ClassVar[str] = "evaluate"
     checkpoint: str
