@@ -238,15 +238,16 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     if is_onnx and backend == "torch":
         raise ValueError(f"{model} is an ONNX model: use backend='onnx' (or 'auto')")
     if backend == "onnx":
-        from membrane_py.infer.onnx_backend import OnnxBackend, model_bytes, onnx_model
+        from membrane_py.infer.onnx_backend import OnnxBackend, onnx_model
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
 
         def fp32() -> bytes:
-            return model_bytes(model) if ck is None else onnx_model(ck).SerializeToString()
+            return onnx_model(ck).SerializeToString()
 
-        data = _int8(model, ck, fp32, calibration) if precision == "int8" else fp32()
+        data = _int8(model, ck, fp32, calibration) if precision == "int8" else \
+            model if ck is None else fp32()
         runtime = OnnxBackend(data, device=device)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
                               runtime.tensors_sha256 if ck is None else ck.digest())
@@ -258,12 +259,13 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
 
 def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: Callable[[], bytes],
           calibration: Callable[[], np.ndarray] | None) -> bytes:
-    """The int8 model of the fp32 ONNX model ``fp32()``, cached next to a model file (see
-    :func:`load_predictor`); ``fp32`` and ``calibration`` are called only to quantise."""
+    """The int8 model of the checkpoint ``ck`` (exported by ``fp32()``) or of the ONNX file
+    ``model``, cached next to a model file (see :func:`load_predictor`); ``fp32`` and
+    ``calibration`` are called only to quantise."""
     from membrane_py.infer.onnx_backend import OnnxModelInfo, read_onnx
     from membrane_py.infer.quantize import cached_int8, calibration_patches, int8_cache_path
 
-    data = None if ck is not None else fp32()
+    data = None if ck is not None else read_onnx(model)[0]  # checked, errors name the file
 
     def source() -> bytes:
         return data if data is not None else fp32()
