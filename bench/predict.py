@@ -8,9 +8,14 @@ compute roofline. Prints one JSON object; every number comes from one run on one
 - ``models``: per architecture (default U-Net, light variant; random weights): FLOPs per
   pixel (``torch.utils.flop_counter``) and per engine the model-only throughput in MB/s of
   uint8 EM, the achieved FLOP/s and its fraction of the roofline (``utilisation`` counts the
-  output pixels, ``executed_utilisation`` also the margins the tiles compute);
+  output pixels, ``executed_utilisation`` also the margins the tiles compute); besides the
+  fp32 engines, PyTorch bf16 and ONNX Runtime int8 (measured against the fp32 roofline);
 - ``end_to_end``: a whole volume through the VAST server, and the same engine on the same
-  chunks without I/O; their ratio (:func:`end_to_end`).
+  chunks without I/O; their ratio (:func:`end_to_end`);
+- ``precision``: fp32, bf16 and int8 side by side on ISBI 2012 sections 15-19 with one
+  network (``--checkpoint``, or one trained here on sections 00-14 for
+  ``--train-seconds``): throughput and V_rand against the ground truth, and test-time
+  augmentation's cost ratio and V_rand gain (:func:`precision_table`).
 
 Timings are the best of ``--repeats`` interleaved rounds (roofline re-measured each round,
 best kept), so other processes on a shared machine bias results as little as possible.
@@ -19,19 +24,22 @@ best kept), so other processes on a shared machine bias results as little as pos
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.infer.engine import TiledPredictor, load_predictor
+from membrane_py.infer.precision import cpu_flags
 from membrane_py.models.unet import UNet, UNetConfig
-from membrane_py.train.checkpoint import Checkpoint
+from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
 
 MODELS: dict[str, UNetConfig] = {"default": UNetConfig(), "light": UNetConfig.light()}
 
@@ -90,14 +98,18 @@ def roofline_key(pred: TiledPredictor) -> str:
     backend = pred.backend
     if backend.device_type != "cuda":
         return "cpu_float32"
-    return "cuda_bfloat16" if getattr(backend, "amp", False) else "cuda_float32"
+    return "cuda_bfloat16" if getattr(backend, "precision", "") == "bf16" else "cuda_float32"
 
 
 def bench_models(args: argparse.Namespace, em: np.ndarray, peaks: dict[str, float]) -> dict:
     """Throughput and utilisation per model and engine (best of interleaved rounds)."""
-    engines = {name: {"backend": name} for name in args.backends}
+    engines = {name: {"backend": name, "precision": "fp32"} for name in args.backends}
     if args.compile:
-        engines["torch_compile"] = {"backend": "torch", "compile": True}
+        engines["torch_compile"] = {"backend": "torch", "compile": True, "precision": "fp32"}
+    if not args.fp32_only:  # lower precisions (random weights: speed only, calibrated on em)
+        engines["torch_bf16"] = {"backend": "torch", "precision": "bf16"}
+        engines["onnx_int8"] = {"backend": "onnx", "precision": "int8",
+                                "calibration": lambda: em}
     out = {}
     for model in args.models:
         cfg = MODELS[model]
@@ -186,6 +198,96 @@ def end_to_end(args: argparse.Namespace) -> dict:
             "aim_ratio": 0.85}
 
 
+ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+
+
+def isbi(sections: range) -> tuple[np.ndarray, list[np.ndarray]]:
+    """ISBI 2012 EM (z, y, x) and class labels (1 interior, 2 membrane) of ``sections``."""
+    from membrane_py.augment import labels as L
+    from membrane_py.train.trainer import convert_labels
+
+    em = np.stack([L.read_image(ISBI / "images" / f"{i:02d}.png") for i in sections])
+    raw = [L.decode_label_image(L.read_image(ISBI / "labels" / f"{i:02d}.png"))
+           for i in sections]
+    return em, convert_labels(raw, "isbi")[0]
+
+
+def train_isbi(seconds: float, out: Path) -> Path:
+    """A light U-Net trained on ISBI 00-14 for about ``seconds`` (weighted_ce, cosine)."""
+    from membrane_py.augment.dataset import OnTheFlyPatchDataset
+    from membrane_py.augment.transforms import AugmentConfig
+    from membrane_py.events import Cancelled, CancelToken
+    from membrane_py.train.config import TrainJob
+    from membrane_py.train.trainer import train_model
+
+    em, labels = isbi(range(15))
+    cfg = TrainJob(out_dir=str(out), name="isbi", patch_size=128, batch_size=8, epochs=1000,
+                   depth=4, base_filters=16, loss="weighted_ce", device="cpu",
+                   voxel_size=[50.0, 4.0, 4.0], log_every=5)
+    data = OnTheFlyPatchDataset(list(em), labels, 128, 64, cfg.preprocess_config,
+                                AugmentConfig(), seed=0)
+    token, t0 = CancelToken(), time.perf_counter()
+
+    def budget(_event) -> None:
+        if time.perf_counter() - t0 > seconds:
+            token.cancel()
+
+    with contextlib.suppress(Cancelled):
+        train_model(data, None, cfg, n_classes=2, progress=budget, cancel=token)
+    return cfg.last_path
+
+
+def v_rand(probs: np.ndarray, labels: list[np.ndarray]) -> float:
+    """Mean V_rand (threshold 0.5 + watershed, as ``evaluate``) over sections."""
+    from membrane_py.train.metrics import membrane_scores
+
+    return float(np.mean([membrane_scores(p[1], gt)["v_rand"]
+                          for p, gt in zip(probs, labels, strict=True)]))
+
+
+def precision_table(args: argparse.Namespace) -> dict:
+    """fp32 (ONNX Runtime, the CPU default; PyTorch too), bf16 (PyTorch autocast) and int8
+    (ONNX Runtime QDQ, calibrated on the predicted sections) on ISBI 15-19, best of
+    ``--repeats`` interleaved rounds; then TTA (4 flips, all 8) at fp32."""
+    import tempfile
+
+    em, labels = isbi(range(15, 20))
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.checkpoint) if args.checkpoint else train_isbi(
+            args.train_seconds, Path(args.train_out or tmp))
+        kinds = {"fp32": {"precision": "fp32"},
+                 "fp32_torch": {"precision": "fp32", "backend": "torch"},
+                 "bf16": {"precision": "bf16"},
+                 "int8": {"precision": "int8", "calibration": lambda: em},
+                 "fp32_tta4": {"precision": "fp32", "tta": 4},
+                 "fp32_tta8": {"precision": "fp32", "tta": 8}}
+        preds = {k: load_predictor(ckpt, device=args.device, **kw) for k, kw in kinds.items()}
+        probs = {k: p.predict(em) for k, p in preds.items()}  # warm-up and the scored output
+        best = dict.fromkeys(preds, float("inf"))
+        for _ in range(args.repeats):
+            for k, p in preds.items():
+                best[k] = min(best[k], elapsed(lambda p=p: p.predict(em)))
+        model = load_checkpoint(ckpt).model
+    scores = {k: v_rand(p, labels) for k, p in probs.items()}
+    rows = {k: {"backend": "onnx" if type(preds[k].backend).__name__ == "OnnxBackend"
+                else "torch", "seconds": round(best[k], 3),
+                "mb_per_s": round(em.size / best[k] / 1e6, 3),
+                "speedup_vs_fp32": round(best["fp32"] / best[k], 3),
+                "v_rand": round(scores[k], 4),
+                "v_rand_minus_fp32": round(scores[k] - scores["fp32"], 4),
+                "max_abs_prob_diff_vs_fp32": round(float(np.abs(probs[k] - probs["fp32"]).max()),
+                                                   4)}
+            for k in kinds}
+    return {"data": "ISBI 2012 sections 15-19 (5 x 512^2)", "model": model,
+            "checkpoint": args.checkpoint or f"trained here on ISBI 00-14 for "
+                                             f"{args.train_seconds:.0f} s",
+            "cpu_bf16": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_vnni"}),
+            "rows": rows,
+            "tta": {k: {"cost_ratio": round(best[k] / best["fp32"], 2),
+                        "v_rand_gain": round(scores[k] - scores["fp32"], 4)}
+                    for k in ("fp32_tta4", "fp32_tta8")}}
+
+
 def machine() -> dict:
     import onnxruntime as ort
 
@@ -215,17 +317,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--e2e-model", default="light", choices=list(MODELS))
     p.add_argument("--e2e-backend", default="onnx", choices=["torch", "onnx"])
     p.add_argument("--skip-models", action="store_true", help="only the end-to-end run")
+    p.add_argument("--fp32-only", action="store_true", help="models: no bf16 / int8 engines")
+    p.add_argument("--skip-e2e", action="store_true", help="no end-to-end run")
+    p.add_argument("--precision-only", action="store_true",
+                   help="only the precision / TTA table on ISBI 15-19")
+    p.add_argument("--checkpoint", default=None, help="precision table: network to use "
+                   "(default: train one on ISBI 00-14 for --train-seconds)")
+    p.add_argument("--train-seconds", type=float, default=180.0)
+    p.add_argument("--train-out", default=None, help="keep the trained network here")
     args = p.parse_args(argv)
     em = np.random.default_rng(0).integers(0, 256, (args.sections, args.size, args.size),
                                            dtype=np.uint8)
     peaks: dict[str, float] = {}
     result = {"benchmark": "predict", "input": list(em.shape), "repeats": args.repeats,
               "machine": machine()}
+    if args.precision_only:
+        return {**result, "precision": precision_table(args)}
     if not args.skip_models:
         result["models"] = bench_models(args, em, peaks)
         add_utilisation(result["models"], peaks)
         result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
-    result["end_to_end"] = end_to_end(args)
+    if not args.skip_e2e:
+        result["end_to_end"] = end_to_end(args)
+    if ISBI.is_dir():
+        result["precision"] = precision_table(args)
     return result
 
 

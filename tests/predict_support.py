@@ -43,3 +43,23 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     run removes what a killed one left)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
+
+
+def synthetic_training_folders(folder: Path, sections: int = 3, side: int = 128,
+                               seed: int = 4) -> tuple[Path, Path]:
+    """EM and ISBI-style labels (0 = membrane, 255 = interior) of a synthetic volume as PNG
+    folders ``folder/im`` and ``folder/lab``."""
+    import cv2
+    import numpy as np
+
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    syn = make_synthetic((sections, side, side), seed=seed)
+    images, labels = folder / "im", folder / "lab"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for z in range(sections):
+        cv2.imwrite(str(images / f"s{z}.png"), syn.em[z])
+        cv2.imwrite(str(labels / f"s{z}.png"),
+                    np.where(syn.membranes[z] == 2, 0, 255).astype(np.uint8))
+    return images, labels

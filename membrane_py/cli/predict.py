@@ -65,6 +65,17 @@ def predict(
     scheduler: str = typer.Option(None, help="run the chunks as Dask tasks: local (one worker "
                                   "process per core), local:N (N workers) or tcp://HOST:PORT "
                                   "(a running cluster); default: this process"),
+    tta: int = typer.Option(1, help="test-time augmentation: average over this many of the 8 "
+                            "flips/rotations (1 off, 4 flips, 8 all; costs tta x the time)"),
+    uncertainty: bool = typer.Option(False, help="also write the spread between the "
+                                     "augmented predictions as an 'uncertainty' layer "
+                                     "(needs --tta 2..8)"),
+    precision: str = typer.Option("auto", help="fp32, bf16 (PyTorch autocast), int8 (ONNX "
+                                  "Runtime, quantised and cached next to the checkpoint) or "
+                                  "auto (bf16 on CUDA, and on CPUs with AVX-512 BF16 / AMX "
+                                  "for networks of >= 32 filters; else fp32)"),
+    calibration: str = typer.Option(None, help="int8: calibrate on this EM (image folder or "
+                                    "volume) instead of the volume being predicted"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -82,7 +93,8 @@ def predict(
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
         chunk=ints_option(chunk, 3, "--chunk")[::-1], margin=margin, tile=tile,
-        voxel_size=list(voxel_size) if voxel_size else None, scheduler=scheduler)
+        voxel_size=list(voxel_size) if voxel_size else None, scheduler=scheduler, tta=tta,
+        uncertainty=uncertainty, precision=precision, calibration=calibration)
     execute(spec, save_job)
 
 

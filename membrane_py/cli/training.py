@@ -33,6 +33,8 @@ def train(
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
     augmentations: str = AUGMENTATIONS,
+    arch: str = typer.Option(None, help="architecture: unet (plain U-Net) or resunet "
+                             "(residual U-Net) (default unet, or the pretrained network's)"),
     depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5 on CUDA, "
                               "4 on CPU, or the pretrained / resumed network's)"),
     base_filters: int = typer.Option(None, help="filters of the first stage, doubling per stage "
@@ -89,7 +91,7 @@ def train(
     from membrane_py.transfer.finetune import finetune_config, parse_episodic
 
     # unset architecture / preprocessing options come from the pretrained network, if any
-    inheritable = {"depth": depth, "base_filters": base_filters, "norm": norm,
+    inheritable = {"arch": arch, "depth": depth, "base_filters": base_filters, "norm": norm,
                    "dropout": dropout,
                    "preprocess": None if clahe is None else PreprocessConfig(clahe=clahe).to_dict()}
     try:
@@ -126,6 +128,9 @@ def evaluate(
     device: str = typer.Option("auto"),
     threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),
     method: str = typer.Option("watershed", help="instances: watershed or components"),
+    tta: int = typer.Option(1, help="test-time augmentation: flips/rotations averaged (1..8)"),
+    precision: str = typer.Option("auto", help="fp32, bf16, int8 (calibrated on the first "
+                                  "image) or auto, as predict"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict sample images, write prediction / probability / overlay PNGs and, with labels,
@@ -139,7 +144,8 @@ def evaluate(
         EvaluateJob, checkpoint=str(checkpoint), images=[str(p) for p in images], out=str(out),
         labels=[str(p) for p in labels] if labels else None,
         label_dir=str(label_dir) if label_dir else None, label_format=label_format,
-        device=device, threshold=threshold, method=method), save_job)
+        device=device, threshold=threshold, method=method, tta=tta, precision=precision),
+        save_job)
     rows = result.rows
     if rows:
         keys = [k for k in ("pixel_error", "v_rand", "v_info", "adapted_rand_error", "vi_split",

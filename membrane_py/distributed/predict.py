@@ -173,7 +173,7 @@ class _Worker:
             raise
         done = predict_block(job, block, chunk, self.predictor(), writer.done)
         if done.keys:
-            writer.write(block.core, done.sections, done.probs, done.keys)
+            writer.write(block.core, done.sections, done.probs, done.keys, done.spread)
         return BlockDone(tuple(done.keys), done.blank, done.resumed, chunk.data.nbytes)
 
 

@@ -5,11 +5,17 @@ checkpoint, reflect-padded context, the tile grid, batching across sections, sti
 blending; see :mod:`membrane_py.infer.tiling`). A backend only turns a batch of
 preprocessed windows into class probabilities: PyTorch in
 :mod:`membrane_py.infer.torch_backend`, ONNX Runtime in :mod:`membrane_py.infer.onnx_backend`.
-``load_predictor`` builds either from a checkpoint or an ``.onnx`` file.
+``load_predictor`` builds either from a checkpoint or an ``.onnx`` file, in the precision
+asked for (:mod:`membrane_py.infer.precision`).
+
+Test-time augmentation (``tta`` > 1) runs every tile through the first ``tta`` of the 8
+flips / rotations of the square (:data:`DIHEDRAL`), maps each prediction back and averages
+them; the spread between them is the uncertainty (:meth:`TiledPredictor.predict_with_uncertainty`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
+from membrane_py.infer.precision import resolve_precision
 from membrane_py.infer.tiling import BLENDS, Stitcher, TileGrid, plan_axis
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
 from membrane_py.train.device import pick_device
@@ -25,6 +32,28 @@ BACKENDS = ("auto", "torch", "onnx")
 #: default core side: one tile per 1024^2 chunk section keeps the margin overhead at 27%
 #: (1152^2 computed per 1024^2 kept); 512 tiles (56% overhead) were ~20% slower on CPU
 DEFAULT_TILE = 1024
+#: the dihedral group of the square as (transpose, flip y, flip x): an image is flipped,
+#: then transposed. The first four keep the window's orientation (identity, flips, 180
+#: degree rotation), so ``tta`` <= 4 also works with fixed non-square windows; with all 8
+#: the 90 and 270 degree rotations and both diagonal mirrors follow.
+DIHEDRAL = tuple((t, fy, fx) for t in (False, True) for fy in (False, True)
+                 for fx in (False, True))
+
+
+def dihedral(a: np.ndarray, g: tuple[bool, bool, bool]) -> np.ndarray:
+    """Element ``g`` of :data:`DIHEDRAL` applied to the last two axes (contiguous copy)."""
+    t, fy, fx = g
+    a = a[..., ::-1, :] if fy else a
+    a = a[..., ::-1] if fx else a
+    return np.ascontiguousarray(a.swapaxes(-1, -2) if t else a)
+
+
+def dihedral_inverse(a: np.ndarray, g: tuple[bool, bool, bool]) -> np.ndarray:
+    """Undo :func:`dihedral` with the same ``g`` (a view)."""
+    t, fy, fx = g
+    a = a.swapaxes(-1, -2) if t else a
+    a = a[..., ::-1, :] if fy else a
+    return a[..., ::-1] if fx else a
 
 
 @dataclass(frozen=True)
@@ -34,7 +63,8 @@ class EngineConfig:
     ``tile`` is the target core side (output pixels per tile; ``None``: :data:`DEFAULT_TILE`),
     ``margin`` the context added on each side, ``overlap`` how far neighbouring cores overlap
     (blended with ``blend``), ``batch_size`` tiles per forward pass (``None``: per-device
-    default, :func:`default_batch_size`).
+    default, :func:`default_batch_size`). ``tta`` is how many of the 8 :data:`DIHEDRAL`
+    transforms each tile is predicted under (1: none, 4: flips, 8: flips and rotations).
     """
 
     tile: int | None = None
@@ -42,8 +72,12 @@ class EngineConfig:
     overlap: int = 0
     blend: str = "none"
     batch_size: int | None = None
+    tta: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.tta <= len(DIHEDRAL):
+            raise ValueError(f"tta must be 1 (off) .. {len(DIHEDRAL)} (all flips and "
+                             f"rotations), got {self.tta}")
         if self.blend not in BLENDS:
             raise ValueError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.tile is not None and self.tile <= self.overlap:
@@ -96,6 +130,11 @@ class TiledPredictor:
         self.tile = config.tile or DEFAULT_TILE
         batch = config.batch_size or default_batch_size(backend.device_type)
         self.batch_size = min(batch, backend.max_batch or batch)
+        self.transforms = DIHEDRAL[: config.tta]
+        win = backend.window
+        if config.tta > 4 and win is not None and win[0] != win[1]:
+            raise ValueError(f"tta {config.tta} rotates tiles, but the model takes fixed "
+                             f"{win[0]}x{win[1]} inputs; use tta <= 4 (flips only)")
 
     def grid(self, shape: tuple[int, int, int]) -> TileGrid:
         """The tiling used for a (z, y, x) array."""
@@ -111,13 +150,25 @@ class TiledPredictor:
         A 2.5D network (``in_channels = 2 * context + 1``) sees sections ``z - context ..
         z + context`` of ``em`` as channels; beyond the first and last section the edge
         section repeats, so predict a stack with real neighbours where they exist."""
+        return self._predict(em, uncertainty=False)[0]
+
+    def predict_with_uncertainty(self, em: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities as :meth:`predict` and the (z, y, x) float32 uncertainty in [0, 1]:
+        twice the largest (over classes) standard deviation of the class probability
+        between the test-time augmented predictions (a standard deviation of values in
+        [0, 1] is at most 0.5). Zero without test-time augmentation."""
+        probs, spread = self._predict(em, uncertainty=True)
+        return probs, spread[:, 0]
+
+    def _predict(self, em: np.ndarray, uncertainty: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if em.ndim != 3:
             raise ValueError(f"expected a (z, y, x) stack, got shape {em.shape}; "
                              "use em[None] for one section")
         grid = self.grid(em.shape)
         stitcher = Stitcher(grid, self.n_classes, self.blend)
+        spread = Stitcher(grid, 1, self.blend) if uncertainty else None
         if not len(grid):
-            return stitcher.result()
+            return stitcher.result(), None if spread is None else spread.result()
         padded = grid.pad(preprocess(em, self.preprocessing))
         wy, wx = grid.window
         channels = self.backend.in_channels
@@ -129,38 +180,82 @@ class TiledPredictor:
             for i, t in enumerate(chunk):
                 zs = np.clip(t.z + context, 0, em.shape[0] - 1)
                 batch[i] = padded[zs, t.y: t.y + wy, t.x: t.x + wx]
-            probs = self.backend.run(batch[: len(chunk)])
-            for t, p in zip(chunk, probs, strict=True):
-                stitcher.add(t, p)
-        return stitcher.result()
+            probs, spreads = self._run_augmented(batch[: len(chunk)], uncertainty)
+            for i, t in enumerate(chunk):
+                stitcher.add(t, probs[i])
+                if spread is not None:
+                    spread.add(t, spreads[i])
+        return stitcher.result(), None if spread is None else spread.result()
+
+    def _run_augmented(self, batch: np.ndarray, uncertainty: bool
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean probabilities over the transforms and, when asked, the uncertainty
+        (N, 1, H, W) of :meth:`predict_with_uncertainty`."""
+        if len(self.transforms) == 1:
+            probs = self.backend.run(batch)
+            return probs, np.zeros_like(probs[:, :1]) if uncertainty else None
+        total = squares = None
+        for g in self.transforms:
+            p = dihedral_inverse(self.backend.run(dihedral(batch, g)), g)
+            total = p.copy() if total is None else total + p
+            if uncertainty:
+                squares = p * p if squares is None else squares + p * p
+        n = len(self.transforms)
+        mean = total / n
+        if not uncertainty:
+            return mean, None
+        std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+        return mean, np.minimum(2.0 * std.max(axis=1, keepdims=True), 1.0)
 
 
 def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
                    device: str = "auto", tile: int | None = None, margin: int = 64,
                    overlap: int = 0, blend: str = "none", batch_size: int | None = None,
-                   compile: bool = False, threads: int | None = None) -> TiledPredictor:
+                   compile: bool = False, threads: int | None = None, tta: int = 1,
+                   precision: str = "auto",
+                   calibration: Callable[[], np.ndarray] | None = None) -> TiledPredictor:
     """A predictor for a checkpoint (``.pt`` path or :class:`Checkpoint`) or an ``.onnx`` file.
 
     ``backend``: ``torch``, ``onnx`` (ONNX Runtime; a checkpoint is exported in memory) or
     ``auto`` (ONNX Runtime for ``.onnx`` files and on the CPU, where it measured 1.3-1.5x
-    faster than PyTorch (bench/predict.py); PyTorch on CUDA / MPS or with ``compile``).
-    ``compile`` applies to PyTorch only. ``threads`` caps the CPU threads of the ONNX
-    Runtime session (PyTorch's are process-wide: ``torch.set_num_threads``).
-    See :class:`EngineConfig` for the tiling arguments.
+    faster than PyTorch (bench/predict.py); PyTorch on CUDA / MPS or with ``compile``);
+    ``bf16`` always runs on PyTorch and ``int8`` on ONNX Runtime.
+    ``compile`` applies to PyTorch only. ``precision``: ``fp32``, ``bf16``, ``int8`` or
+    ``auto`` (:func:`~membrane_py.infer.precision.resolve_precision`). ``int8`` quantises
+    the model, calibrated on ``calibration()``, (z, y, x) uint8 sample EM (ideally from the
+    volume to predict), and keeps it next to a checkpoint file
+    (:mod:`membrane_py.infer.quantize`). ``tta``: test-time augmentation, see
+    :class:`EngineConfig` (class networks only: flips and rotations would move affinity
+    channels). ``threads`` caps the CPU threads of the ONNX Runtime session (PyTorch's are
+    process-wide: ``torch.set_num_threads``). See :class:`EngineConfig` for the tiling
+    arguments.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     config = EngineConfig(tile=tile, margin=margin, overlap=overlap, blend=blend,
-                          batch_size=batch_size)
+                          batch_size=batch_size, tta=tta)
     is_onnx = isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
+    device_type = pick_device(device).type
+    fixed = "onnx" if is_onnx else backend if backend != "auto" else None
     ck = None if is_onnx else _checkpoint(model)
     plain = ck is None or (ck.target == "classes" and ck.context == 0)
     if backend == "onnx" and not plain:
         raise ValueError("the ONNX export holds one-section class networks; run this "
                          "affinity / 2.5D checkpoint with backend='torch' (or 'auto')")
+    if not plain and (tta > 1 or precision == "int8"):
+        raise ValueError("test-time augmentation and int8 are for class networks; run this "
+                         "affinity / 2.5D checkpoint with tta=1 and precision fp32 or bf16")
+    precision = "fp32" if precision == "auto" and fixed == "onnx" else resolve_precision(
+        precision, device_type, None if ck is None else ck.model_config.base_filters)
+    if precision == "bf16" and fixed == "onnx":
+        raise ValueError("bf16 runs on the PyTorch backend: use backend torch (or auto) with "
+                         "a .pt checkpoint")
+    if precision == "int8" and (fixed == "torch" or compile):
+        raise ValueError("int8 runs on the ONNX Runtime backend: use backend onnx (or auto) "
+                         "without compile")
     if backend == "auto":
-        on_cpu = pick_device(device).type == "cpu"
-        backend = "onnx" if is_onnx or (on_cpu and not compile and plain) else "torch"
+        backend = "onnx" if is_onnx or precision == "int8" or (
+            device_type == "cpu" and not compile and precision == "fp32" and plain) else "torch"
     if is_onnx and backend == "torch":
         raise ValueError(f"{model} is an ONNX model: use backend='onnx' (or 'auto')")
     if backend == "onnx":
@@ -168,15 +263,49 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
 
         if compile:
             raise ValueError("compile=True needs backend='torch'")
-        runtime = OnnxBackend(model if ck is None else onnx_model(ck).SerializeToString(),
-                              device=device, threads=threads)
+
+        def fp32() -> bytes:
+            return onnx_model(ck).SerializeToString()
+
+        data = _int8(model, ck, fp32, calibration) if precision == "int8" else \
+            model if ck is None else fp32()
+        runtime = OnnxBackend(data, device=device, threads=threads)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
                               runtime.tensors_sha256 if ck is None else ck.digest())
     from membrane_py.infer.torch_backend import TorchBackend
 
     activation = "sigmoid" if ck.target == "affinities" else "softmax"
-    net = TorchBackend(ck.build_model(), device=device, compile=compile, activation=activation)
+    net = TorchBackend(ck.build_model(), device=device, precision=precision, compile=compile,
+                       activation=activation)
     return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest())
+
+
+def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: Callable[[], bytes],
+          calibration: Callable[[], np.ndarray] | None) -> bytes:
+    """The int8 model of the checkpoint ``ck`` (exported by ``fp32()``) or of the ONNX file
+    ``model``, cached next to a model file (see :func:`load_predictor`); ``fp32`` and
+    ``calibration`` are called only to quantise."""
+    from membrane_py.infer.onnx_backend import OnnxModelInfo, read_onnx
+    from membrane_py.infer.quantize import cached_int8, calibration_patches, int8_cache_path
+
+    data = None if ck is not None else read_onnx(model)[0]  # checked, errors name the file
+
+    def source() -> bytes:
+        return data if data is not None else fp32()
+
+    def batches() -> list[np.ndarray]:
+        if calibration is None:
+            raise ValueError("int8 needs sample EM to calibrate on (calibration=...; predict "
+                             "takes it from the volume, or --calibration FOLDER)")
+        pre = ck.preprocess_config if ck is not None else \
+            (read_onnx(source())[1] or OnnxModelInfo(class_names=[])).preprocess
+        return [preprocess(p, pre)[None] for p in calibration_patches(calibration())]
+
+    cache = None
+    if isinstance(model, str | Path):
+        digest = ck.digest() if ck is not None else read_onnx(source())[2]
+        cache = int8_cache_path(model, digest)
+    return cached_int8(source, batches, cache)
 
 
 def _checkpoint(model: str | Path | Checkpoint) -> Checkpoint:

@@ -1,5 +1,6 @@
 """Model surgery for inference: rewrites of a trained :class:`UNet` that compute the same
 output faster (batch-norm folded into convolutions, decoder concatenations split into sums).
+:func:`inference_model` picks the rewrite for a network's architecture.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from membrane_py.models.unet import UNet
+from membrane_py.models import UNet, build_model
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
@@ -73,8 +74,17 @@ class InferenceUNet(nn.Module):
         return self.head(x)
 
 
+def inference_model(model: UNet) -> nn.Module:
+    """The fastest same-output rewrite of ``model``: :class:`InferenceUNet` for the plain
+    U-Net; for the residual U-Net (whose decoder stages also feed the concatenation to a
+    projection, so the split does not apply) batch-norm folding only."""
+    if model.config.arch == "unet":
+        return InferenceUNet(model)
+    return fuse_batchnorm(_copy_eval(model))
+
+
 def _copy_eval(model: UNet) -> UNet:
     """An eval-mode copy on CPU, so rewriting never touches the caller's (maybe training) net."""
-    copy = UNet(model.config)
+    copy = build_model(model.config)
     copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return copy.eval()

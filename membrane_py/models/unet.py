@@ -3,6 +3,13 @@
 Fully convolutional: any input whose height and width are multiples of ``2 ** depth`` works,
 so one network trained on 256^2 patches predicts whole 1024^2 tiles. The architecture is
 described by a small JSON-able :class:`UNetConfig` that travels inside every checkpoint.
+
+Two architectures share this skeleton (``UNetConfig.arch``): ``unet``, the classic U-Net of
+two plain convolutions per stage (Ronneberger et al. 2015, as mEMbrain), and ``resunet``, a
+residual U-Net whose stages are residual blocks (the two convolutions plus a 1x1 projection
+of the stage input, He et al. 2016), which trains deeper stacks more easily. Only the stage
+block differs, so the parameter names of the top-level parts (``down``, ``bridge``, ``up``,
+``up_conv``, ``head``), the transfer modes and the export work alike for both.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "group", "none")
+#: the architectures behind ``--arch`` (see the module docstring)
+ARCHS = ("unet", "resunet")
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,9 @@ class UNetConfig:
 
     ``depth`` is the number of 2x poolings (mEMbrain's encoder depth, default 5); stage ``i``
     has ``base_filters * 2**i`` channels. ``dropout`` applies at the deepest encoder stage and
-    the bridge (mEMbrain used 0.5 there; with normalisation 0 trains faster).
+    the bridge (mEMbrain used 0.5 there; with normalisation 0 trains faster). ``arch``
+    picks the stage block (:data:`ARCHS`); configs recorded before it existed read as
+    ``unet``.
     """
 
     in_channels: int = 1
@@ -30,8 +41,11 @@ class UNetConfig:
     base_filters: int = 32
     norm: str = "batch"
     dropout: float = 0.0
+    arch: str = "unet"
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.depth < 1 or self.base_filters < 1 or self.n_classes < 2 or self.in_channels < 1:
@@ -80,9 +94,37 @@ class _DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
+class _ResidualBlock(nn.Module):
+    """The residual stage of ``resunet``: ReLU(convs(x) + projection(x)), where ``convs`` is
+    3x3 conv, norm, ReLU, 3x3 conv, norm and ``projection`` a 1x1 conv with norm (identity
+    when the channel counts match)."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        bias = norm == "none"
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout),
+            nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout))
+        self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=bias), _norm(norm, cout)) \
+            if cin != cout else nn.Identity()
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.relu(self.body(x) + self.skip(x)))
+
+
+def _block(arch: str, cin: int, cout: int, norm: str, dropout: float = 0.0) -> nn.Module:
+    """One stage of architecture ``arch``."""
+    if arch == "resunet":
+        return _ResidualBlock(cin, cout, norm, dropout)
+    return _DoubleConv(cin, cout, norm, dropout)
+
+
 class UNet(nn.Module):
     """Encoder of ``depth`` poolings, a bridge, a decoder with 2x2 transposed-conv upsampling
-    and skip concatenation, and a 1x1 conv to ``n_classes`` logits (no softmax)."""
+    and skip concatenation, and a 1x1 conv to ``n_classes`` logits (no softmax); each stage
+    is the block of ``config.arch``."""
 
     def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -93,15 +135,15 @@ class UNet(nn.Module):
         cin = cfg.in_channels
         for i, w in enumerate(widths[:-1]):
             drop = cfg.dropout if i == cfg.depth - 1 else 0.0
-            self.down.append(_DoubleConv(cin, w, cfg.norm, drop))
+            self.down.append(_block(cfg.arch, cin, w, cfg.norm, drop))
             cin = w
         self.pool = nn.MaxPool2d(2)
-        self.bridge = _DoubleConv(cin, widths[-1], cfg.norm, cfg.dropout)
+        self.bridge = _block(cfg.arch, cin, widths[-1], cfg.norm, cfg.dropout)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for w_hi, w_lo in zip(widths[:0:-1], widths[-2::-1], strict=True):
             self.up.append(nn.ConvTranspose2d(w_hi, w_lo, 2, stride=2))
-            self.up_conv.append(_DoubleConv(2 * w_lo, w_lo, cfg.norm))
+            self.up_conv.append(_block(cfg.arch, 2 * w_lo, w_lo, cfg.norm))
         self.head = nn.Conv2d(widths[0], cfg.n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

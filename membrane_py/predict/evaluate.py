@@ -55,8 +55,11 @@ def error_map(image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
 def predict_probabilities(model: UNet, image: np.ndarray, cfg: PreprocessConfig,
                           device: torch.device | None = None, amp: bool = True) -> np.ndarray:
     """Class probabilities (K, y, x) float32 of one uint8 image of any size, through the
-    tiled PyTorch engine (for a bare network; checkpoints go through ``load_predictor``)."""
-    backend = TorchBackend(model, device or next(model.parameters()).device, amp=amp)
+    tiled PyTorch engine (for a bare network; checkpoints go through ``load_predictor``);
+    ``amp``: bf16 autocast on CUDA."""
+    device = device or next(model.parameters()).device
+    precision = "bf16" if amp and device.type == "cuda" else "fp32"
+    backend = TorchBackend(model, device, precision=precision)
     names = [f"class_{i + 1}" for i in range(backend.n_classes)]
     return TiledPredictor(backend, names, cfg).predict(image[None])[0]
 
@@ -82,6 +85,7 @@ def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
 def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                     labels: list[str | Path] | None = None, label_format: str = "auto",
                     device: str = "auto", threshold: float = 0.5, method: str = "watershed",
+                    tta: int = 1, precision: str = "auto",
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
@@ -90,12 +94,14 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     class, else the last class) and ``metrics.json`` / ``metrics.csv`` (rows per image plus
     a ``mean`` row). Returns the metric rows (empty without labels). ``label_format`` as in
     :mod:`membrane_py.augment.labels`; ``auto`` is decided on the first label image and kept
-    for the others."""
+    for the others. ``tta`` and ``precision`` are the engine's
+    (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image."""
     from membrane_py.augment import labels as L
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
-    predictor = load_predictor(checkpoint, device=device)
+    predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
+                               calibration=lambda: L.read_image(images[0])[None])
     names = predictor.class_names
     k = predictor.n_classes
     membrane = k == 2 and names[-1] == "membrane"
@@ -149,7 +155,8 @@ def _write_tables(out: Path, rows: list[dict]) -> None:
 class EvaluateJob(JobSpec):
     """Evaluate ``checkpoint`` (``.pt`` or ``.onnx``) on EM ``images``, writing pictures and,
     with labels, metrics to ``out``. Labels come from ``labels`` (one file per image, in
-    order) or from ``label_dir`` (paired with the images by file name)."""
+    order) or from ``label_dir`` (paired with the images by file name). ``tta`` and
+    ``precision`` are the engine's, as in prediction (int8 calibrates on the first image)."""
 
     kind: ClassVar[str] = "evaluate"
     checkpoint: str
@@ -161,6 +168,8 @@ class EvaluateJob(JobSpec):
     device: str = "auto"
     threshold: float = 0.5
     method: str = "watershed"
+    tta: int = 1
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -204,7 +213,8 @@ def run_evaluation(job: EvaluateJob, progress: ProgressCallback | None = None,
     """The evaluate job (see :func:`evaluate_images`)."""
     rows = evaluate_images(job.checkpoint, list(job.images), job.out, labels=job.label_files(),
                            label_format=job.label_format, device=job.device,
-                           threshold=job.threshold, method=job.method, progress=progress,
+                           threshold=job.threshold, method=job.method, tta=job.tta,
+                           precision=job.precision, progress=progress,
                            cancel=cancel)
     report(progress, Event.artifact(job.out, "evaluate", "evaluation pictures"))
     return EvaluateResult(Path(job.out), rows)

@@ -11,7 +11,9 @@ ONNX digests in :mod:`membrane_py.train.checkpoint` and :mod:`membrane_py.infer.
 compute it while loading; the predictor carries it), the source volume (its spec, or for
 VAST the layer number and name) and shape,
 and ``mip``, ``outputs``, ``prob_class``, ``tile``, ``chunk``, ``margin``, ``backend``,
-``device`` (precision differs between devices), ``skip_blank`` and ``blank_entropy``. Not
+``device`` (precision differs between devices), ``skip_blank`` and ``blank_entropy``, and,
+when not at their defaults (so folders written before they existed still resume),
+``tta``, ``uncertainty``, ``precision`` and ``calibration``. Not
 part of it: options that change what is done but not the pixels (region, prefetch, pyramid,
 zarr, load_in_vast, layer_name, vast).
 
@@ -35,6 +37,8 @@ from membrane_py.volumes.base import VolumeSource
 IDENTITY_FILE = "job_identity.json"
 FORMAT = "membrane-py-job-identity"
 VERSION = 1
+#: pixel-deciding job fields added later, with the defaults that leave pixels as before
+_NEW_FIELDS = {"tta": 1, "uncertainty": False, "precision": "auto", "calibration": None}
 
 
 class JobMismatchError(ValueError):
@@ -53,7 +57,9 @@ def pixel_identity(job: PredictJob, volume: VolumeSource, model_sha256: str) -> 
             "outputs": sorted(set(job.outputs)), "prob_class": job.prob_class,
             "tile": job.tile, "chunk": list(job.chunk), "margin": job.margin,
             "backend": job.backend, "device": job.device, "skip_blank": job.skip_blank,
-            "blank_entropy": job.blank_entropy}
+            "blank_entropy": job.blank_entropy,
+            **{k: getattr(job, k) for k, default in _NEW_FIELDS.items()
+               if getattr(job, k) != default}}
 
 
 def _write(path: Path, pixels: dict, checkpoint: str, pending: bool) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from membrane_py.geometry import Box
+from membrane_py.infer.precision import PRECISIONS
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 from membrane_py.volumes.base import check_voxel_size
@@ -90,6 +91,13 @@ class PredictJob(JobSpec):
     (nm, VAST's x, y, z order) is what the ``.vsvi`` and OME-Zarr outputs record; default:
     the source's own (a source without one gets a warning and 1 nm). ``scheduler``
     runs the chunks as Dask tasks (:func:`parse_scheduler`); None predicts in this process.
+
+    Quality and speed: ``tta`` averages each tile over the first ``tta`` of the 8 flips /
+    rotations (1: off; :data:`membrane_py.infer.engine.DIHEDRAL`), and ``uncertainty``
+    writes their spread as one more probability-like output, ``uncertainty``.
+    ``precision`` is ``fp32``, ``bf16``, ``int8`` or ``auto``
+    (:mod:`membrane_py.infer.precision`); ``int8`` calibrates on patches of the volume
+    itself, or of the volume or image folder ``calibration`` names.
     """
 
     kind: ClassVar[str] = "predict"
@@ -118,6 +126,10 @@ class PredictJob(JobSpec):
     prefetch: int = 2
     voxel_size: list[float] | None = None
     scheduler: str | None = None
+    tta: int = 1
+    uncertainty: bool = False
+    precision: str = "auto"
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
@@ -134,6 +146,15 @@ class PredictJob(JobSpec):
             (len(self.chunk) == 3 and all(c % self.tile == 0 for c in self.chunk[1:]),
              f"chunk y and x ({self.chunk[1:]}) must be multiples of the tile size {self.tile}"),
             (self.prefetch >= 0, "prefetch must be >= 0"),
+            (1 <= self.tta <= 8, f"tta must be 1 (off) .. 8 (all flips and rotations), got "
+                                 f"{self.tta}"),
+            (self.tta > 1 or not self.uncertainty,
+             "the uncertainty output is the spread between test-time augmentations: give "
+             "tta 2..8 (--tta 8) with it"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.scheduler is None or self.precision != "int8",
+             "int8 does not run on a Dask cluster yet (each worker would calibrate its own "
+             "model): use --precision fp32 or bf16 with --scheduler"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -96,6 +96,32 @@ def open_em(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient
     return volume, client
 
 
+def calibration_em(job: PredictJob, volume: VolumeSource, n: int = 8, side: int = 256,
+                   seed: int = 0) -> np.ndarray:
+    """(n, side, side) uint8 EM patches, not blank, at random places of the job's
+    ``calibration`` volume or image folder, else of ``volume`` itself (at the job's mip);
+    what int8 quantisation calibrates on."""
+    with ExitStack() as stack:
+        if job.calibration is not None:
+            volume = stack.enter_context(open_source(job.calibration))
+        mip = job.mip if job.calibration is None else 0
+        z, h, w = volume.shape_at(mip)
+        sy, sx = min(side, h), min(side, w)
+        rng = np.random.default_rng(seed)
+        patches = []
+        for _ in range(16 * n):
+            z0, y0, x0 = rng.integers(z), rng.integers(h - sy + 1), rng.integers(w - sx + 1)
+            patch = volume.read(Box(z0, z0 + 1, y0, y0 + sy, x0, x0 + sx), mip)
+            if not is_blank(patch[0], job.blank_entropy):
+                patches.append(patch[0])
+            if len(patches) == n:
+                break
+    if not patches:
+        raise ValueError(f"no EM to calibrate int8 on: {volume.name} looks blank; give "
+                         "sample EM with calibration (--calibration FOLDER)")
+    return np.stack(patches)
+
+
 def _clock(seconds: float) -> str:
     """Seconds as h:mm:ss (hours unbounded)."""
     s = int(seconds)
@@ -169,8 +195,8 @@ class _WriterThread:
         try:
             while (item := self._queue.get())[0] != "stop":
                 if item[0] == "tiles":
-                    _, chunk, sections, probs, keys = item
-                    self.writer.write(chunk.core, sections, probs, keys)
+                    _, chunk, sections, probs, keys, spread = item
+                    self.writer.write(chunk.core, sections, probs, keys, spread)
                     self.written[chunk.z_block].update(keys)
                     self.tally.add(written=len(keys))
                     if self.refresher is not None:
@@ -207,13 +233,15 @@ def _tile_pixels(chunk: Chunk, key: TileKey, tile: int) -> np.ndarray:
 class BlockPrediction:
     """One predicted block: the tiles to write (``keys``, over ``sections``) with their
     probabilities ``probs`` (len(sections), C, y, x) over the block's core, and how many
-    of its tiles were blank or already done."""
+    of its tiles were blank or already done, plus the uncertainty ``spread`` when the job
+    asks for it."""
 
     keys: list[TileKey]
     sections: list[int]
     probs: np.ndarray | None
     blank: int
     resumed: int
+    spread: np.ndarray | None = None  # (len(sections), y, x) uncertainty, when asked
 
 
 def predict_block(job: PredictJob, block: Block, chunk: Chunk, predictor: Predictor,
@@ -228,9 +256,12 @@ def predict_block(job: PredictJob, block: Block, chunk: Chunk, predictor: Predic
         return BlockPrediction([], [], None, len(blank), len(keys))
     sections = sorted({z for z, _, _ in keys})
     em = chunk.data[[z - chunk.outer.z0 for z in sections]]
-    probs = predictor.predict(_padded_em(em, block.core, chunk.outer, m))
+    padded = _padded_em(em, block.core, chunk.outer, m)
+    probs, spread = predictor.predict_with_uncertainty(padded) if job.uncertainty \
+        else (predictor.predict(padded), None)
     _, h, w = block.core.shape
-    return BlockPrediction(keys, sections, probs[:, :, m:m + h, m:m + w], len(blank), 0)
+    return BlockPrediction(keys, sections, probs[:, :, m:m + h, m:m + w], len(blank), 0,
+                           None if spread is None else spread[:, m:m + h, m:m + w])
 
 
 def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
@@ -264,7 +295,7 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
             done = predict_block(job, pc, chunk, predictor, writer.done)
             tally.add(blank=done.blank, resumed=done.resumed)
             if done.keys:
-                out.put(("tiles", pc, done.sections, done.probs, done.keys))
+                out.put(("tiles", pc, done.sections, done.probs, done.keys, done.spread))
         while next_block is not None:
             out.put(("block", next_block))
             next_block = next(blocks, None)
@@ -273,14 +304,18 @@ def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
 
 
 def load_job_predictor(job: PredictJob, model: str | Path | None = None,
-                       threads: int | None = None) -> Predictor:
+                       threads: int | None = None,
+                       volume: VolumeSource | None = None) -> Predictor:
     """The job's network (``model``: a local copy of ``job.checkpoint``) as the runners use
-    it: one engine tile per chunk section, no engine margin (the runner reads the context)."""
+    it: one engine tile per chunk section, no engine margin (the runner reads the context),
+    the job's test-time augmentation and precision (int8 calibrates on ``volume``)."""
     from membrane_py.infer.engine import load_predictor
 
     return load_predictor(job.checkpoint if model is None else model, backend=job.backend,
                           device=job.device, tile=max(job.chunk[1:]) + 2 * job.margin,
-                          margin=0, threads=threads)
+                          margin=0, threads=threads, tta=job.tta, precision=job.precision,
+                          calibration=None if volume is None else
+                          lambda: calibration_em(job, volume))
 
 
 @dataclass
@@ -304,7 +339,9 @@ def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None =
     if job.load_in_vast and client is None:
         raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "
                          "address (vast / --vast)")
-    predictor = predictor or load_job_predictor(job)
+    predictor = predictor or load_job_predictor(job, volume=volume)
+    if job.uncertainty and not hasattr(predictor, "predict_with_uncertainty"):
+        raise ValueError("the uncertainty output needs the tiled engine (load_predictor)")
     plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
     outputs = make_outputs(job, predictor.class_names)
     # refuses tiles of another job

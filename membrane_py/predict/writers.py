@@ -10,6 +10,9 @@ Pixel codes (0 always means "missing", as VAST's black for absent tiles):
   :func:`membrane_py.codes.classes_to_tile_u8`).
 - ``rgb``: the probabilities of the three classes of a 3-class network as R, G, B
   (each coded like ``probability``).
+- ``uncertainty`` (with test-time augmentation): the spread u in [0, 1] between the
+  augmented predictions (:meth:`membrane_py.infer.engine.TiledPredictor.predict_with_uncertainty`),
+  coded like a probability.
 
 Each output is a folder ``<out>/<name>/mip<m>/...`` with its descriptor ``<out>/<name>.vsvi``
 and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4, :mod:`membrane_py.volumes.omezarr`:
@@ -49,8 +52,8 @@ def pick_class(spec: str | None, class_names: list[str]) -> int:
 
 @dataclass(frozen=True)
 class Output:
-    """One written layer: ``kind`` (see job.OUTPUT_KINDS), folder ``name`` and the
-    0-based classes it shows."""
+    """One written layer: ``kind`` (see job.OUTPUT_KINDS, or ``uncertainty``), folder
+    ``name`` and the 0-based classes it shows."""
 
     kind: str
     name: str
@@ -66,8 +69,13 @@ class Output:
         """Class maps are downsampled by nearest neighbour, never blended."""
         return self.kind == "classes"
 
-    def encode(self, probs: np.ndarray) -> np.ndarray:
-        """(z, C, y, x) float32 probabilities -> (z, y, x) or (z, y, x, 3) uint8 pixels."""
+    def encode(self, probs: np.ndarray, uncertainty: np.ndarray | None = None) -> np.ndarray:
+        """(z, C, y, x) float32 probabilities (and (z, y, x) uncertainty) -> (z, y, x) or
+        (z, y, x, 3) uint8 pixels."""
+        if self.kind == "uncertainty":
+            if uncertainty is None:
+                raise ValueError("the uncertainty output needs the engine's uncertainty map")
+            return probability_to_u8(uncertainty)
         if self.kind == "classes":
             return classes_to_tile_u8(np.argmax(probs, axis=1) + 1, probs.shape[1])
         if self.kind == "rgb":
@@ -97,6 +105,8 @@ def make_outputs(job: PredictJob, class_names: list[str]) -> list[Output]:
         else:
             outs += [Output(kind, f"class{k + 1}_{_safe(name)}", f"{job.layer_name} ({name})",
                             (k,)) for k, name in enumerate(class_names)]
+    if job.uncertainty:
+        outs.append(Output("uncertainty", "uncertainty", f"{job.layer_name} (uncertainty)", ()))
     return outs
 
 
@@ -160,12 +170,13 @@ class PredictionWriter:
         return all(w.exists_valid(*key, mip=mip) for w in self.tiles.values())
 
     def write(self, core: Box, sections: list[int], probs: np.ndarray,
-              keys: list[TileKey]) -> None:
-        """Write tiles ``keys`` from ``probs`` (len(sections), C, y, x) over ``core``."""
+              keys: list[TileKey], uncertainty: np.ndarray | None = None) -> None:
+        """Write tiles ``keys`` from ``probs`` (len(sections), C, y, x) and, for the
+        uncertainty output, ``uncertainty`` (len(sections), y, x) over ``core``."""
         index = {z: i for i, z in enumerate(sections)}
         t = self.tile
         for o in self.outputs:
-            img = o.encode(probs)
+            img = o.encode(probs, uncertainty)
             for key in keys:
                 z, r, c = key
                 y0, x0 = r * t - core.y0, c * t - core.x0

@@ -25,7 +25,7 @@ import torch
 
 from membrane_py.atomic import atomic_path
 from membrane_py.augment.preprocess import PreprocessConfig
-from membrane_py.models.unet import UNet, UNetConfig
+from membrane_py.models import UNet, UNetConfig, build_model
 
 FORMAT = "membrane-py-checkpoint"
 VERSION = 1
@@ -83,7 +83,7 @@ class Checkpoint:
         return (self.model_config.in_channels - 1) // 2
 
     def build_model(self) -> UNet:
-        net = UNet(self.model_config)
+        net = build_model(self.model_config)
         net.load_state_dict(self.state_dict)
         return net.eval()
 

@@ -11,7 +11,7 @@ from membrane_py.augment.labels import LABEL_FORMATS, MAX_CLASSES
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
-from membrane_py.models.unet import UNetConfig
+from membrane_py.models.unet import ARCHS, UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
@@ -74,6 +74,7 @@ class TrainJob(JobSpec):
     context: int = 0
     offsets: list[list[int]] = field(default_factory=lambda: [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     # model (None: the device's default, see DEFAULT_ARCH)
+    arch: str = "unet"
     depth: int | None = None
     base_filters: int | None = None
     norm: str = "batch"
@@ -116,6 +117,7 @@ class TrainJob(JobSpec):
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
         checks = [
+            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}"),
@@ -169,7 +171,8 @@ class TrainJob(JobSpec):
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of 2**depth = "
                              f"{2**self.depth}; pass --patch-size or --depth")
         return UNetConfig(in_channels=1 + 2 * self.context, n_classes=n_classes, depth=self.depth,
-                          base_filters=self.base_filters, norm=self.norm, dropout=self.dropout)
+                          base_filters=self.base_filters, norm=self.norm, dropout=self.dropout,
+                          arch=self.arch)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:

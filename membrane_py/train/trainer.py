@@ -37,7 +37,7 @@ from membrane_py.events import (
     warn,
 )
 from membrane_py.jobs.spec import Result
-from membrane_py.models.unet import UNet
+from membrane_py.models import UNet, build_model
 from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from membrane_py.train.config import BEST_METRICS, TrainJob
 from membrane_py.train.device import (
@@ -246,7 +246,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                                    "--base-filters to change it)", "train"))
     class_names = _class_names(cfg, n_classes, source)
     model_cfg = cfg.model_config(n_classes)
-    model = UNet(model_cfg)
+    model = build_model(model_cfg)
     lineage = _start_from(model, parent, cfg, memory) if parent is not None else {}
     fmt = memory_format(device, cfg.channels_last)
     model.to(device, memory_format=fmt)
@@ -254,7 +254,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     sched = make_scheduler(opt, cfg)
     first_epoch, history, best = 0, [], {}
     if resumed is not None:
-        if resumed.model != model_cfg.to_dict():
+        if resumed.model_config != model_cfg:
             raise ValueError(f"cannot resume {cfg.resume}: its architecture {resumed.model} "
                              f"differs from the config's {model_cfg.to_dict()}")
         model.load_state_dict(resumed.state_dict)

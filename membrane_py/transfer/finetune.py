@@ -27,8 +27,9 @@ def inherited_settings(parent: Checkpoint) -> dict:
     """The TrainJob fields a fine-tuning run takes from its parent by default: the
     architecture and the preprocessing."""
     arch = parent.model_config
-    return {"depth": arch.depth, "base_filters": arch.base_filters, "norm": arch.norm,
-            "dropout": arch.dropout, "preprocess": parent.preprocess_config.to_dict()}
+    return {"arch": arch.arch, "depth": arch.depth, "base_filters": arch.base_filters,
+            "norm": arch.norm, "dropout": arch.dropout,
+            "preprocess": parent.preprocess_config.to_dict()}
 
 
 def episodic_entry(images: str | Path, labels: str | Path,
