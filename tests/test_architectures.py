@@ -35,7 +35,7 @@ def test_every_command_runs_each_architecture(tmp_path, arch):
     assert ck.train_config["arch"] == arch
 
     res = runner.invoke(app, ["predict", str(pt), "--source", "synthetic:2x96x96",
-                              "--out", str(tmp_path / "pred"), "--chunk", "2,64,64",
+                              "--out", str(tmp_path / "pred"), "--chunk", "64,64,2",
                               "--tile", "64", "--margin", "16"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pred" / "probability.vsvi").is_file()
