@@ -201,6 +201,8 @@ def test_shortcuts_switch_tabs(qtbot, window):
     qtbot.keyClick(window, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.train_tab
     qtbot.keyClick(window, Qt.Key.Key_8, Qt.KeyboardModifier.ControlModifier)
+    assert window.tabs.currentWidget() is window.ffn_tab
+    qtbot.keyClick(window, Qt.Key.Key_9, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.jobs_tab
 
 
@@ -484,3 +486,96 @@ def test_train_from_a_pretrained_network_inherits_its_architecture(qtbot, window
     assert spec.depth != tab.a.value("depth")  # the fold's own depth is not used
     assert spec.pretrained == str(checkpoint) and spec.transfer_mode == "leaky"
     assert spec.leaky_ratio == 0.2
+
+
+FFN_SYNTH = "synthetic:20x64x64:3"
+
+
+def ffn_mode(tab, mode: str) -> None:
+    tab.m["mode"].setCurrentIndex(tab.m["mode"].findData(mode))
+
+
+def test_ffn_invalid_inputs_disable_run_with_a_message(qtbot, window, tmp_path):
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "infer")
+    assert tab.run_button.text() == "Segment" and not tab.plot.isVisible()
+    assert not tab.run_button.isEnabled()
+    assert tab.message.text().startswith("choose the image volume, or connect to VAST")
+    type_into(qtbot, tab.i["image"], tmp_path / "nope.tif")
+    assert "does not exist" in tab.message.text()
+    type_into(qtbot, tab.i["image"], FFN_SYNTH)
+    type_into(qtbot, tab.i["checkpoint"], __file__)
+    assert tab.message.text() == "network test_gui.py must be a .pt or .index file"
+    (tmp_path / "net.pt").write_bytes(b"")
+    type_into(qtbot, tab.i["checkpoint"], tmp_path / "net.pt")
+    type_into(qtbot, tab.i["output"], tmp_path / "seg.tif")
+    assert tab.run_button.isEnabled(), tab.message.text()
+    type_into(qtbot, tab.i["box"], "0,39,0,39")
+    assert not tab.run_button.isEnabled()
+    assert tab.message.text() == "box must be 6 comma-separated integers, got '0,39,0,39'"
+    type_into(qtbot, tab.i["box"], "0,39,0,39,0,19")
+    type_into(qtbot, tab.i["seeds"], "20,20,10; 30,12")
+    assert "seed (x,y,z) must be 3" in tab.message.text()
+    type_into(qtbot, tab.i["seeds"], "")
+    tab.i["paint"].setChecked(True)
+    assert tab.message.text().startswith("'paint into VAST' needs a connected VAST")
+    tab.i["paint"].setChecked(False)
+    assert tab.run_button.isEnabled()
+    ffn_mode(tab, "train")  # each step validates its own fields
+    assert tab.plot.isVisible() and not tab.run_button.isEnabled()
+    assert tab.message.text().startswith("choose the image volume")
+
+
+def test_ffn_prep_train_and_segment_through_the_window_equal_the_cli(
+        qtbot, window, tmp_path):
+    import tifffile
+
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "prep")
+    type_into(qtbot, tab.p["labels"], FFN_SYNTH)
+    type_into(qtbot, tab.p["output"], tmp_path / "coords.npz")
+    tab.p["min_size"].setValue(50)
+    type_into(qtbot, tab.pa["radius"], "4,4,4")
+    type_into(qtbot, tab.pa["margin"], "6,6,6")
+    tab.pa["max_per_partition"].setValue(50)
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    assert (tmp_path / "coords.npz").is_file()
+
+    ffn_mode(tab, "train")
+    for name in ("image", "labels"):
+        type_into(qtbot, tab.t[name], FFN_SYNTH)
+    type_into(qtbot, tab.t["coordinates"], tmp_path / "coords.npz")
+    type_into(qtbot, tab.t["output"], tmp_path / "ffn.pt")
+    tab.t["steps"].setValue(4)
+    tab.t["batch_size"].setValue(2)
+    tab.ta["depth"].setValue(1)
+    tab.ta["features"].setValue(4)
+    type_into(qtbot, tab.ta["fov"], "7,9,9")
+    type_into(qtbot, tab.ta["deltas"], "2,2,2")
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    xs, ys = tab.loss_curve.getData()
+    assert list(xs) == [1, 2, 3, 4] and np.all(np.asarray(ys) > 0)  # one point per step
+
+    ffn_mode(tab, "infer")
+    type_into(qtbot, tab.i["image"], FFN_SYNTH)
+    type_into(qtbot, tab.i["checkpoint"], tmp_path / "ffn.pt")
+    type_into(qtbot, tab.i["output"], tmp_path / "gui.tif")
+    type_into(qtbot, tab.i["box"], "0,39,0,39,0,19")
+    type_into(qtbot, tab.i["seeds"], "20,20,10; 30,12,8")
+    tab.i["min_segment_size"].setValue(1)  # an untrained network keeps about its seeds
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    assert "objects from" in tab.panel.status.text()
+    spec = tab.build_spec()
+    assert spec.kind == "ffn-infer" and spec.model is None  # a .pt knows its geometry
+    run_like_the_cli(spec, tmp_path, output=str(tmp_path / "cli.tif"))
+    gui, cli = tifffile.imread(tmp_path / "gui.tif"), tifffile.imread(tmp_path / "cli.tif")
+    assert gui.shape == (20, 40, 40) and gui[10, 20, 20] > 0
+    assert gui.dtype == cli.dtype and np.array_equal(gui, cli)
