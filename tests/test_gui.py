@@ -524,6 +524,7 @@ def test_ffn_invalid_inputs_disable_run_with_a_message(qtbot, window, tmp_path):
     assert tab.run_button.isEnabled()
     ffn_mode(tab, "train")  # each step validates its own fields
     assert tab.plot.isVisible() and not tab.run_button.isEnabled()
+    assert tab.t["image_layer"].isVisible()  # empty volume: a VAST layer is chosen
     assert tab.message.text().startswith("choose the image volume")
 
 
@@ -561,6 +562,9 @@ def test_ffn_prep_train_and_segment_through_the_window_equal_the_cli(
     assert tab.panel.eta.text() == "done", tab.panel.status.text()
     xs, ys = tab.loss_curve.getData()
     assert list(xs) == [1, 2, 3, 4] and np.all(np.asarray(ys) > 0)  # one point per step
+    means = tab.mean_curve.getData()[1]
+    assert np.allclose(means, np.cumsum(ys) / np.arange(1, 5))  # the running mean
+    assert not tab.t["image_layer"].isVisible()  # VAST layers only for an empty volume
 
     ffn_mode(tab, "infer")
     type_into(qtbot, tab.i["image"], FFN_SYNTH)

@@ -27,6 +27,12 @@ from membrane_py.tabs.widgets import (
 MODES = [("prepare training coordinates", "prep"), ("train a network", "train"),
          ("segment a volume", "infer")]
 SELECTED = -1  # VAST's selected segmentation layer
+#: Steps the running mean of the (noisy, per-step) training loss spans.
+MEAN_OF = 25
+#: Each form's volume fields and the VAST layer rows that only count while they are empty.
+LAYER_ROWS = {"p": (("labels", "labels_layer"),),
+              "t": (("image", "image_layer"), ("labels", "labels_layer")),
+              "i": (("image", "image_layer"),)}
 #: What the reference model uses; geometry fields left at these build no ``model``.
 REFERENCE = (12, 32, "33,33,33", "8,8,8")
 
@@ -203,9 +209,13 @@ class FFNTab(JobTab):
             self.column.insertWidget(self.column.indexOf(box) + 1, fold)
         m["mode"].currentIndexChanged.connect(self._show_mode)
         i["paint"].toggled.connect(self._show_mode)
+        for key, pairs in LAYER_ROWS.items():
+            for volume, _ in pairs:
+                getattr(self, key)[volume].textChanged.connect(self._show_mode)
 
         self.plot = CurvePlot("FFN training loss", "step")
-        self.loss_curve = self.plot.add_curve("loss", "training loss", "#1565c0", 1)
+        self.loss_curve = self.plot.add_curve("loss", "training loss (steps)", "#90a4ae", 1)
+        self.mean_curve = self.plot.add_curve("mean", f"mean of {MEAN_OF} steps", "#1565c0")
         self.preview_layout.addWidget(self.plot, 1)
         self.points = self.plot.points
         self._show_mode()
@@ -221,6 +231,10 @@ class FFNTab(JobTab):
                 w.setVisible(mode == self.mode)
         self.plot.setVisible(self.mode == "train")
         self.i.set_row_visible("layer_name", self.i.value("paint"))
+        for key, pairs in LAYER_ROWS.items():
+            form = getattr(self, key)
+            for volume, layer in pairs:
+                form.set_row_visible(layer, not form.value(volume))
         self.run_button.setText({"prep": "Prepare coordinates", "train": "Train FFN",
                                  "infer": "Segment"}[self.mode])
         self.revalidate()
@@ -340,3 +354,5 @@ class FFNTab(JobTab):
     def handle_event(self, event: Event) -> None:
         if event.kind == "metric" and event.task == "ffn-train" and "loss" in event.data:
             self.plot.append("loss", event.done, event.data["loss"])
+            recent = [y for _, y in self.points["loss"][-MEAN_OF:]]
+            self.plot.append("mean", event.done, sum(recent) / len(recent))
