@@ -583,3 +583,50 @@ def test_ffn_prep_train_and_segment_through_the_window_equal_the_cli(
     gui, cli = tifffile.imread(tmp_path / "gui.tif"), tifffile.imread(tmp_path / "cli.tif")
     assert gui.shape == (20, 40, 40) and gui[10, 20, 20] > 0
     assert gui.dtype == cli.dtype and np.array_equal(gui, cli)
+
+
+@pytest.fixture(scope="module")
+def ffn_checkpoint(tmp_path_factory):
+    """A tiny FFN trained for three steps (inference only needs deterministic weights)."""
+    from membrane_py.ffn.prep import FFNPrepJob
+    from membrane_py.ffn.train import FFNTrainJob
+    from membrane_py.jobs import registry
+    from membrane_py.models.ffn import FFNConfig
+
+    tmp = tmp_path_factory.mktemp("ffn")
+    registry.run(FFNPrepJob(labels=FFN_SYNTH, output=str(tmp / "c.npz"), radius=(4, 4, 4),
+                            margin=(6, 6, 6), min_size=50, max_per_partition=50))
+    return registry.run(FFNTrainJob(
+        image=FFN_SYNTH, labels=FFN_SYNTH, coordinates=str(tmp / "c.npz"),
+        output=str(tmp / "m.pt"), model=FFNConfig(depth=1, features=4, fov=(7, 9, 9),
+                                                  deltas=(2, 2, 2)),
+        steps=3, batch_size=2)).path
+
+
+def test_ffn_segments_a_vast_box_and_paints_it_into_a_new_layer(
+        qtbot, window, vast_server, ffn_checkpoint, tmp_path):
+    from membrane_py.geometry import Box
+
+    connect(qtbot, window, vast_server)
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "infer")
+    assert tab.i["image_layer"].currentData() == 0  # the EM layer of the served volume
+    type_into(qtbot, tab.i["checkpoint"], ffn_checkpoint)
+    type_into(qtbot, tab.i["output"], tmp_path / "s.npz")
+    type_into(qtbot, tab.i["box"], "0,49,0,49,0,7")
+    type_into(qtbot, tab.i["seeds"], "20,20,3")
+    tab.i["min_segment_size"].setValue(1)
+    tab.i["paint"].setChecked(True)
+    type_into(qtbot, tab.i["layer_name"], "gui ffn")
+    assert tab.build_spec().paint == f"vast://{vast_server.host}:{vast_server.port}"
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    seg = np.load(tmp_path / "s.npz")["segmentation"]
+    with VastClient(vast_server.host, vast_server.port) as c:
+        names = c.get_layer_names()
+        assert "gui ffn" in names
+        c.set_selected_api_layer(names.index("gui ffn"))
+        painted = c.get_seg_image_rle(Box(0, 8, 0, 50, 0, 50), 0)
+    assert seg.any() and ((painted > 0) == (seg > 0)).all()
