@@ -5,7 +5,7 @@ Run: ``QT_QPA_PLATFORM=offscreen python docs/make_screenshots.py [WORK_FOLDER]``
 a job worker and a bundled VAST-protocol server, converts ground truth, cuts patches, trains
 a small U-Net for a few epochs, evaluates it, predicts the served volume, loads the result
 into the server, paints it as 2D instances, prepares FFN training coordinates and trains a
-small FFN for a few hundred steps; a few minutes on a laptop CPU.
+small FFN for 1000 steps; a few minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main(work: Path) -> list[Path]:
         f.t["coordinates"].setText(str(work / "ffn" / "coordinates.npz"))
         f.t["output"].setText(str(work / "ffn" / "demo-ffn.pt"))
         f.t["optimizer"].setCurrentIndex(f.t["optimizer"].findData("adam"))
-        for key, value in (("steps", 300), ("batch_size", 4), ("learning_rate", 3e-3)):
+        for key, value in (("steps", 1000), ("batch_size", 4), ("learning_rate", 3e-3)):
             f.t[key].setValue(value)
         for key, value in (("depth", 2), ("features", 8)):
             f.ta[key].setValue(value)
