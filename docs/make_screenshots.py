@@ -1,10 +1,11 @@
-"""Write docs/figures/gui_<tab>.png: the window at 1366 x 768, one picture per tab, after a
+"""Write docs/screenshots/<tab>.png: the window at 1366 x 768, one picture per tab, after a
 real (tiny) run of the whole loop on synthetic data through the window's own widgets.
 
 Run: ``QT_QPA_PLATFORM=offscreen python docs/make_screenshots.py [WORK_FOLDER]``. It starts
 a job worker and a bundled VAST-protocol server, converts ground truth, cuts patches, trains
 a small U-Net for a few epochs, evaluates it, predicts the served volume, loads the result
-into the server and paints it as 2D instances; about two minutes on a laptop CPU.
+into the server, paints it as 2D instances, prepares FFN training coordinates and trains a
+small FFN for 1000 steps; a few minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from membrane_py.tabs.jobs_controller import JobController  # noqa: E402
 from membrane_py.tabs.main_window import MainWindow  # noqa: E402
 from membrane_py.volumes.synthetic import make_synthetic  # noqa: E402
 
-FIGURES = Path(__file__).resolve().parent / "figures"
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+#: The FFN tab's volume and a small network that trains in about a minute on a CPU.
+FFN_VOLUME = "synthetic:20x64x64:3"
 SIZE = (1366, 768)
 
 
@@ -66,7 +69,7 @@ def shoot(app: QApplication, win: MainWindow, tab, name: str) -> Path:
     win.tabs.setCurrentWidget(tab)
     for _ in range(5):
         app.processEvents()
-    path = FIGURES / f"gui_{name}.png"
+    path = SCREENSHOTS / f"{name}.png"
     win.grab().save(str(path))
     return path
 
@@ -141,9 +144,31 @@ def main(work: Path) -> list[Path]:
         pa.w["save"].setChecked(False)
         run(app, pa)
 
+        f = win.ffn_tab
+        f.m["mode"].setCurrentIndex(f.m["mode"].findData("prep"))
+        f.p["labels"].setText(FFN_VOLUME)
+        f.p["output"].setText(str(work / "ffn" / "coordinates.npz"))
+        f.p["min_size"].setValue(50)
+        for key, value in (("radius", "6,6,6"), ("margin", "6,6,6")):
+            f.pa[key].setText(value)
+        run(app, f)
+        f.m["mode"].setCurrentIndex(f.m["mode"].findData("train"))
+        f.t["image"].setText(FFN_VOLUME)
+        f.t["labels"].setText(FFN_VOLUME)
+        f.t["coordinates"].setText(str(work / "ffn" / "coordinates.npz"))
+        f.t["output"].setText(str(work / "ffn" / "demo-ffn.pt"))
+        f.t["optimizer"].setCurrentIndex(f.t["optimizer"].findData("adam"))
+        for key, value in (("steps", 1000), ("batch_size", 4), ("learning_rate", 3e-3)):
+            f.t[key].setValue(value)
+        for key, value in (("depth", 2), ("features", 8)):
+            f.ta[key].setValue(value)
+        for key, value in (("fov", "9,9,9"), ("deltas", "2,2,2")):
+            f.ta[key].setText(value)
+        run(app, f)
+
         win.jobs_tab.table.selectRow(2)
         for tab, name in ((c, "connect"), (gt, "ground_truth"), (p, "patches"), (t, "train"),
-                          (e, "evaluate"), (pr, "predict"), (pa, "paint"),
+                          (e, "evaluate"), (pr, "predict"), (pa, "paint"), (f, "ffn"),
                           (win.jobs_tab, "jobs")):
             shots.append(shoot(app, win, tab, name))
     finally:

@@ -201,6 +201,8 @@ def test_shortcuts_switch_tabs(qtbot, window):
     qtbot.keyClick(window, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.train_tab
     qtbot.keyClick(window, Qt.Key.Key_8, Qt.KeyboardModifier.ControlModifier)
+    assert window.tabs.currentWidget() is window.ffn_tab
+    qtbot.keyClick(window, Qt.Key.Key_9, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.jobs_tab
 
 
@@ -484,3 +486,147 @@ def test_train_from_a_pretrained_network_inherits_its_architecture(qtbot, window
     assert spec.depth != tab.a.value("depth")  # the fold's own depth is not used
     assert spec.pretrained == str(checkpoint) and spec.transfer_mode == "leaky"
     assert spec.leaky_ratio == 0.2
+
+
+FFN_SYNTH = "synthetic:20x64x64:3"
+
+
+def ffn_mode(tab, mode: str) -> None:
+    tab.m["mode"].setCurrentIndex(tab.m["mode"].findData(mode))
+
+
+def test_ffn_invalid_inputs_disable_run_with_a_message(qtbot, window, tmp_path):
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "infer")
+    assert tab.run_button.text() == "Segment" and not tab.plot.isVisible()
+    assert not tab.run_button.isEnabled()
+    assert tab.message.text().startswith("choose the image volume, or connect to VAST")
+    type_into(qtbot, tab.i["image"], tmp_path / "nope.tif")
+    assert "does not exist" in tab.message.text()
+    type_into(qtbot, tab.i["image"], FFN_SYNTH)
+    type_into(qtbot, tab.i["checkpoint"], __file__)
+    assert tab.message.text() == "network test_gui.py must be a .pt or .index file"
+    (tmp_path / "net.pt").write_bytes(b"")
+    type_into(qtbot, tab.i["checkpoint"], tmp_path / "net.pt")
+    type_into(qtbot, tab.i["output"], tmp_path / "seg.tif")
+    assert tab.run_button.isEnabled(), tab.message.text()
+    type_into(qtbot, tab.i["box"], "0,39,0,39")
+    assert not tab.run_button.isEnabled()
+    assert tab.message.text() == "box must be 6 comma-separated integers, got '0,39,0,39'"
+    type_into(qtbot, tab.i["box"], "0,39,0,39,0,19")
+    type_into(qtbot, tab.i["seeds"], "20,20,10; 30,12")
+    assert "seed (x,y,z) must be 3" in tab.message.text()
+    type_into(qtbot, tab.i["seeds"], "")
+    tab.i["paint"].setChecked(True)
+    assert tab.message.text().startswith("'paint into VAST' needs a connected VAST")
+    tab.i["paint"].setChecked(False)
+    assert tab.run_button.isEnabled()
+    ffn_mode(tab, "train")  # each step validates its own fields
+    assert tab.plot.isVisible() and not tab.run_button.isEnabled()
+    assert tab.t["image_layer"].isVisible()  # empty volume: a VAST layer is chosen
+    assert tab.message.text().startswith("choose the image volume")
+
+
+def test_ffn_prep_train_and_segment_through_the_window_equal_the_cli(
+        qtbot, window, tmp_path):
+    import tifffile
+
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "prep")
+    type_into(qtbot, tab.p["labels"], FFN_SYNTH)
+    type_into(qtbot, tab.p["output"], tmp_path / "coords.npz")
+    tab.p["min_size"].setValue(50)
+    type_into(qtbot, tab.pa["radius"], "4,4,4")
+    type_into(qtbot, tab.pa["margin"], "6,6,6")
+    tab.pa["max_per_partition"].setValue(50)
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    assert (tmp_path / "coords.npz").is_file()
+
+    ffn_mode(tab, "train")
+    for name in ("image", "labels"):
+        type_into(qtbot, tab.t[name], FFN_SYNTH)
+    type_into(qtbot, tab.t["coordinates"], tmp_path / "coords.npz")
+    type_into(qtbot, tab.t["output"], tmp_path / "ffn.pt")
+    tab.t["steps"].setValue(4)
+    tab.t["batch_size"].setValue(2)
+    tab.ta["depth"].setValue(1)
+    tab.ta["features"].setValue(4)
+    type_into(qtbot, tab.ta["fov"], "7,9,9")
+    type_into(qtbot, tab.ta["deltas"], "2,2,2")
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    xs, ys = tab.loss_curve.getData()
+    assert list(xs) == [1, 2, 3, 4] and np.all(np.asarray(ys) > 0)  # one point per step
+    means = tab.mean_curve.getData()[1]
+    assert np.allclose(means, np.cumsum(ys) / np.arange(1, 5))  # the running mean
+    assert not tab.t["image_layer"].isVisible()  # VAST layers only for an empty volume
+
+    ffn_mode(tab, "infer")
+    type_into(qtbot, tab.i["image"], FFN_SYNTH)
+    type_into(qtbot, tab.i["checkpoint"], tmp_path / "ffn.pt")
+    type_into(qtbot, tab.i["output"], tmp_path / "gui.tif")
+    type_into(qtbot, tab.i["box"], "0,39,0,39,0,19")
+    type_into(qtbot, tab.i["seeds"], "20,20,10; 30,12,8")
+    tab.i["min_segment_size"].setValue(1)  # an untrained network keeps about its seeds
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    assert "objects from" in tab.panel.status.text()
+    spec = tab.build_spec()
+    assert spec.kind == "ffn-infer" and spec.model is None  # a .pt knows its geometry
+    run_like_the_cli(spec, tmp_path, output=str(tmp_path / "cli.tif"))
+    gui, cli = tifffile.imread(tmp_path / "gui.tif"), tifffile.imread(tmp_path / "cli.tif")
+    assert gui.shape == (20, 40, 40) and gui[10, 20, 20] > 0
+    assert gui.dtype == cli.dtype and np.array_equal(gui, cli)
+
+
+@pytest.fixture(scope="module")
+def ffn_checkpoint(tmp_path_factory):
+    """A tiny FFN trained for three steps (inference only needs deterministic weights)."""
+    from membrane_py.ffn.prep import FFNPrepJob
+    from membrane_py.ffn.train import FFNTrainJob
+    from membrane_py.jobs import registry
+    from membrane_py.models.ffn import FFNConfig
+
+    tmp = tmp_path_factory.mktemp("ffn")
+    registry.run(FFNPrepJob(labels=FFN_SYNTH, output=str(tmp / "c.npz"), radius=(4, 4, 4),
+                            margin=(6, 6, 6), min_size=50, max_per_partition=50))
+    return registry.run(FFNTrainJob(
+        image=FFN_SYNTH, labels=FFN_SYNTH, coordinates=str(tmp / "c.npz"),
+        output=str(tmp / "m.pt"), model=FFNConfig(depth=1, features=4, fov=(7, 9, 9),
+                                                  deltas=(2, 2, 2)),
+        steps=3, batch_size=2)).path
+
+
+def test_ffn_segments_a_vast_box_and_paints_it_into_a_new_layer(
+        qtbot, window, vast_server, ffn_checkpoint, tmp_path):
+    from membrane_py.geometry import Box
+
+    connect(qtbot, window, vast_server)
+    tab = window.ffn_tab
+    window.tabs.setCurrentWidget(tab)
+    ffn_mode(tab, "infer")
+    assert tab.i["image_layer"].currentData() == 0  # the EM layer of the served volume
+    type_into(qtbot, tab.i["checkpoint"], ffn_checkpoint)
+    type_into(qtbot, tab.i["output"], tmp_path / "s.npz")
+    type_into(qtbot, tab.i["box"], "0,49,0,49,0,7")
+    type_into(qtbot, tab.i["seeds"], "20,20,3")
+    tab.i["min_segment_size"].setValue(1)
+    tab.i["paint"].setChecked(True)
+    type_into(qtbot, tab.i["layer_name"], "gui ffn")
+    assert tab.build_spec().paint == f"vast://{vast_server.host}:{vast_server.port}"
+    click(qtbot, tab.run_button)
+    wait_finished(qtbot, tab)
+    assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    seg = np.load(tmp_path / "s.npz")["segmentation"]
+    with VastClient(vast_server.host, vast_server.port) as c:
+        names = c.get_layer_names()
+        assert "gui ffn" in names
+        c.set_selected_api_layer(names.index("gui ffn"))
+        painted = c.get_seg_image_rle(Box(0, 8, 0, 50, 0, 50), 0)
+    assert seg.any() and ((painted > 0) == (seg > 0)).all()

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget
 
 from membrane_py.tabs.connect import ConnectTab, VastState
 from membrane_py.tabs.evaluate import EvaluateTab
+from membrane_py.tabs.ffn import FFNTab
 from membrane_py.tabs.groundtruth import GroundTruthTab
 from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.jobs import JobsTab
@@ -43,9 +44,11 @@ class MainWindow(QMainWindow):
         self.evaluate_tab = EvaluateTab(controller, s)
         self.predict_tab = PredictTab(controller, s)
         self.paint_tab = PaintTab(controller, s)
+        self.ffn_tab = FFNTab(controller, s)
         self.jobs_tab = JobsTab(controller)
         self.job_tabs: list[JobTab] = [self.gt_tab, self.patches_tab, self.train_tab,
-                                       self.evaluate_tab, self.predict_tab, self.paint_tab]
+                                       self.evaluate_tab, self.predict_tab, self.paint_tab,
+                                       self.ffn_tab]
         for tab in (self.connect_tab, *self.job_tabs, self.jobs_tab):
             self.tabs.addTab(tab, tab.title)
         self.connect_tab.connected.connect(self._vast_changed)
@@ -90,6 +93,7 @@ class MainWindow(QMainWindow):
     def _vast_changed(self, state: VastState) -> None:
         self.predict_tab.set_vast(state)
         self.paint_tab.set_vast(state)
+        self.ffn_tab.set_vast(state)
         if hasattr(self, "vast_label"):
             self.vast_label.setText(f"VAST: {state.address}" if state.connected
                                     else "VAST: not connected")

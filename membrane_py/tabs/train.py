@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyqtgraph as pg
 from PySide6.QtWidgets import QLineEdit, QTableWidget, QTableWidgetItem
 
 from membrane_py.events import Event
 from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.widgets import (
+    CurvePlot,
     Form,
     PathEdit,
     auto_spin,
@@ -126,22 +126,16 @@ class TrainTab(JobTab):
         for name in ("network", "transfer_mode", "schedule"):
             (f.fields.get(name) or g.fields[name]).currentIndexChanged.connect(self._show_rows)
 
-        self.plot = pg.PlotWidget(title="Loss")
-        self.plot.setObjectName("loss_plot")
-        self.plot.setBackground("w")
-        self.plot.addLegend(offset=(-10, 10))  # top right, away from the falling curves
-        self.plot.setLabel("bottom", "iteration")
-        self.iter_curve = self.plot.plot([], [], pen=pg.mkPen("#90a4ae", width=1),
-                                         name="training (iterations)")
-        self.train_curve = self.plot.plot([], [], pen=pg.mkPen("#1565c0", width=2), symbol="o",
-                                          symbolSize=6, name="training (epochs)")
-        self.val_curve = self.plot.plot([], [], pen=pg.mkPen("#c62828", width=2), symbol="s",
-                                        symbolSize=6, name="validation")
+        self.plot = CurvePlot("Loss", "iteration")
+        self.iter_curve = self.plot.add_curve("iter", "training (iterations)", "#90a4ae", 1)
+        self.train_curve = self.plot.add_curve("train", "training (epochs)", "#1565c0",
+                                               symbol="o")
+        self.val_curve = self.plot.add_curve("val", "validation", "#c62828", symbol="s")
         self.table = QTableWidget(0, 0)
         self.table.setObjectName("metrics")
         self.preview_layout.addWidget(self.plot, 3)
         self.preview_layout.addWidget(self.table, 2)
-        self.points: dict[str, list[tuple[float, float]]] = {"iter": [], "train": [], "val": []}
+        self.points = self.plot.points
         self.epochs: list[dict] = []
         self.iterations = 0  # of the whole run, from the metric events
         self._parents: dict[tuple[str, int], dict] = {}
@@ -232,10 +226,8 @@ class TrainTab(JobTab):
         return self._parents[key]
 
     def job_started(self, spec) -> None:
-        for points in self.points.values():
-            points.clear()
+        self.plot.clear_points()
         self.epochs.clear()
-        self._redraw()
         self.table.setRowCount(0)
 
     def handle_event(self, event: Event) -> None:
@@ -244,15 +236,14 @@ class TrainTab(JobTab):
         d = event.data
         self.iterations = event.total
         if event.message == "iteration" and "loss" in d:
-            self.points["iter"].append((event.done, d["loss"]))
+            self.plot.append("iter", event.done, d["loss"])
         elif event.message == "epoch":
             if "train_loss" in d:
-                self.points["train"].append((event.done, d["train_loss"]))
+                self.plot.append("train", event.done, d["train_loss"])
             if "val_loss" in d:
-                self.points["val"].append((event.done, d["val_loss"]))
+                self.plot.append("val", event.done, d["val_loss"])
             self.epochs.append(d)
             self._add_row(d)
-        self._redraw()
 
     def interrupted(self, resumed) -> None:
         """Point "Resume from" at what the interrupted run left, and say so."""
@@ -278,13 +269,6 @@ class TrainTab(JobTab):
         if job_id is not None:
             self.panel.start(job_id)
             self.panel.set_status(f"exporting {Path(best).with_suffix('.onnx').name}")
-
-    def _redraw(self) -> None:
-        for key, curve in (("iter", self.iter_curve), ("train", self.train_curve),
-                           ("val", self.val_curve)):
-            xs = [p[0] for p in self.points[key]]
-            ys = [p[1] for p in self.points[key]]
-            curve.setData(xs, ys)
 
     def _add_row(self, record: dict) -> None:
         keys = [k for k in TABLE_KEYS if any(k in r for r in self.epochs)]

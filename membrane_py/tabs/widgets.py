@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
@@ -263,6 +264,38 @@ class ImageView(QLabel):
         if self._pixmap is not None:
             self.setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
                                                Qt.TransformationMode.FastTransformation))
+
+
+class CurvePlot(pg.PlotWidget):
+    """A white plot of named curves fed point by point (loss curves from metric events)."""
+
+    def __init__(self, title: str, x_label: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent, title=title)
+        self.setObjectName("loss_plot")
+        self.setBackground("w")
+        self.addLegend(offset=(-10, 10))  # top right, away from the falling curves
+        self.setLabel("bottom", x_label)
+        self.points: dict[str, list[tuple[float, float]]] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+
+    def add_curve(self, key: str, name: str, color: str, width: int = 2,
+                  symbol: str | None = None) -> pg.PlotDataItem:
+        """A curve named ``name`` in the legend that :meth:`append` feeds under ``key``."""
+        extra = {"symbol": symbol, "symbolSize": 6} if symbol else {}
+        self.curves[key] = self.plot([], [], pen=pg.mkPen(color, width=width), name=name,
+                                     **extra)
+        self.points[key] = []
+        return self.curves[key]
+
+    def append(self, key: str, x: float, y: float) -> None:
+        self.points[key].append((x, y))
+        self.curves[key].setData([p[0] for p in self.points[key]],
+                                 [p[1] for p in self.points[key]])
+
+    def clear_points(self) -> None:
+        for key, curve in self.curves.items():
+            self.points[key].clear()
+            curve.setData([], [])
 
 
 def read_preview(path: str | Path) -> np.ndarray | None:
