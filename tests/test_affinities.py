@@ -354,3 +354,31 @@ def test_train_job_checks_target_and_context():
                      ({"target": "affinities", "offsets": [[0, 0, 0], [1, 0, 0]]}, "non-zero")):
         with pytest.raises(ValueError, match=why):
             TrainJob(**bad)
+
+
+def test_cli_trains_an_affinity_network_with_offsets_in_x_y_z(tmp_path):
+    """`membrane train --target affinities --context 1 --offset X,Y,Z`: the checkpoint's
+    channels are the offsets typed in VAST's x, y, z order, stored as (dz, dy, dx)."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    from membrane_py.cli import app
+    from membrane_py.train.checkpoint import load_checkpoint
+    from membrane_py.volumes.synthetic import make_synthetic
+
+    s = make_synthetic((6, 64, 64), seed=2)
+    tifffile.imwrite(tmp_path / "em.tif", s.em, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "gt.tif", s.instances.astype(np.uint32),
+                     photometric="minisblack")
+    common = ["train", "--images", str(tmp_path / "em.tif"), "--labels",
+              str(tmp_path / "gt.tif"), "--out", str(tmp_path / "runs"), "--target",
+              "affinities", "--context", "1", "--patch-size", "32", "--patches-per-epoch", "8",
+              "--val-patches", "4", "--val-fraction", "0.34", "--depth", "2", "--base-filters",
+              "4", "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
+    r = CliRunner().invoke(app, [*common, "--offset", "0,0,1", "--offset", "3,0,0"])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "runs" / "unet.pt")
+    assert (ck.target, ck.context) == ("affinities", 1)
+    assert ck.class_names == ["affinity_1_0_0", "affinity_0_0_3"]
+    r = CliRunner().invoke(app, [*common, "--offset", "0,0"])
+    assert r.exit_code == 2 and "--offset" in r.output

@@ -13,6 +13,7 @@ from membrane_py.cli.options import (
     SAVE_JOB,
     augment_option,
     floats_option,
+    ints_option,
     spec_or_exit,
 )
 from membrane_py.cli.render import execute, fail, one_line
@@ -33,6 +34,14 @@ def train(
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
     augmentations: str = AUGMENTATIONS,
+    target: str = typer.Option("classes", help="classes (membranes, organelles) or affinities "
+                               "(neighbour affinities for 3D neurons; --images and --labels are "
+                               "then volumes, e.g. em.tif and bodies.h5:stack)"),
+    context: int = typer.Option(0, help="affinities: neighbouring sections on each side fed "
+                                "as extra input channels (2.5D), so z affinities are learned"),
+    offset: list[str] = typer.Option(None, "--offset", help="affinities: one offset x,y,z per "
+                                     "output channel (repeat; default 1,0,0 0,1,0 0,0,1 and "
+                                     "e.g. 0,9,0 adds a long-range one)"),
     arch: str = typer.Option(None, help="architecture: unet (plain U-Net) or resunet "
                              "(residual U-Net) (default unet, or the pretrained network's)"),
     depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5 on CUDA, "
@@ -98,6 +107,9 @@ def train(
         options = dict(
             {k: v for k, v in inheritable.items() if v is not None},
             image_dir=str(images), label_dir=str(labels), out_dir=str(out), name=name,
+            target=target, context=context,
+            **({"offsets": [ints_option(o, 3, "--offset")[::-1] for o in offset]}
+               if offset else {}),
             label_format=label_format, max_classes=max_classes, n_classes=n_classes,
             class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
             patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
