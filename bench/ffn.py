@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -187,10 +188,158 @@ def network_speed(model, device, batch: int, reps: int) -> list[dict]:
     return rows, {k: round(v, 1) for k, v in peak.items()}
 
 
+def scores(seg: np.ndarray, gt: np.ndarray) -> dict:
+    r = rand_info_scores(seg, gt)
+    return {k: round(r[k], 4) for k in KEYS}
+
+
+def crop_run(ckpt, model, device, args, early_stop: bool) -> dict:
+    """Our inference over the central crop (or the whole volume), scored against the ground
+    truth and the published result over the same box and its core."""
+    side = 250 if args.full else args.crop
+    lo = (250 - side) // 2
+    box = Box(lo, lo + side, lo, lo + side, lo, lo + side)
+    raw = open_volume(DATA / "fib25_sample2" / "grayscale").read(box)
+    image = (raw.astype(np.float32) - ckpt.image_mean) / ckpt.image_stddev
+    gt = load_bodies(box)
+    reference = np.load(MODEL / "sample-training2.npz")["segmentation"][
+        box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].astype(np.int64)
+    options = FloodOptions()  # = inference_training_sample2.pbtxt
+    predictor = FFNPredictor(model, device, args.precision, args.channels_last)
+    filler = FloodFiller(image, predictor, ckpt.config.fov, ckpt.config.deltas, options,
+                         concurrency=args.concurrency, early_stop=early_stop)
+    t = time.perf_counter()
+    seeds = peak_seeds(image)
+    seg = filler.segment_all(seeds).astype(np.int64)
+    seconds = time.perf_counter() - t
+    s = filler.stats
+    # the core: the crop less one FOV radius per side, where every voxel can be reached
+    # by a FOV centred inside the crop
+    r = ckpt.config.radius
+    core = tuple(slice(q, n - q) for q, n in zip(r, seg.shape, strict=True))
+    row = {
+        "run": "full volume" if args.full else f"central crop {side}^3",
+        "box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1],
+        "voxels": int(seg.size), "precision": args.precision,
+        "channels_last": args.channels_last, "concurrency": args.concurrency,
+        "early_stop": early_stop,
+        "options": {k: v if not isinstance(v, tuple) else list(v)
+                    for k, v in vars(options).items()},
+        "seeds": int(len(seeds)), "objects": s.objects, "rejected": s.rejected,
+        "stopped_early": s.stopped_early,
+        "fov_steps": s.steps, "network_calls": s.calls, "seconds": round(seconds, 1),
+        "network_seconds": round(s.network_s, 1),
+        "fov_steps_per_s": round(s.steps / seconds, 3),
+        "voxels_per_s": round(seg.size / seconds, 1),
+        "segmented_fraction": round(float((seg > 0).mean()), 3),
+        "ours_vs_gt": scores(seg, gt),
+        "published_vs_gt_same_box": scores(reference, gt),
+        "agreement_adapted_rand_error": scores(seg, reference)["adapted_rand_error"],
+        "core_box_zyx": [box.z0 + r[0], box.z1 - r[0], box.y0 + r[1], box.y1 - r[1],
+                         box.x0 + r[2], box.x1 - r[2]],
+        "ours_vs_gt_core": scores(seg[core], gt[core]),
+        "published_vs_gt_core": scores(reference[core], gt[core]),
+        "agreement_adapted_rand_error_core": scores(seg[core], reference[core])[
+            "adapted_rand_error"],
+    }
+    return row, seg
+
+
+PASTED = 1_000_000  # pasted published objects get ids above this
+
+
+def seeded_region(ckpt, model, device, args) -> dict:
+    """The published run's objects seeded in a central region, regrown in context.
+
+    Every peak seed of the whole volume is visited in the published (z, y, x) order. A seed
+    outside the region whose published object exists gets that object pasted (on voxels
+    still free), exactly when the published run created it; seeds inside the region are
+    grown by our inference over the whole volume (its FOVs may leave the region). So each
+    of our objects meets the state the published run had when it grew the same seed, at
+    the cost of the region's objects only. Agreement: adapted Rand error of ours against
+    the published result over the union of the voxels of both runs' region-seeded objects
+    (published background there counts as one more segment, so growing into it counts),
+    and both against the ground truth over that union.
+    """
+    side = args.region
+    lo, hi = (250 - side) // 2, (250 - side) // 2 + side
+    raw = open_volume(DATA / "fib25_sample2" / "grayscale").read(Box.full((250, 250, 250)))
+    image = (raw.astype(np.float32) - ckpt.image_mean) / ckpt.image_stddev
+    published = np.load(MODEL / "sample-training2.npz")["segmentation"].astype(np.int64)
+    origins = reference_origins()
+    by_seed = {seed: k for k, (seed, _) in origins.items()}
+    boxes = ndimage.find_objects(published)
+    filler = FloodFiller(image, FFNPredictor(model, device, args.precision,
+                                             args.channels_last),
+                         ckpt.config.fov, ckpt.config.deltas, FloodOptions(),
+                         concurrency=args.concurrency)
+    seg = filler.segmentation
+
+    def inside(seed) -> bool:
+        return all(lo <= v < hi for v in seed)
+
+    t = time.perf_counter()
+    seeds = [tuple(int(v) for v in x) for x in peak_seeds(image)]
+    batch: list = []
+    for seed in [*seeds, None]:
+        if seed is not None and inside(seed):
+            batch.append(seed)
+            continue
+        if seed is not None and seed not in by_seed:
+            continue  # a seed that made no object in the published run
+        if batch:
+            filler.segment_all(np.array(batch))
+            batch = []
+        if seed is not None:
+            k = by_seed[seed]
+            sel = boxes[k - 1]
+            seg[sel][(published[sel] == k) & (seg[sel] <= 0)] = PASTED + k
+    seconds = time.perf_counter() - t
+    ours = np.maximum(seg, 0).astype(np.int64)
+    ours_ids = sorted(filler.origins)
+    pub_ids = sorted(k for k, (seed, _) in origins.items() if inside(seed))
+    union = np.isin(ours, ours_ids) | np.isin(published, pub_ids)
+    if not union.any():
+        raise SystemExit(f"no object was seeded in the central {side}^3: use a larger --region")
+    pub_u = published[union]
+    pub_u = np.where(pub_u == 0, published.max() + 1, pub_u)  # background as a segment
+    gt = load_bodies(Box.full((250, 250, 250)))
+    rows, ious = [], []
+    ours_by_seed = {seed: i for i, seed in filler.origins.items()}
+    for k in pub_ids:
+        i = ours_by_seed.get(origins[k][0])
+        a, b = (seg == i) if i else np.zeros(1, bool), published == k
+        iou = float((a & b).sum() / max((a | b).sum(), 1)) if i else 0.0
+        ious.append(iou)
+        rows.append({"id": k, "published_fov_steps": origins[k][1], "found": bool(i),
+                     "iou": round(iou, 4)})
+    extra = [i for i, seed in filler.origins.items() if seed not in by_seed]
+    s = filler.stats
+    return {
+        "run": f"central region {side}^3: published objects seeded in it, regrown in "
+               "context (objects seeded elsewhere pasted from the published run)",
+        "region_zyx": [lo, hi] * 3, "precision": args.precision,
+        "concurrency": args.concurrency, "seeds_in_region": sum(map(inside, seeds)),
+        "published_objects": len(pub_ids), "our_objects": len(ours_ids),
+        "our_objects_not_in_published": len(extra),
+        "published_fov_steps": sum(origins[k][1] for k in pub_ids),
+        "fov_steps": s.steps, "rejected": s.rejected, "seconds": round(seconds, 1),
+        "fov_steps_per_s": round(s.steps / seconds, 3),
+        "union_voxels": int(union.sum()),
+        "agreement_adapted_rand_error": scores(ours[union], pub_u)["adapted_rand_error"],
+        "ours_vs_gt_union": scores(ours[union], gt[union]),
+        "published_vs_gt_union": scores(published[union], gt[union]),
+        "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+        "objects_iou_above_0.99": sum(i > 0.99 for i in ious), "per_object": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--crop", type=int, default=96, help="central crop side (voxels)")
+    ap.add_argument("--crop", type=int, default=64, help="central crop side (voxels)")
     ap.add_argument("--full", action="store_true", help="segment the whole 250^3 volume")
+    ap.add_argument("--region", type=int, default=96,
+                    help="side of the central region of the in-context run (0 = skip)")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     ap.add_argument("--channels-last", action="store_true")
@@ -198,7 +347,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-crop", action="store_true")
-    ap.add_argument("--object-steps", type=int, default=60,
+    ap.add_argument("--compare-early-stop", action="store_true",
+                    help="run the crop also without stopping doomed objects early and "
+                         "compare FOV steps, speed and output")
+    ap.add_argument("--object-steps", type=int, default=0,
                     help="FOV-step budget of the object-by-object replay (0 = skip)")
     ap.add_argument("--max-object-steps", type=int, default=30,
                     help="replay only objects that took at most this many FOV steps")
@@ -215,63 +367,26 @@ def main() -> None:
     if not args.skip_speed:
         out["network_speed"], out["matmul_gflop_per_s"] = network_speed(
             model, device, args.batch, args.reps)
-
     if args.object_steps:
         out["reference_objects"] = replay_objects(model, args.object_steps,
                                                   args.max_object_steps)
-    if args.skip_crop:
-        print(json.dumps(out, indent=2))
-        return
-    side = 250 if args.full else args.crop
-    lo = (250 - side) // 2
-    box = Box(lo, lo + side, lo, lo + side, lo, lo + side)
-    raw = open_volume(DATA / "fib25_sample2" / "grayscale").read(box)
-    image = (raw.astype(np.float32) - ckpt.image_mean) / ckpt.image_stddev
-    gt = load_bodies(box)
-    reference = np.load(MODEL / "sample-training2.npz")["segmentation"][
-        box.z0:box.z1, box.y0:box.y1, box.x0:box.x1].astype(np.int64)
-    options = FloodOptions()  # = inference_training_sample2.pbtxt
-    predictor = FFNPredictor(model, device, args.precision, args.channels_last)
-    filler = FloodFiller(image, predictor, ckpt.config.fov, ckpt.config.deltas, options,
-                         concurrency=args.concurrency)
-    t = time.perf_counter()
-    seeds = peak_seeds(image)
-    seg = filler.segment_all(seeds).astype(np.int64)
-    seconds = time.perf_counter() - t
-    s = filler.stats
-    ours = rand_info_scores(seg, gt)
-    theirs = rand_info_scores(reference, gt)
-    agreement = rand_info_scores(seg, reference)  # the published result as "ground truth"
-    # the core: the crop less one FOV radius per side, where every voxel can be reached
-    # by a FOV centred inside the crop
-    r = ckpt.config.radius
-    core = tuple(slice(q, n - q) for q, n in zip(r, seg.shape, strict=True))
-    ours_core = rand_info_scores(seg[core], gt[core])
-    theirs_core = rand_info_scores(reference[core], gt[core])
-    agreement_core = rand_info_scores(seg[core], reference[core])
-    out["segmentation"] = {
-        "run": "full" if args.full else "central crop",
-        "box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1],
-        "voxels": int(seg.size), "precision": args.precision,
-        "channels_last": args.channels_last, "concurrency": args.concurrency,
-        "options": {k: v if not isinstance(v, tuple) else list(v)
-                    for k, v in vars(options).items()},
-        "seeds": int(len(seeds)), "objects": s.objects, "rejected": s.rejected,
-        "fov_steps": s.steps, "network_calls": s.calls, "seconds": round(seconds, 1),
-        "network_seconds": round(s.network_s, 1),
-        "fov_steps_per_s": round(s.steps / seconds, 3),
-        "voxels_per_s": round(seg.size / seconds, 1),
-        "segmented_fraction": round(float((seg > 0).mean()), 3),
-        "ours_vs_gt": {k: round(ours[k], 4) for k in KEYS},
-        "published_vs_gt_same_box": {k: round(theirs[k], 4) for k in KEYS},
-        "agreement_adapted_rand_error": round(agreement["adapted_rand_error"], 4),
-        "core_box_zyx": [box.z0 + r[0], box.z1 - r[0], box.y0 + r[1], box.y1 - r[1],
-                         box.x0 + r[2], box.x1 - r[2]],
-        "ours_vs_gt_core": {k: round(ours_core[k], 4) for k in KEYS},
-        "published_vs_gt_core": {k: round(theirs_core[k], 4) for k in KEYS},
-        "agreement_adapted_rand_error_core": round(agreement_core["adapted_rand_error"], 4),
-        "reference_published_run": {"voxels_per_s": 39_700, "hardware": "P100 (README)"},
-    }
+    if args.region:
+        out["seeded_region"] = seeded_region(ckpt, model, device, args)
+    if not args.skip_crop:
+        peak = matmul_gflops(device, torch.bfloat16 if args.precision == "bf16"
+                             else torch.float32)
+        row, seg = crop_run(ckpt, model, device, args, early_stop=True)
+        row["gflop_per_s"] = round(row["fov_steps"] * fov_flops(ckpt.config)
+                                   / row["seconds"] / 1e9, 1)
+        row["matmul_roofline_share"] = round(row["gflop_per_s"] / peak, 3)
+        out["segmentation"] = row
+        if args.compare_early_stop:
+            before, seg0 = crop_run(ckpt, model, device, args, early_stop=False)
+            out["without_early_stop"] = {
+                k: before[k] for k in ("fov_steps", "network_calls", "seconds",
+                                       "fov_steps_per_s", "voxels_per_s", "rejected")}
+            out["without_early_stop"]["identical_output"] = bool(np.array_equal(seg, seg0))
+        out["reference_published_run"] = {"voxels_per_s": 39_700, "hardware": "P100 (README)"}
     out["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))
 

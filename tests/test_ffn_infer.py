@@ -62,6 +62,29 @@ def test_toy_objects_are_segmented(concurrency):
     assert filler.stats.steps > 10 and filler.stats.calls <= filler.stats.steps
 
 
+
+
+def test_doomed_objects_stop_early_with_identical_output():
+    """With objects growing side by side, one whose seed an earlier object's commit covers
+    is stopped at once (it would be rejected at commit anyway): same output, fewer steps."""
+    labels = toy_labels()
+    # the small cube (too small) ends first, so the tube-2 seed, on tube 2's rim next to
+    # tube 1, starts later than the tube-1 seed and is still growing tube 2 when tube 1
+    # is committed: its seed then borders an object, which strict order would have skipped
+    seeds = np.array([[6, 32, 8], [12, 9, 20], [12, 15, 34]])
+    runs = {}
+    for early_stop in (False, True):
+        filler = FloodFiller(toy_image(labels), oracle, FOV, DELTAS,
+                             FloodOptions(min_segment_size=200), concurrency=2,
+                             early_stop=early_stop)
+        runs[early_stop] = filler.segment_all(seeds), filler.stats
+    (seg0, before), (seg1, after) = runs[False], runs[True]
+    assert np.array_equal(seg0, seg1) and after.objects == before.objects == 1
+    assert before.rejected == after.rejected == {"too_small": 1, "covered": 1}
+    assert after.stopped_early == 1 and before.stopped_early == 0
+    assert after.steps < before.steps
+
+
 def test_mask_stops_growth_and_thresholds_are_checked():
     labels = toy_labels()
     mask = np.zeros(labels.shape, bool)
