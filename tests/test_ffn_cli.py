@@ -46,6 +46,22 @@ def test_cli_train_and_infer_outputs(tiny_checkpoint, tmp_path):
     seg = tifffile.imread(tmp_path / "s.tif")
     assert seg.shape == (20, 40, 40) and seg.dtype == np.uint32
     assert seg[10, 20, 20] > 0 and seg[8, 12, 30] > 0 and seg[8, 12, 30] != seg[10, 20, 20]
+    # a shift mask: all quiet changes nothing, a large shift everywhere blocks every FOV
+    for name, value in (("calm", 0), ("shifted", 9)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.full((20, 32, 32), value, np.uint8),
+                         photometric="minisblack")
+        out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / f"{name}.npz",
+                     *common, "--shift-mask", tmp_path / f"{name}.tif", "--shift-mask-scale",
+                     "2", "--shift-mask-threshold", "4")
+        assert out.exit_code == 0, out.output
+    assert np.array_equal(np.load(tmp_path / "calm.npz")["segmentation"], seg)
+    assert not np.load(tmp_path / "shifted.npz")["segmentation"].any()
+    out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "c.npz", *common,
+                 "--consensus", "--consensus-min-size", "1")
+    assert out.exit_code == 0, out.output
+    consensus = np.load(tmp_path / "c.npz")
+    assert consensus["segmentation"].any() and len(consensus["origins"]) >= 1
+    assert not (consensus["segmentation"][seg == 0]).any()  # it only ever splits
     out = invoke("ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "tiles", *common,
                  "--colors", "palette")
     assert out.exit_code == 0, out.output
@@ -77,6 +93,8 @@ def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
         (["ffn", "train", SYNTH, SYNTH, "--coordinates", tmp_path / "none.npz", "-o",
           tmp_path / "m.pt"], "ffn prep"),
         (["ffn", "prep", SYNTH, "-o", tmp_path / "c.npz", "--radius", "4,4"], "--radius"),
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
+          "0,39,0,39,0,19", "--shift-mask", tmp_path / "small_mask.tif"], "does not cover"),
     ]
     for args, words in cases:
         out = invoke(*args)

@@ -179,3 +179,74 @@ def test_subvolumes_are_reconciled():
         ids = seg[labels == obj]
         assert (ids == ids.max()).mean() > 0.98 and set(np.unique(ids)) <= {0, ids.max()}
     assert seg[labels == 1].max() != seg[labels == 2].max()
+
+
+def test_split_consensus():
+    from membrane_py.ffn.consensus import split_consensus
+
+    a = np.array([1, 1, 1, 1, 0, 2, 2, 2, 0, 0])
+    b = np.array([5, 5, 6, 0, 7, 7, 7, 0, 0, 3])
+    out = split_consensus(a, b, min_size=0)
+    # a's largest pair keeps a's id, other pairs get new ids, b-only voxels stay empty
+    assert list(out[[0, 1, 5, 6, 4, 8, 9]]) == [1, 1, 2, 2, 0, 0, 0]
+    assert len({out[2], out[3], out[7]}) == 3 and min(out[2], out[3], out[7]) > 2
+    assert list(split_consensus(a, b, min_size=2)) == [1, 1, 0, 0, 0, 2, 2, 0, 0, 0]
+    with pytest.raises(ValueError, match="differ in shape"):
+        split_consensus(a, b[:5])
+
+
+def test_forward_reverse_consensus_removes_an_order_dependent_merge():
+    """A network that lets tube 1 leak into the end of tube 2 merges that end into tube 1
+    in forward order only; the consensus keeps tube 1 clean."""
+    from membrane_py.ffn.consensus import forward_reverse
+
+    labels = toy_labels()
+    labels[labels == 3] = 0
+    labels[(labels == 2) & (np.arange(40) < 12)] = 3  # the end of tube 2, x < 12
+    image = toy_image(labels)
+
+    def leaky(images, masks):
+        """The oracle, but the end of tube 2 also counts as part of any object, and from
+        inside it only what the object already holds is kept."""
+        ids = images // 100
+        c = tuple(s // 2 for s in images.shape[1:])
+        centre = ids[(slice(None), *c)][:, None, None, None]
+        inside = np.where(centre == 3, (ids == 3) | (masks > 0), (ids == centre) | (ids == 3))
+        return np.where(inside & (centre > 0), 2.0 + images % 100, -4.0).astype(np.float32)
+
+    def filler_from(seeds):
+        filler = FloodFiller(image, leaky, FOV, DELTAS, FloodOptions(min_segment_size=50))
+        filler.segment_all(seeds)
+        return filler
+
+    forward = filler_from(np.array([[12, 9, 20], [12, 20, 30]]))  # tube 1 first
+    seg = np.maximum(forward.segmentation, 0)
+    tube1 = seg[12, 9, 20]
+    assert forward.stats.objects == 2 and (seg[labels == 3] == tube1).mean() > 0.9
+    labels_c, origins = forward_reverse(forward, filler_from, min_size=50)
+    end = labels_c[labels == 3]
+    assert (labels_c[labels == 1] == tube1).mean() > 0.95  # tube 1 keeps its id
+    assert not (end == tube1).any() and (end > 0).mean() > 0.9  # the end is split off
+    assert set(origins) == {1, 2}
+
+
+def test_shift_mask_keeps_fovs_away_from_misalignment():
+    from membrane_py.ffn.restrict import shift_block, shift_restriction
+
+    labels = toy_labels()
+    shift = np.zeros((2, 24, 20, 20), np.float32)  # y and x shifts at half resolution
+    shift[1, :, :, 15] = 6.0  # a bad seam at x 30-31 (full resolution)
+    block = shift_block(shift, (0, 0, 0), labels.shape, threshold=4, radius=(4, 4, 4),
+                        scale=2)
+    assert block.shape == labels.shape
+    assert block[:, :, 26:36].all() and not block[:, :, :26].any()
+    assert np.array_equal(block, shift_restriction(
+        np.repeat(np.repeat(shift[1], 2, axis=1), 2, axis=2), 4, (4, 4, 4)))
+    filler = FloodFiller(toy_image(labels), oracle, FOV, DELTAS,
+                         FloodOptions(min_segment_size=10), mask=block)
+    seg = filler.segment_all(np.array([[12, 9, 8]]))
+    grown = seg[labels == 1] > 0
+    xs = np.nonzero(seg)[2]
+    assert grown.mean() > 0.5 and xs.max() <= 25 + FOV[2] // 2  # no FOV centre past x 25
+    with pytest.raises(ValueError, match="does not cover"):
+        shift_block(shift, (0, 0, 0), (24, 41, 40), scale=2)

@@ -139,6 +139,17 @@ def infer(
     subvolume: str = typer.Option(None, help="z,y,x: segment in subvolumes of this core "
                                   "size (less memory), ids reconciled across them"),
     overlap: str = typer.Option("32,32,32", help="z,y,x context around each subvolume"),
+    consensus: bool = typer.Option(False, help="grow again from the seeds in reverse order "
+                                   "and keep the split consensus (fewer merges, 2x time)"),
+    consensus_min_size: int = typer.Option(1000, min=0, help="consensus pieces smaller "
+                                           "(voxels) are dropped"),
+    shift_mask: str = typer.Option(None, help="volume of inter-section shift magnitudes "
+                                   "(pixels): no FOV centred near large ones"),
+    shift_mask_threshold: float = typer.Option(4.0, help="shift (pixels) that blocks FOVs"),
+    shift_mask_radius: str = typer.Option(None, help="z,y,x window around a FOV centre "
+                                          "checked for shifts (default: the FOV's)"),
+    shift_mask_scale: int = typer.Option(1, min=1, help="the shift mask's y, x are at "
+                                         "1/scale of the image's"),
     precision: str = typer.Option("fp32", help="fp32 or bf16"),
     channels_last: bool = typer.Option(False, help="channels-last-3d activations"),
     device: str = DEVICE,
@@ -164,7 +175,12 @@ def infer(
             12, 32, "33,33,33", "8,8,8") else _model(depth, features, fov, deltas),
         image_mean=image_mean, image_stddev=image_stddev, concurrency=concurrency,
         subvolume=tuple(ints_option(subvolume, 3, "--subvolume")) if subvolume else None,
-        overlap=tuple(ints_option(overlap, 3, "--overlap")), precision=precision,
+        overlap=tuple(ints_option(overlap, 3, "--overlap")), consensus=consensus,
+        consensus_min_size=consensus_min_size, shift_mask=shift_mask,
+        shift_mask_threshold=shift_mask_threshold,
+        shift_mask_radius=tuple(ints_option(shift_mask_radius, 3, "--shift-mask-radius"))
+        if shift_mask_radius else None, shift_mask_scale=shift_mask_scale,
+        precision=precision,
         channels_last=channels_last, device=device, colors=colors, paint=paint), save_job)
 
 

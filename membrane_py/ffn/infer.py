@@ -26,7 +26,9 @@ from membrane_py.edit.instances import COLORINGS, check_shapes, region_box, writ
 from membrane_py.events import CancelToken, Event, ProgressCallback, report
 from membrane_py.ffn.canvas import FloodFiller, FloodOptions, FloodStats
 from membrane_py.ffn.checkpoint import load_ffn
+from membrane_py.ffn.consensus import forward_reverse
 from membrane_py.ffn.predictor import PRECISIONS, FFNPredictor
+from membrane_py.ffn.restrict import shift_block
 from membrane_py.ffn.seeds import peak_seeds
 from membrane_py.ffn.subvolumes import segment_in_subvolumes
 from membrane_py.geometry import Box
@@ -42,7 +44,13 @@ class FFNInferJob(JobSpec):
     ``.npz`` or a tile folder). ``box``: inclusive mip-0 VAST order, None = everything.
     ``seeds``: mip-0 ``[x, y, z]`` points, None = peak seeds. ``mask``: a volume whose
     non-zero voxels get no FOV centre and no seed. ``concurrency``: objects grown side by
-    side, their FOVs evaluated in one batch (1 = the reference's strict order)."""
+    side, their FOVs evaluated in one batch (1 = the reference's strict order).
+    ``consensus``: grow the objects again from their seeds in reverse order and keep the
+    split consensus of both runs (:mod:`membrane_py.ffn.consensus`; pieces below
+    ``consensus_min_size`` dropped). ``shift_mask``: a volume of inter-section shift
+    magnitudes (pixels; y and x at 1/``shift_mask_scale`` of the image's), no FOV centred
+    where one within ``shift_mask_radius`` (z, y, x; None = the FOV's) reaches
+    ``shift_mask_threshold`` (:mod:`membrane_py.ffn.restrict`)."""
 
     kind: ClassVar[str] = "ffn-infer"
 
@@ -62,6 +70,12 @@ class FFNInferJob(JobSpec):
     subvolume: tuple[int, int, int] | None = None  # core z, y, x; None = the box at once
     overlap: tuple[int, int, int] = (32, 32, 32)
     min_overlap: int = 100  # voxels two subvolumes' objects must share to be joined
+    consensus: bool = False
+    consensus_min_size: int = 1000
+    shift_mask: str | None = None
+    shift_mask_threshold: float = 4.0
+    shift_mask_radius: tuple[int, int, int] | None = None
+    shift_mask_scale: int = 1
     precision: str = "fp32"
     channels_last: bool = False
     device: str = "auto"
@@ -86,6 +100,12 @@ class FFNInferJob(JobSpec):
             raise ValueError(f"seeds are [x, y, z] points at mip 0, got {self.seeds}")
         if self.image_stddev is not None and self.image_stddev <= 0:
             raise ValueError(f"image_stddev must be > 0, got {self.image_stddev}")
+        if self.consensus_min_size < 0 or self.shift_mask_scale < 1:
+            raise ValueError("consensus_min_size must be >= 0 and shift_mask_scale >= 1")
+        if self.shift_mask_radius is not None and (len(self.shift_mask_radius) != 3 or
+                                                   min(self.shift_mask_radius) < 0):
+            raise ValueError(f"shift_mask_radius is three values >= 0 (z, y, x), got "
+                             f"{self.shift_mask_radius}")
         if self.paint and parse_vast_address(self.paint) is None:
             raise ValueError(f"paint must be a VAST address like vast://127.0.0.1:22081, got "
                              f"{self.paint!r}")
@@ -168,6 +188,17 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
         mask = mask_volume.read(box, job.mip) != 0
         if mask.ndim != 3:
             raise ValueError(f"mask {job.mask} must be a single-channel volume")
+    blocked = mask
+    if job.shift_mask:
+        shift_volume = open_volume(job.shift_mask)
+        shift = shift_volume.read(Box.full(shift_volume.shape))
+        if shift.ndim != 3:
+            raise ValueError(f"shift mask {job.shift_mask} must be a single-channel volume "
+                             "of shift magnitudes")
+        block = shift_block(shift, (box.z0, box.y0, box.x0), (box.z1, box.y1, box.x1),
+                            job.shift_mask_threshold,
+                            job.shift_mask_radius or config.radius, job.shift_mask_scale)
+        blocked = block if mask is None else mask | block
     mean = ckpt.image_mean if job.image_mean is None else job.image_mean
     std = ckpt.image_stddev if job.image_stddev is None else job.image_stddev
     image = (raw.astype(np.float32) - np.float32(mean)) / np.float32(std)
@@ -179,22 +210,36 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
     def segment(sub: Box, seeds: np.ndarray | None = None) -> np.ndarray:
         sl = sub.slices()
         part_mask = None if mask is None else mask[sl]
-        filler = FloodFiller(image[sl], predictor, config.fov, config.deltas, job.options,
-                             mask=part_mask, concurrency=job.concurrency)
+        part_blocked = None if blocked is None else blocked[sl]
+
+        def new_filler() -> FloodFiller:  # refuses an image smaller than the FOV
+            return FloodFiller(image[sl], predictor, config.fov, config.deltas,
+                               job.options, mask=part_blocked, concurrency=job.concurrency)
+
+        def fill(filler: FloodFiller, seeds: np.ndarray, task: str) -> FloodFiller:
+            filler.segment_all(seeds, progress, cancel, task)
+            for k, v in vars(filler.stats).items():
+                if k == "rejected":
+                    for why, n in v.items():
+                        stats.rejected[why] = stats.rejected.get(why, 0) + n
+                else:
+                    setattr(stats, k, getattr(stats, k) + v)
+            return filler
+
+        filler = new_filler()
         if seeds is None:
             seeds = peak_seeds(image[sl], part_mask)
         report(progress, Event.log(f"{len(seeds)} seeds in subvolume "
                                    f"{list(sub.to_vast())}", "ffn"))
-        labels = filler.segment_all(seeds, progress, cancel)
-        for k, v in vars(filler.stats).items():
-            if k == "rejected":
-                for why, n in v.items():
-                    stats.rejected[why] = stats.rejected.get(why, 0) + n
-            else:
-                setattr(stats, k, getattr(stats, k) + v)
+        fill(filler, seeds, "ffn")
+        labels = np.maximum(filler.segmentation, 0).astype(np.uint32)
+        kept = filler.origins
+        if job.consensus:
+            labels, kept = forward_reverse(
+                filler, lambda s: fill(new_filler(), s, "ffn reverse"), job.consensus_min_size)
         origins.update({k: tuple(int(a + b) for a, b in zip(v, (sub.z0, sub.y0, sub.x0),
                                                              strict=True))
-                        for k, v in filler.origins.items()})
+                        for k, v in kept.items()})
         return labels
 
     if job.subvolume is None:
