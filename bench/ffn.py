@@ -209,9 +209,16 @@ def crop_run(ckpt, model, device, args, early_stop: bool) -> dict:
     filler = FloodFiller(image, predictor, ckpt.config.fov, ckpt.config.deltas, options,
                          concurrency=args.concurrency, early_stop=early_stop)
     t = time.perf_counter()
-    seeds = peak_seeds(image)
+    if args.crop_seeds == "volume":  # the published run's seeds: peaks of the whole volume
+        whole = open_volume(DATA / "fib25_sample2" / "grayscale").read(Box.full((250,) * 3))
+        seeds = peak_seeds((whole.astype(np.float32) - ckpt.image_mean) / ckpt.image_stddev)
+        seeds = seeds[np.all((seeds >= lo) & (seeds < lo + side), axis=1)] - lo
+    else:  # what `membrane ffn infer --box` does: peaks of the crop's own image
+        seeds = peak_seeds(image)
     seg = filler.segment_all(seeds).astype(np.int64)
     seconds = time.perf_counter() - t
+    print(f"crop (early stop {early_stop}): {filler.stats.steps} FOV steps in {seconds:.0f} s",
+          file=sys.stderr, flush=True)
     s = filler.stats
     # the core: the crop less one FOV radius per side, where every voxel can be reached
     # by a FOV centred inside the crop
@@ -222,7 +229,7 @@ def crop_run(ckpt, model, device, args, early_stop: bool) -> dict:
         "box_zyx": [box.z0, box.z1, box.y0, box.y1, box.x0, box.x1],
         "voxels": int(seg.size), "precision": args.precision,
         "channels_last": args.channels_last, "concurrency": args.concurrency,
-        "early_stop": early_stop,
+        "early_stop": early_stop, "seeds_from": args.crop_seeds,
         "options": {k: v if not isinstance(v, tuple) else list(v)
                     for k, v in vars(options).items()},
         "seeds": int(len(seeds)), "objects": s.objects, "rejected": s.rejected,
@@ -290,6 +297,8 @@ def seeded_region(ckpt, model, device, args) -> dict:
         if batch:
             filler.segment_all(np.array(batch))
             batch = []
+            print(f"region: {filler.stats.steps} FOV steps, {len(filler.origins)} objects, "
+                  f"{time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         if seed is not None:
             k = by_seed[seed]
             sel = boxes[k - 1]
@@ -338,6 +347,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--crop", type=int, default=64, help="central crop side (voxels)")
     ap.add_argument("--full", action="store_true", help="segment the whole 250^3 volume")
+    ap.add_argument("--crop-seeds", default="volume", choices=("volume", "box"),
+                    help="crop seeds: the whole volume's peaks inside the crop (as in the "
+                         "published run) or the crop's own peaks (as ffn infer --box)")
     ap.add_argument("--region", type=int, default=96,
                     help="side of the central region of the in-context run (0 = skip)")
     ap.add_argument("--concurrency", type=int, default=4)

@@ -95,6 +95,8 @@ def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
         (["ffn", "prep", SYNTH, "-o", tmp_path / "c.npz", "--radius", "4,4"], "--radius"),
         (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
           "0,39,0,39,0,19", "--shift-mask", tmp_path / "small_mask.tif"], "does not cover"),
+        (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--depth", "2",
+          "--features", "4", "--fov", "7,9,9", "--deltas", "2,2,2"], "not the configured"),
     ]
     for args, words in cases:
         out = invoke(*args)
