@@ -1,28 +1,31 @@
 """FFN inference with the released FIB-25 model on fib25_sample2 (one JSON object on stdout).
 
-1. Network speed: FOV steps/s of the reference network (depth 12, 33^3) for fp32 and bf16,
-   contiguous and channels-last-3d, one FOV and ``--batch`` FOVs per call, side by side, and
-   the share of the machine's matmul roofline (a large fp32 / bf16 matmul measured now) the
-   convolutions reach.
-2. Segmentation: our inference (seed peaks, thresholds of the shipped
-   ``inference_training_sample2.pbtxt``) over a central crop (``--crop`` voxels a side;
-   ``--full`` for the whole 250^3), scored against the ground truth (adapted Rand error, VI
-   split/merge over voxels where ground truth > 0, bodies after the ``transforms`` mapping,
-   from membrane_py.train.metrics), the published result ``sample-training2.npz`` scored
-   over the same crop, and the agreement of the two (adapted Rand error of ours against
-   theirs). A crop run differs from the published whole-volume run by construction:
-   objects cannot leave the crop and seeds near its border are dropped; the ``_core``
-   scores count only the crop less one FOV radius per side.
-3. Object by object (``--object-steps``): the published run's seed origins (stored in its
-   npz) are replayed in their order, in strict order and fp32 over the whole volume, for
-   the objects that took at most ``--max-object-steps`` FOV steps there (larger ones are
-   skipped, so their territory stays free in our run), up to a budget of FOV steps; each
-   object is compared with the published object of the same id (ids are stored mod 256
-   there) by IoU, and the FOV steps are totalled.
+1. Network speed (unless ``--skip-speed``): FOV steps/s of the reference network (depth 12,
+   33^3) for fp32 and bf16, contiguous and channels-last-3d, one FOV and ``--batch`` FOVs
+   per call, side by side, and the share of the machine's matmul roofline (a large fp32 /
+   bf16 matmul measured now) the convolutions reach.
+2. In-context region (``--region`` side, default 96; 0 skips): the published objects
+   seeded in a central region regrown by our inference with everything else pasted from
+   the published run as it was when each seed was grown (see :func:`seeded_region`);
+   agreement with the published result over those objects and both against the ground
+   truth there. This is the like-for-like comparison a CPU can afford.
+3. Central crop (``--crop`` side, default 64; ``--full`` for the whole 250^3; unless
+   ``--skip-crop``): our inference as ``ffn infer --box`` runs it (the crop alone; seeds
+   the whole volume's peaks inside it, ``--crop-seeds box`` for the crop's own), scored
+   against the ground truth (adapted Rand error, VI split/merge over voxels where ground
+   truth > 0, bodies after the ``transforms`` mapping), the published result over the same
+   box, and the agreement of the two (adapted Rand error of ours against theirs); the
+   ``_core`` scores count only the crop less one FOV radius per side. Throughput in
+   voxels/s and as a share of the matmul roofline. ``--compare-early-stop`` runs the crop
+   a second time without stopping doomed objects early and reports the FOV steps saved
+   and whether the output is identical.
+4. Object by object (``--object-steps`` budget, default 0 = skip): the published run's
+   seed origins replayed in their order, strict order and fp32 over the whole volume, for
+   the objects that took at most ``--max-object-steps`` FOV steps there; IoU per object.
 
-    python bench/ffn.py [--crop 96] [--full] [--concurrency 4] [--precision bf16]
-                        [--object-steps 60] [--max-object-steps 30]
-                        [--skip-speed] [--skip-crop]
+    python bench/ffn.py [--skip-speed] [--region 96] [--crop 64 | --full] [--skip-crop]
+                        [--concurrency 4] [--precision bf16] [--compare-early-stop]
+                        [--object-steps 150 --max-object-steps 30]
 """
 
 from __future__ import annotations
@@ -261,7 +264,9 @@ def seeded_region(ckpt, model, device, args) -> dict:
     Every peak seed of the whole volume is visited in the published (z, y, x) order. A seed
     outside the region whose published object exists gets that object pasted (on voxels
     still free), exactly when the published run created it; seeds inside the region are
-    grown by our inference over the whole volume (its FOVs may leave the region). So each
+    grown by our inference over the whole volume (its FOVs may leave the region), except
+    those whose published object took more than ``--region-max-steps`` FOV steps, which are
+    pasted like the others (so the run stays affordable on a CPU). So each
     of our objects meets the state the published run had when it grew the same seed, at
     the cost of the region's objects only. Agreement: adapted Rand error of ours against
     the published result over the union of the voxels of both runs' region-seeded objects
@@ -285,11 +290,15 @@ def seeded_region(ckpt, model, device, args) -> dict:
     def inside(seed) -> bool:
         return all(lo <= v < hi for v in seed)
 
+    def grown(seed) -> bool:  # ours to grow: in the region, not a large published object
+        return inside(seed) and (seed not in by_seed or
+                                 origins[by_seed[seed]][1] <= args.region_max_steps)
+
     t = time.perf_counter()
     seeds = [tuple(int(v) for v in x) for x in peak_seeds(image)]
     batch: list = []
     for seed in [*seeds, None]:
-        if seed is not None and inside(seed):
+        if seed is not None and grown(seed):
             batch.append(seed)
             continue
         if seed is not None and seed not in by_seed:
@@ -306,7 +315,8 @@ def seeded_region(ckpt, model, device, args) -> dict:
     seconds = time.perf_counter() - t
     ours = np.maximum(seg, 0).astype(np.int64)
     ours_ids = sorted(filler.origins)
-    pub_ids = sorted(k for k, (seed, _) in origins.items() if inside(seed))
+    pub_ids = sorted(k for k, (seed, _) in origins.items() if grown(seed))
+    large = sorted(k for k, (seed, _) in origins.items() if inside(seed) and not grown(seed))
     union = np.isin(ours, ours_ids) | np.isin(published, pub_ids)
     if not union.any():
         raise SystemExit(f"no object was seeded in the central {side}^3: use a larger --region")
@@ -328,6 +338,8 @@ def seeded_region(ckpt, model, device, args) -> dict:
         "run": f"central region {side}^3: published objects seeded in it, regrown in "
                "context (objects seeded elsewhere pasted from the published run)",
         "region_zyx": [lo, hi] * 3, "precision": args.precision,
+        "region_max_steps": args.region_max_steps,
+        "large_objects_pasted": [[k, origins[k][1]] for k in large],
         "concurrency": args.concurrency, "seeds_in_region": sum(map(inside, seeds)),
         "published_objects": len(pub_ids), "our_objects": len(ours_ids),
         "our_objects_not_in_published": len(extra),
@@ -352,6 +364,9 @@ def main() -> None:
                          "published run) or the crop's own peaks (as ffn infer --box)")
     ap.add_argument("--region", type=int, default=96,
                     help="side of the central region of the in-context run (0 = skip)")
+    ap.add_argument("--region-max-steps", type=int, default=60,
+                    help="published objects seeded in the region that took more FOV steps "
+                         "are pasted, not regrown (keeps the run affordable on a CPU)")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     ap.add_argument("--channels-last", action="store_true")
