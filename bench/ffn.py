@@ -4,7 +4,7 @@
    33^3) for fp32 and bf16, contiguous and channels-last-3d, one FOV and ``--batch`` FOVs
    per call, side by side, and the share of the machine's matmul roofline (a large fp32 /
    bf16 matmul measured now) the convolutions reach.
-2. In-context region (``--region`` side, default 96; 0 skips): the published objects
+2. In-context region (``--region`` side, default 128; 0 skips): the published objects
    seeded in a central region regrown by our inference with everything else pasted from
    the published run as it was when each seed was grown (see :func:`seeded_region`);
    agreement with the published result over those objects and both against the ground
@@ -23,7 +23,7 @@
    seed origins replayed in their order, strict order and fp32 over the whole volume, for
    the objects that took at most ``--max-object-steps`` FOV steps there; IoU per object.
 
-    python bench/ffn.py [--skip-speed] [--region 96] [--crop 64 | --full] [--skip-crop]
+    python bench/ffn.py [--skip-speed] [--region 128] [--crop 64 | --full] [--skip-crop]
                         [--concurrency 4] [--precision bf16] [--compare-early-stop]
                         [--object-steps 150 --max-object-steps 30]
 """
@@ -362,7 +362,7 @@ def main() -> None:
     ap.add_argument("--crop-seeds", default="volume", choices=("volume", "box"),
                     help="crop seeds: the whole volume's peaks inside the crop (as in the "
                          "published run) or the crop's own peaks (as ffn infer --box)")
-    ap.add_argument("--region", type=int, default=96,
+    ap.add_argument("--region", type=int, default=128,
                     help="side of the central region of the in-context run (0 = skip)")
     ap.add_argument("--region-max-steps", type=int, default=60,
                     help="published objects seeded in the region that took more FOV steps "
