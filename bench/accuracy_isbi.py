@@ -5,10 +5,13 @@ fixed number of iterations (a budget in iterations, not minutes, so the table do
 depend on how busy the machine is) with the CPU defaults of ``membrane train`` otherwise
 (depth 4, 16 filters, 256^2 patches, batch 8, Adam 1e-3). Validation runs on the whole
 sections 15-19 after every epoch (:mod:`membrane_py.train.section_validation`), which picks
-the best checkpoint and its membrane threshold; each cell is then scored on sections 15-19
-by the tiled engine with ``--tta`` 1 and 8, with ``membrane evaluate``'s watershed and
-V_rand at the checkpoint's own threshold. Next to it the last epoch's patch V_rand (what
-validation reported before whole sections), to show how far patches flatter a network.
+the best checkpoint and its membrane threshold; each cell is scored on sections 15-19 with
+``membrane evaluate``'s watershed and V_rand at the checkpoint's own threshold, without
+test-time augmentation (that is the best epoch's whole-section validation score: the same
+engine, sections and threshold) and with each further ``--tta``. Next to it the last epoch's
+patch V_rand (what validation reported before whole sections), to show how far patches
+flatter a network. Cells run in the order given (losses outer, architectures inner) until
+``--max-minutes`` is spent; cells that no longer fit are listed as skipped.
 
     python bench/accuracy_isbi.py --iterations 300   # about 10 minutes per cell, quiet CPU
 """
@@ -50,8 +53,8 @@ def load(sections: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def score(checkpoint: Path, images, labels, tta: int, threshold: float) -> float:
-    """Mean V_rand over the sections at ``threshold`` (fp32, the PyTorch backend)."""
-    predictor = load_predictor(checkpoint, backend="torch", precision="fp32", tta=tta)
+    """Mean V_rand over the sections at ``threshold`` (fp32)."""
+    predictor = load_predictor(checkpoint, precision="fp32", tta=tta)
     return float(np.mean([membrane_scores(predictor.predict(im[None])[0, 1], gt,
                                           threshold)["v_rand"]
                           for im, gt in zip(images, labels, strict=True)]))
@@ -65,7 +68,7 @@ def run_cell(args, loss: str, arch: str, data, out: Path) -> dict:
                    patches_per_epoch=per_epoch * args.batch, depth=args.depth,
                    base_filters=args.base_filters, lr=args.lr, loss=loss, arch=arch,
                    device=args.device, voxel_size=[50.0, 4.0, 4.0], log_every=5,
-                   val_patches=32)
+                   val_patches=args.val_patches)
     pre = cfg.preprocess_config
     train_ds = OnTheFlyPatchDataset(train_im, train_lab, args.patch, cfg.patches_per_epoch,
                                     pre, AugmentConfig(), seed=0)
@@ -92,7 +95,8 @@ def run_cell(args, loss: str, arch: str, data, out: Path) -> dict:
                                                        for h in res.history]))
                                        / (per_epoch * args.epochs), 2),
     }
-    for tta in args.tta:
+    cell["v_rand_tta1"] = cell["section_v_rand_validation"]
+    for tta in (t for t in args.tta if t > 1):
         t1 = time.perf_counter()
         cell[f"v_rand_tta{tta}"] = round(score(res.best_path, val_im, val_lab, tta,
                                                ck.threshold), 4)
@@ -105,7 +109,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=40,
                     help=f"training iterations per cell ({QUIET_10_MINUTES}: about 10 minutes "
                     "of a quiet 2-core CPU)")
-    ap.add_argument("--epochs", type=int, default=4, help="validations per cell")
+    ap.add_argument("--epochs", type=int, default=2, help="validations per cell")
+    ap.add_argument("--val-patches", type=int, default=16)
+    ap.add_argument("--max-minutes", type=float, default=25.0,
+                    help="start no further cell after this (a started cell finishes)")
     ap.add_argument("--losses", default="weighted_ce,ce")
     ap.add_argument("--archs", default="unet,resunet")
     ap.add_argument("--tta", default="1,8")
@@ -128,15 +135,20 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="isbi_bench_"))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    table = [run_cell(args, loss, arch, data, out)
-             for loss in args.losses.split(",") for arch in args.archs.split(",")]
+    table, skipped = [], []
+    for loss in args.losses.split(","):
+        for arch in args.archs.split(","):
+            if time.perf_counter() - t0 > 60 * args.max_minutes:
+                skipped.append({"loss": loss, "arch": arch})
+            else:
+                table.append(run_cell(args, loss, arch, data, out))
     default = table[0]
     print(json.dumps({
         "bench": "accuracy_isbi", "train_sections": "00-14", "validation_sections": "15-19",
         "run": {"loss": default["loss"], "arch": default["arch"],
                 "patch_v_rand": default["patch_v_rand_last_epoch"],
                 "section_v_rand": default["section_v_rand_last_epoch"]},
-        "table": table,
+        "table": table, "skipped_by_time": skipped,
         "scoring": "v_rand_ttaN: mean V_rand over sections 15-19 of the best checkpoint "
                    "(chosen by whole-section V_rand), predicted whole with N flips/rotations, "
                    "threshold = the checkpoint's own (membrane_scores: pixels below are "

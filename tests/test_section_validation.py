@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from membrane_py.augment import labels as L
 from membrane_py.cli import app
+from membrane_py.infer.onnx_backend import OnnxModelInfo
 from membrane_py.predict.evaluate import evaluate_images
 from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainJob
@@ -96,6 +97,8 @@ def test_predict_records_the_threshold_and_instances_uses_it(trained, tmp_path):
     assert r.exit_code == 0, r.output
     identity = json.loads((tmp_path / "pred" / "job_identity.json").read_text())
     assert identity["membrane_threshold"] == ck.threshold
+    info = OnnxModelInfo.from_json(OnnxModelInfo.from_checkpoint(ck).to_json())
+    assert info.threshold == ck.threshold  # exported .onnx models carry it too
     vsvi = tmp_path / "pred" / "probability.vsvi"
     r = cli("instances", vsvi, "-o", tmp_path / "a.zarr", "--mode", "2d")
     assert r.exit_code == 0, r.output
