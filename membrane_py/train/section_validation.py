@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from membrane_py.augment.preprocess import PreprocessConfig
+from membrane_py.events import Event, ProgressCallback, report
 from membrane_py.models import UNet
 from membrane_py.train.metrics import membrane_scores
 
@@ -99,6 +100,23 @@ def whole_sections(ds: Dataset | None, limit: int) -> Sections | None:
 def is_membrane_network(class_names: list[str]) -> bool:
     """Whole-section V_rand needs a membrane map: two classes, the second ``membrane``."""
     return len(class_names) == 2 and class_names[-1] == "membrane"
+
+
+def usable_sections(sections: Sections | None, class_names: list[str], patches: bool,
+                    progress: ProgressCallback | None = None) -> Sections | None:
+    """``sections`` when the network makes membrane maps, else None; a log event says when
+    validation stays on patches (``patches``: the run validates on patches)."""
+    membrane = is_membrane_network(class_names)
+    if sections is not None and not membrane:
+        report(progress, Event.log("whole-section validation needs a membrane network "
+                                   "(classes non-membrane, membrane); scoring patches only",
+                                   "train"))
+        return None
+    if sections is None and patches and membrane:
+        report(progress, Event.log("no whole validation sections (the images are patches): "
+                                   "validation scores patches, where merges across a section "
+                                   "do not show", "train"))
+    return sections
 
 
 @torch.no_grad()

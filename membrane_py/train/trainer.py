@@ -53,8 +53,8 @@ from membrane_py.train.losses import affinity_bce, class_weights_from_counts, ma
 from membrane_py.train.metrics import class_scores, membrane_scores
 from membrane_py.train.section_validation import (
     Sections,
-    is_membrane_network,
     section_scores,
+    usable_sections,
     whole_sections,
 )
 from membrane_py.train.transfer_modes import load_backbone, parameter_groups, train_mode
@@ -307,15 +307,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                             **loader_opts)
     val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
                   if val_ds is not None and len(val_ds) else None)
-    if sections is not None and not is_membrane_network(class_names):
-        report(progress, Event.log("whole-section validation needs a membrane network "
-                                   "(classes non-membrane, membrane); scoring patches only",
-                                   "train"))
-        sections = None
-    elif sections is None and val_loader is not None and is_membrane_network(class_names):
-        report(progress, Event.log("no whole validation sections (the images are patches): "
-                                   "validation scores patches, where merges across a section "
-                                   "do not show", "train"))
+    sections = usable_sections(sections, class_names, val_loader is not None, progress)
     metric = _best_metric(cfg.best_metric, val_loader is not None, sections is not None)
     higher_better = BEST_METRICS.get(metric, False)
     desc = device_description(device)
