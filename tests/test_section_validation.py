@@ -86,11 +86,12 @@ def test_sections_are_scored_per_threshold_and_pick_checkpoint_and_threshold(tra
                            labels=label_files, label_format="isbi", device="cpu",
                            progress=said.append)
     assert any(f"membrane threshold {ck.threshold:g} (the model's" in e.message for e in said)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == rows
     assert rows[-1]["v_rand"] == pytest.approx(score.v_rand, abs=0.02)
 
 
 def test_predict_records_the_threshold_and_instances_uses_it(trained, tmp_path):
-    root, images, _, _, result, _ = trained
+    root, images, labels, _, result, _ = trained
     ck = load_checkpoint(result.best_path)
     r = cli("predict", result.best_path, "--source", images, "--out", tmp_path / "pred",
             "--device", "cpu")
@@ -111,8 +112,8 @@ def test_predict_records_the_threshold_and_instances_uses_it(trained, tmp_path):
     assert r.exit_code == 0, r.output
     assert "membrane threshold 0.71 (the default" in r.output
     # evaluate: an explicit threshold wins over the model's
-    r = cli("evaluate", result.best_path, sorted(images.iterdir())[0], "--out", tmp_path / "e",
-            "--threshold", "0.45", "--device", "cpu")
+    r = cli("evaluate", result.best_path, sorted(images.iterdir())[0], "--label-dir", labels,
+            "--out", tmp_path / "e", "--threshold", "0.45", "--device", "cpu")
     assert r.exit_code == 0 and "membrane threshold 0.45 (given)" in r.output
 
 

@@ -78,7 +78,8 @@ def test_readme_workflow_on_isbi(shared_data, tmp_path):
     # 3. evaluate on the held-out sections: pictures and numbers
     said = membrane("evaluate", model, *sorted(em_test.iterdir()), "--label-dir", "gt_test",
                     "--out", "eval", cwd=tmp_path)
-    assert f"membrane threshold {threshold:g} (the model's" in said.stdout + said.stderr
+    assert f"membrane threshold {threshold:g} (the model's" in " ".join(
+        (said.stdout + said.stderr).split())
     rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     mean = next(r for r in rows if r["image"] == "mean")
     print(f"ISBI 15-19 mean V_rand after {' '.join(BUDGET)} at the model's threshold "

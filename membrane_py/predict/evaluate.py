@@ -108,7 +108,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
     predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
                                calibration=lambda: L.read_image(images[0])[None])
-    threshold = pick_threshold(threshold, predictor.threshold, "evaluate", progress)
+    threshold, source = pick_threshold(threshold, predictor.threshold)
     names = predictor.class_names
     k = predictor.n_classes
     membrane = k == 2 and names[-1] == "membrane"
@@ -141,6 +141,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             rows.append(row)
         report(progress, Event.progress("evaluate", i + 1, len(images), path.name))
     if rows:
+        if membrane:
+            report(progress, Event.log(f"V_rand and V_info at membrane threshold {threshold:g} "
+                                       f"({source})", "evaluate"))
         keys = [key for key in rows[0] if key != "image"]
         mean = {"image": "mean", **{key: float(np.nanmean([r.get(key, np.nan) for r in rows]))
                                     for key in keys}}
@@ -149,18 +152,14 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     return rows
 
 
-def pick_threshold(given: float | None, model: float | None, task: str,
-                   progress: ProgressCallback | None = None) -> float:
-    """The membrane threshold to use: ``given`` (an explicit option), else the model's,
-    else :data:`DEFAULT_THRESHOLD`; says which in a log event."""
+def pick_threshold(given: float | None, model: float | None) -> tuple[float, str]:
+    """The membrane threshold to use, ``given`` (an explicit option), else the model's,
+    else :data:`DEFAULT_THRESHOLD`, and where it came from (for the user)."""
     if given is not None:
-        value, where = given, "given"
-    elif model is not None:
-        value, where = model, "the model's, chosen by whole-section validation in training"
-    else:
-        value, where = DEFAULT_THRESHOLD, "the default: the model records none"
-    report(progress, Event.log(f"membrane threshold {value:g} ({where})", task))
-    return float(value)
+        return float(given), "given"
+    if model is not None:
+        return float(model), "the model's, chosen by whole-section validation in training"
+    return DEFAULT_THRESHOLD, "the default: the model records none"
 
 
 def _write_tables(out: Path, rows: list[dict]) -> None:
