@@ -98,9 +98,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     class, else the last class) and ``metrics.json`` / ``metrics.csv`` (rows per image plus
     a ``mean`` row). Returns the metric rows (empty without labels). ``label_format`` as in
     :mod:`membrane_py.augment.labels`; ``auto`` is decided on the first label image and kept
-    for the others. ``threshold`` (instances for the ISBI scores: pixels below are cells):
-    None takes the model's own (chosen by whole-section validation in training), else
-    :data:`DEFAULT_THRESHOLD`. ``tta`` and ``precision`` are the engine's
+    for the others. ``threshold``: pixels below it are cell interior in the segmentation the
+    ISBI scores use; None takes the model's own (chosen by whole-section validation in
+    training), else :data:`DEFAULT_THRESHOLD`. ``tta`` and ``precision`` are the engine's
     (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image."""
     from membrane_py.augment import labels as L
 
