@@ -100,14 +100,15 @@ def test_prediction_writes_an_uncertainty_layer(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny U-Net trained for one short epoch on synthetic EM."""
+    """A tiny U-Net trained for two short epochs on synthetic EM (kept by validation loss:
+    whole-section V_rand may keep the first, still flat, epoch)."""
     folder = tmp_path_factory.mktemp("trained")
     images, labels = synthetic_training_folders(folder)
     res = CliRunner().invoke(app, [
         "train", "--images", str(images), "--labels", str(labels), "--label-format", "isbi",
         "--out", str(folder / "run"), "--depth", "2", "--base-filters", "8", "--patch-size",
         "64", "--patches-per-epoch", "64", "--val-patches", "4", "--epochs", "2",
-        "--batch-size", "8", "--lr", "3e-3", "--device", "cpu"])
+        "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--val-sections", "0"])
     assert res.exit_code == 0, res.output
     return folder / "run" / "unet.pt"
 

@@ -30,6 +30,10 @@ from membrane_py.cli.render import execute
 
 H = typer.Option(0.05, help="h-minima depth (0..1): larger = fewer, larger segments")
 THRESHOLD = typer.Option(0.71, help="pixels with membrane probability above become 0")
+MODEL_THRESHOLD = typer.Option(
+    None, "--threshold", help="2d/3d/watershed3d: pixels with membrane probability above become "
+    "0 (default: the threshold the network chose in training, recorded by membrane predict "
+    "next to the probabilities, else 0.71)")
 MIN_SIZE = typer.Option(70, help="2D segments smaller than this (px) are removed")
 SIGMA = typer.Option(0.0, help="Gaussian smoothing of the map before seeding (0 = none)")
 WINDOW = typer.Option(2048, help="section windows: core side (px)")
@@ -54,11 +58,14 @@ MIN_SIZE_AGGLOMERATE = typer.Option(100, help="agglomerate/affinities: objects s
                                     "(voxels) removed")
 
 
-def _instance_config(h: float, threshold: float, min_size: int, sigma: float, window: int,
-                     halo: int, weights: str = "0.7,0.3,0"):
+def _instance_config(h: float, threshold: float | None, min_size: int, sigma: float,
+                     window: int, halo: int, weights: str = "0.7,0.3,0"):
+    """The InstanceConfig of the options; ``threshold`` None: the default (0.71)."""
     from membrane_py.segment.instances import InstanceConfig
 
     w = tuple(floats_option(weights, "--weights"))
+    if threshold is None:
+        threshold = InstanceConfig.membrane_threshold
     return spec_or_exit(InstanceConfig, h=h, membrane_threshold=threshold, min_size=min_size,
                         sigma=sigma, window=window, halo=halo, weights=w)
 
@@ -95,7 +102,7 @@ def instances(
                                "palette (fixed random colours, for viewing)"),
     weights: str = typer.Option("0.7,0.3,0", help="combining runs: weights of max,min,mean"),
     h: float = H,
-    threshold: float = THRESHOLD,
+    threshold: float = MODEL_THRESHOLD,
     min_size: int = MIN_SIZE,
     sigma: float = SIGMA,
     window: int = WINDOW,
@@ -118,6 +125,7 @@ def instances(
         InstanceJob, sources=list(sources), output=str(output), layers=list(layer or [0]),
         mode=mode, box=box_option(box), clip=clip, mip=mip, invert=invert, colors=colors,
         instances=_instance_config(h, threshold, min_size, sigma, window, halo, weights),
+        model_threshold=threshold is None,
         agglomeration=_agglomeration(min_overlap_px, min_overlap_fraction), affinity=knobs,
         min_size_3d=min_size_3d, voxel_size=list(voxel_size) if voxel_size else None), save_job)
 

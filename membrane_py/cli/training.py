@@ -32,6 +32,9 @@ def train(
     patches_per_epoch: int = typer.Option(1024, help="patches drawn per epoch from whole images"),
     val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
     val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
+    val_sections: int = typer.Option(8, help="whole validation images predicted and scored "
+                                     "(V_rand over membrane thresholds) every epoch, at most; "
+                                     "0 = patches only"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
     augmentations: str = AUGMENTATIONS,
     target: str = typer.Option("classes", help="classes (membranes, organelles) or affinities "
@@ -74,8 +77,9 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps"),
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
     workers: int = typer.Option(0, help="data-loading worker processes"),
-    best_metric: str = typer.Option("val_loss", help="val_loss, val_pixel_error, val_miou, "
-                                    "val_v_rand or val_v_info"),
+    best_metric: str = typer.Option("auto", help="auto (whole-section V_rand, else val_loss), "
+                                    "val_section_v_rand, val_loss, val_pixel_error, val_miou, "
+                                    "val_v_rand or val_v_info (patch scores)"),
     clahe: bool = typer.Option(None, "--clahe/--no-clahe", help="CLAHE before normalisation, "
                                "repeated at prediction (default off, or as the pretrained "
                                "network)"),
@@ -113,6 +117,7 @@ def train(
             label_format=label_format, max_classes=max_classes, n_classes=n_classes,
             class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
             patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
+            val_sections=val_sections,
             augment=augment_option(augment, augmentations), epochs=epochs, minutes=minutes,
             batch_size=batch_size, lr=lr, optimizer=optimizer,
             momentum=momentum, weight_decay=weight_decay, schedule=schedule,
@@ -138,7 +143,8 @@ def evaluate(
     label_format: str = LABEL_FORMAT,
     out: Path = typer.Option(Path("evaluation"), help="folder for PNGs and metrics"),
     device: str = typer.Option("auto"),
-    threshold: float = typer.Option(0.5, help="membrane probability threshold for instances"),
+    threshold: float = typer.Option(None, help="membrane probability threshold for instances "
+                                    "(default: the model's own, chosen in training, else 0.5)"),
     method: str = typer.Option("watershed", help="instances: watershed or components"),
     tta: int = typer.Option(1, help="test-time augmentation: flips/rotations averaged (1..8)"),
     precision: str = typer.Option("auto", help="fp32, bf16, int8 (calibrated on the first "

@@ -207,6 +207,11 @@ class InstanceJob(JobSpec):
     (x0, x1, y0, y1, z0, z1), None = the whole volume; one reaching outside the volume is
     an error unless ``clip`` (then a warning). ``voxel_size`` (nm, x, y, z) is recorded in
     the outputs and picks the ``auto`` mode; default: the first source's.
+    ``model_threshold``: the modes that cut membranes at ``instances.membrane_threshold``
+    (2d, 3d, watershed3d) take the threshold the network recorded instead, when the first
+    source is a ``membrane predict`` output of a checkpoint that chose one by whole-section
+    validation (:func:`~membrane_py.predict.identity.recorded_threshold`); False (an
+    explicit ``--threshold``) keeps ``instances.membrane_threshold``.
     """
 
     kind: ClassVar[str] = "instances"
@@ -225,6 +230,7 @@ class InstanceJob(JobSpec):
     min_size_3d: int = 500
     clip: bool = False
     voxel_size: list[float] | None = None
+    model_threshold: bool = True
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
@@ -277,6 +283,32 @@ def segment_volume(prob: np.ndarray, mode: str, cfg: InstanceConfig,
     return labels if mode == "2d" else agglomerate(labels, agglomeration, progress, cancel)
 
 
+#: modes that cut membranes at ``InstanceConfig.membrane_threshold``
+THRESHOLD_MODES = ("2d", "3d", "watershed3d")
+
+
+def membrane_threshold(job: InstanceJob, progress: ProgressCallback | None = None
+                       ) -> InstanceConfig:
+    """``job.instances`` with the membrane threshold to use (see ``InstanceJob``); a log
+    event says which threshold and where it came from."""
+    from membrane_py.predict.identity import recorded_threshold
+
+    cfg = job.instances
+    source = job.sources[0]
+    found = recorded_threshold(source) if job.model_threshold and \
+        parse_vast_address(source) is None else None
+    if found is not None:
+        cfg = replace(cfg, membrane_threshold=found[0])
+        where = f"the network's, chosen in training, recorded in {found[1]}"
+    elif job.model_threshold:
+        where = "the default: the probabilities carry no threshold of their network"
+    else:
+        where = "given"
+    report(progress, Event.log(f"membrane threshold {cfg.membrane_threshold:g} ({where})",
+                               "instances"))
+    return cfg
+
+
 def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
                   cancel: CancelToken | None = None) -> InstanceResult:
     """Read and combine the sources over the box, segment, write the output."""
@@ -297,7 +329,8 @@ def run_instances(job: InstanceJob, progress: ProgressCallback | None = None,
         mode = auto_mode(voxel_size, job.mip)
         knobs = replace(knobs, sections=knobs.sections or is_anisotropic(voxel_size, job.mip))
         report(progress, Event.log(f"mode auto: {mode} (voxel size {voxel_size})", "instances"))
-    labels = segment_volume(prob, mode, job.instances, job.agglomeration, job.min_size_3d,
+    cfg = membrane_threshold(job, progress) if mode in THRESHOLD_MODES else job.instances
+    labels = segment_volume(prob, mode, cfg, job.agglomeration, job.min_size_3d,
                             progress, cancel, knobs)
     path = write_instances(labels, job.output, volume_shape=shape, box=box, mip=job.mip,
                            voxel_size=voxel_size, name=f"instances ({mode})",

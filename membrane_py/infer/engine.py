@@ -111,11 +111,14 @@ class Backend(Protocol):
 
 
 class TiledPredictor:
-    """A :class:`~membrane_py.infer.predictor.Predictor` over any backend."""
+    """A :class:`~membrane_py.infer.predictor.Predictor` over any backend. ``threshold``:
+    the membrane threshold the model recorded (whole-section validation), None if none."""
 
     def __init__(self, backend: Backend, class_names: list[str], preprocessing: PreprocessConfig,
-                 config: EngineConfig | None = None, model_sha256: str = "") -> None:
+                 config: EngineConfig | None = None, model_sha256: str = "",
+                 threshold: float | None = None) -> None:
         config = config or EngineConfig()
+        self.threshold = threshold
         if len(class_names) != backend.n_classes:
             raise ValueError(f"{len(class_names)} class names for a {backend.n_classes}-class "
                              "model")
@@ -271,13 +274,15 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
             model if ck is None else fp32()
         runtime = OnnxBackend(data, device=device, threads=threads)
         return TiledPredictor(runtime, runtime.info.class_names, runtime.info.preprocess, config,
-                              runtime.tensors_sha256 if ck is None else ck.digest())
+                              runtime.tensors_sha256 if ck is None else ck.digest(),
+                              runtime.info.threshold if ck is None else ck.threshold)
     from membrane_py.infer.torch_backend import TorchBackend
 
     activation = "sigmoid" if ck.target == "affinities" else "softmax"
     net = TorchBackend(ck.build_model(), device=device, precision=precision, compile=compile,
                        activation=activation)
-    return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest())
+    return TiledPredictor(net, ck.class_names, ck.preprocess_config, config, ck.digest(),
+                          ck.threshold)
 
 
 def _int8(model: str | Path | Checkpoint, ck: Checkpoint | None, fp32: Callable[[], bytes],

@@ -62,6 +62,7 @@ class OnnxModelInfo:
     mip: int = 0
     voxel_size: list[float] | None = None
     tensors_sha256: str | None = None  # see the module docstring; None: not checked
+    threshold: float | None = None  # membrane threshold the checkpoint recorded, if any
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -89,7 +90,7 @@ class OnnxModelInfo:
         return cls(class_names=list(ck.class_names), preprocess=ck.preprocess_config,
                    multiple=ck.model_config.multiple, output="logits",
                    architecture=ck.model_config.to_dict(), mip=int(ck.mip),
-                   voxel_size=[float(v) for v in ck.voxel_size])
+                   voxel_size=[float(v) for v in ck.voxel_size], threshold=ck.threshold)
 
 
 def onnx_model(ck: Checkpoint, opset: int = 17) -> onnx.ModelProto:

@@ -32,6 +32,9 @@ PALETTE = np.array([[255, 40, 40], [40, 200, 40], [60, 90, 255], [255, 200, 0], 
                     [0, 220, 220]], dtype=np.float32)
 
 
+#: membrane threshold of the ISBI scores when neither the user nor the model gives one
+DEFAULT_THRESHOLD = 0.5
+
 #: error map colours (RGB): predicted membrane where the labels say otherwise, and
 #: labelled membrane the network missed
 FALSE_MEMBRANE = np.array([255, 0, 255], dtype=np.float32)
@@ -84,7 +87,8 @@ def render(image: np.ndarray, prob: np.ndarray) -> dict[str, np.ndarray]:
 
 def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
                     labels: list[str | Path] | None = None, label_format: str = "auto",
-                    device: str = "auto", threshold: float = 0.5, method: str = "watershed",
+                    device: str = "auto", threshold: float | None = None,
+                    method: str = "watershed",
                     tta: int = 1, precision: str = "auto",
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
@@ -94,7 +98,9 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     class, else the last class) and ``metrics.json`` / ``metrics.csv`` (rows per image plus
     a ``mean`` row). Returns the metric rows (empty without labels). ``label_format`` as in
     :mod:`membrane_py.augment.labels`; ``auto`` is decided on the first label image and kept
-    for the others. ``tta`` and ``precision`` are the engine's
+    for the others. ``threshold``: pixels below it are cell interior in the segmentation the
+    ISBI scores use; None takes the model's own (chosen by whole-section validation in
+    training), else :data:`DEFAULT_THRESHOLD`. ``tta`` and ``precision`` are the engine's
     (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image."""
     from membrane_py.augment import labels as L
 
@@ -102,6 +108,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
     predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
                                calibration=lambda: L.read_image(images[0])[None])
+    threshold, source = pick_threshold(threshold, predictor.threshold)
     names = predictor.class_names
     k = predictor.n_classes
     membrane = k == 2 and names[-1] == "membrane"
@@ -134,12 +141,25 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
             rows.append(row)
         report(progress, Event.progress("evaluate", i + 1, len(images), path.name))
     if rows:
+        if membrane:
+            report(progress, Event.log(f"V_rand and V_info at membrane threshold {threshold:g} "
+                                       f"({source})", "evaluate"))
         keys = [key for key in rows[0] if key != "image"]
         mean = {"image": "mean", **{key: float(np.nanmean([r.get(key, np.nan) for r in rows]))
                                     for key in keys}}
         rows.append(mean)
         _write_tables(out, rows)
     return rows
+
+
+def pick_threshold(given: float | None, model: float | None) -> tuple[float, str]:
+    """The membrane threshold to use, ``given`` (an explicit option), else the model's,
+    else :data:`DEFAULT_THRESHOLD`, and where it came from (for the user)."""
+    if given is not None:
+        return float(given), "given"
+    if model is not None:
+        return float(model), "the model's, chosen by whole-section validation in training"
+    return DEFAULT_THRESHOLD, "the default: the model records none"
 
 
 def _write_tables(out: Path, rows: list[dict]) -> None:
@@ -155,7 +175,8 @@ def _write_tables(out: Path, rows: list[dict]) -> None:
 class EvaluateJob(JobSpec):
     """Evaluate ``checkpoint`` (``.pt`` or ``.onnx``) on EM ``images``, writing pictures and,
     with labels, metrics to ``out``. Labels come from ``labels`` (one file per image, in
-    order) or from ``label_dir`` (paired with the images by file name). ``tta`` and
+    order) or from ``label_dir`` (paired with the images by file name). ``threshold``:
+    None takes the model's (see :func:`evaluate_images`). ``tta`` and
     ``precision`` are the engine's, as in prediction (int8 calibrates on the first image)."""
 
     kind: ClassVar[str] = "evaluate"
@@ -166,7 +187,7 @@ class EvaluateJob(JobSpec):
     label_dir: str | None = None
     label_format: str = "auto"
     device: str = "auto"
-    threshold: float = 0.5
+    threshold: float | None = None
     method: str = "watershed"
     tta: int = 1
     precision: str = "auto"

@@ -17,6 +17,11 @@ when not at their defaults (so folders written before they existed still resume)
 part of it: options that change what is done but not the pixels (region, prefetch, pyramid,
 zarr, load_in_vast, layer_name, vast).
 
+The file also records ``membrane_threshold``, the threshold the checkpoint chose by
+whole-section validation (:mod:`membrane_py.train.section_validation`; null when it has
+none), which ``membrane instances`` reads for the probabilities written here
+(:func:`recorded_threshold`).
+
 An overwrite run marks the identity ``overwrite_pending`` until it finishes; an interrupted
 one leaves old and new tiles side by side, so only another overwrite run may continue it.
 A folder written before identities existed is adopted as is (its tiles cannot be checked).
@@ -62,10 +67,30 @@ def pixel_identity(job: PredictJob, volume: VolumeSource, model_sha256: str) -> 
                if getattr(job, k) != default}}
 
 
-def _write(path: Path, pixels: dict, checkpoint: str, pending: bool) -> None:
+def _write(path: Path, pixels: dict, checkpoint: str, pending: bool,
+           threshold: float | None) -> None:
     write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION,
                                         "checkpoint": checkpoint, "overwrite_pending": pending,
+                                        "membrane_threshold": threshold,
                                         "pixels": pixels}, indent=1) + "\n")
+
+
+def recorded_threshold(source: str | Path) -> tuple[float, Path] | None:
+    """The membrane threshold ``membrane predict`` recorded for the prediction ``source``
+    (a ``.vsvi``, ``.zarr`` or tile folder written into a prediction folder), and the file
+    it is recorded in; None when the source is no such output or its model chose none."""
+    path = Path(source)
+    for folder in (path.parent, path.parent.parent):
+        identity = folder / IDENTITY_FILE
+        if identity.is_file():
+            try:
+                value = json.loads(identity.read_text(encoding="utf-8")).get(
+                    "membrane_threshold")
+            except (ValueError, AttributeError):
+                return None
+            ok = isinstance(value, int | float) and 0 < value <= 1
+            return (float(value), identity) if ok else None
+    return None
 
 
 def _differences(old: dict, new: dict, old_checkpoint: str, new_checkpoint: str) -> list[str]:
@@ -84,9 +109,11 @@ def _differences(old: dict, new: dict, old_checkpoint: str, new_checkpoint: str)
 
 
 @contextmanager
-def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str) -> Iterator[None]:
+def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str,
+                 threshold: float | None = None) -> Iterator[None]:
     """Check ``job`` (whose model has the weights digest ``model_sha256``, as the loaded
-    predictor reports it) against the identity recorded in its output folder and record its own;
+    predictor reports it) against the identity recorded in its output folder and record its own
+    with the model's membrane ``threshold``;
     raise :class:`JobMismatchError` when they differ and ``job.overwrite`` is off. Wrap the
     writing: an overwrite run stays marked pending unless the block completes."""
     path = Path(job.out) / IDENTITY_FILE
@@ -107,7 +134,7 @@ def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str) -> It
         if diffs:
             raise JobMismatchError(f"{job.out} holds tiles of a different prediction "
                                    f"({'; '.join(diffs)}); {fix}")
-    _write(path, pixels, job.checkpoint, pending=job.overwrite)
+    _write(path, pixels, job.checkpoint, job.overwrite, threshold)
     yield
     if job.overwrite:
-        _write(path, pixels, job.checkpoint, pending=False)
+        _write(path, pixels, job.checkpoint, False, threshold)

@@ -345,7 +345,8 @@ def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None =
     plan = plan_region(job.region, volume.shape, job.mip, job.tile, client, progress)
     outputs = make_outputs(job, predictor.class_names)
     # refuses tiles of another job
-    stack.enter_context(claim_output(job, volume, predictor.model_sha256))
+    stack.enter_context(claim_output(job, volume, predictor.model_sha256,
+                                     getattr(predictor, "threshold", None)))
     voxel_size = output_voxel_size(volume, job.voxel_size, progress, TASK)
     writer = PredictionWriter(job.out, outputs, volume.shape, job.mip, job.tile,
                               voxel_size, job.pyramid, job.zarr)

@@ -26,7 +26,7 @@ from membrane_py.tabs.widgets import (
 
 #: Columns of the metric table, in order, when the epoch events carry them.
 TABLE_KEYS = ("epoch", "train_loss", "val_loss", "val_pixel_error", "val_miou", "val_v_rand",
-              "val_v_info", "lr", "seconds")
+              "val_v_info", "val_section_v_rand", "val_section_threshold", "lr", "seconds")
 
 
 #: Fields a pretrained network decides (see :func:`~membrane_py.transfer.finetune.
@@ -50,7 +50,7 @@ class TrainTab(JobTab):
         super().__init__(controller, settings, parent)
         from membrane_py.augment.transforms import AUGMENTATIONS
         from membrane_py.models.unet import NORMS
-        from membrane_py.train.config import BEST_METRICS, OPTIMIZERS, TrainJob
+        from membrane_py.train.config import BEST_METRIC_CHOICES, OPTIMIZERS, TrainJob
         from membrane_py.train.losses import LOSSES
         from membrane_py.train.transfer_modes import TRANSFER_MODES
 
@@ -112,7 +112,7 @@ class TrainTab(JobTab):
             a.add(f"aug_{name}", check(False), name.replace("_", " ").capitalize(),
                   "augmentation applied on the fly to training patches")
         a.add("shuffle", check(True), "Shuffle every epoch")
-        a.add("best_metric", combo(list(BEST_METRICS)), "Keep best by")
+        a.add("best_metric", combo(list(BEST_METRIC_CHOICES)), "Keep best by")
         a.add("log_every", spin(10, 1, 100000), "Plot loss every (iterations)")
         a.add("seed", spin(0, 0, 2**31 - 1), "Random seed")
         a.add("device", combo(["auto", "cpu", "cuda"]), "Device")

@@ -2,8 +2,9 @@
 
 A checkpoint holds only plain Python types and tensors: the weights, the architecture config,
 class names, the preprocessing prediction must repeat, the mip / voxel size / patch size
-trained at, the training history and config, lineage (what it was fine-tuned from), and the
-optimizer / scheduler state and epoch needed to resume.
+trained at, the training history and config, lineage (what it was fine-tuned from), the
+membrane threshold chosen by whole-section validation, and the optimizer / scheduler state and
+epoch needed to resume.
 
 Integrity: :func:`save_checkpoint` stores ``weights_sha256``, the SHA-256 of a canonical byte
 serialisation of the weights (:func:`tensors_sha256`), and :func:`load_checkpoint` checks it,
@@ -58,6 +59,9 @@ class Checkpoint:
     optimizer: dict | None = None
     scheduler: dict | None = None
     best: dict = field(default_factory=dict)
+    #: membrane threshold chosen by whole-section validation (the best mean V_rand of
+    #: :mod:`membrane_py.train.section_validation`); None: not validated on whole sections
+    threshold: float | None = None
     weights_sha256: str = ""  # filled by load_checkpoint (see the module docstring)
 
     def digest(self) -> str:
@@ -145,6 +149,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "lineage": _plain(ckpt.lineage), "epoch": int(ckpt.epoch),
         "optimizer": _plain(ckpt.optimizer), "scheduler": _plain(ckpt.scheduler),
         "best": _plain(ckpt.best),
+        "threshold": None if ckpt.threshold is None else float(ckpt.threshold),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -24,7 +24,10 @@ DEFAULT_ARCH = {"cuda": (5, 32), "cpu": (4, 16), "mps": (4, 16)}
 TARGETS = ("classes", "affinities")
 # validation metric used to keep the best checkpoint -> True when higher is better
 BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "val_v_rand": True,
-                "val_v_info": True}
+                "val_v_info": True, "val_section_v_rand": True}
+#: what ``best_metric`` accepts: a metric, or ``auto`` (whole-section V_rand when the run
+#: validates on whole sections, else the validation loss)
+BEST_METRIC_CHOICES = ("auto", *BEST_METRICS)
 
 
 @dataclass
@@ -34,10 +37,13 @@ class TrainJob(JobSpec):
     Data: ``image_dir`` / ``label_dir`` hold image files paired by name. ``label_format`` is
     ``auto`` (read from the values), ``classes``, ``codes`` or ``isbi`` (see
     :mod:`membrane_py.augment.labels`); more than ``max_classes`` classes is refused. The split
-    into training and validation is by image. ``augment`` (None = none) is applied to training
-    patches. ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of the device
-    (or the checkpoint resumed); the checkpoint records what was used. ``minutes`` bounds the
-    training time: the epoch in progress ends early, is validated and saved.
+    into training and validation is by image; up to ``val_sections`` whole validation images
+    are predicted and scored each epoch (:mod:`membrane_py.train.section_validation`), and
+    ``best_metric`` ``auto`` keeps the checkpoint with the best whole-section V_rand (the
+    validation loss when there are no whole sections). ``augment`` (None = none) is applied
+    to training patches. ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of
+    the device (or the checkpoint resumed); the checkpoint records what was used. ``minutes``
+    bounds the training time: the epoch in progress ends early, is validated and saved.
 
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
@@ -68,6 +74,8 @@ class TrainJob(JobSpec):
     patches_per_epoch: int = 1024
     val_patches: int = 128
     val_fraction: float = 0.3
+    #: whole validation sections predicted and scored every epoch (at most; 0 = patches only)
+    val_sections: int = 8
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     # target and input
     target: str = "classes"
@@ -99,7 +107,7 @@ class TrainJob(JobSpec):
     amp: bool = True
     channels_last: bool = True
     num_workers: int = 0
-    best_metric: str = "val_loss"
+    best_metric: str = "auto"
     log_every: int = 10
     resume: str | None = None
     pretrained: str | None = None
@@ -127,7 +135,9 @@ class TrainJob(JobSpec):
             (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
              "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
-            (self.best_metric in BEST_METRICS, f"best_metric must be one of {list(BEST_METRICS)}"),
+            (self.best_metric in BEST_METRIC_CHOICES,
+             f"best_metric must be one of {list(BEST_METRIC_CHOICES)}"),
+            (self.val_sections >= 0, "val_sections must be >= 0"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.minutes is None or self.minutes > 0, "minutes must be > 0"),

@@ -51,22 +51,33 @@ from membrane_py.train.episodic import episodic_loader_parts
 from membrane_py.train.logs import TrainingLog
 from membrane_py.train.losses import affinity_bce, class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
+from membrane_py.train.section_validation import (
+    Sections,
+    section_scores,
+    usable_sections,
+    whole_sections,
+)
 from membrane_py.train.transfer_modes import load_backbone, parameter_groups, train_mode
 
 
 @dataclass
 class TrainResult(Result):
-    """The checkpoints written, the per-epoch history, the device and the time taken."""
+    """The checkpoints written, the per-epoch history, the device and the time taken;
+    ``threshold``: the membrane threshold the best checkpoint records (None without
+    whole-section validation)."""
 
     best_path: Path
     last_path: Path
     history: list[dict]
     device: str
     seconds: float
+    threshold: float | None = None
 
     def summary(self) -> str:
+        chosen = "" if self.threshold is None else \
+            f", membrane threshold {self.threshold:g} by whole-section V_rand"
         return (f"best checkpoint: {self.best_path} (device {self.device}, "
-                f"{self.seconds:.0f} s)")
+                f"{self.seconds:.0f} s{chosen})")
 
 
 def split_by_image(n_images: int, val_fraction: float = 0.3,
@@ -200,6 +211,18 @@ def _start_from(model: UNet, parent: Checkpoint, cfg: TrainJob,
     }
 
 
+def _best_metric(choice: str, validates: bool, on_sections: bool) -> str:
+    """The history key that picks the best checkpoint (``auto``: see ``TrainJob``)."""
+    if not (validates or on_sections):
+        return "train_loss"
+    if choice == "auto":
+        return "val_section_v_rand" if on_sections else "val_loss"
+    if choice == "val_section_v_rand" and not on_sections:
+        raise ValueError("best_metric val_section_v_rand needs whole validation sections "
+                         "(images larger than a patch, val_sections > 0); use auto")
+    return choice
+
+
 def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
     if value is None or not math.isfinite(value):
         return False
@@ -210,12 +233,15 @@ def _improved(value: float | None, best: dict, higher_better: bool) -> bool:
 
 def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                 n_classes: int | None = None, memory: Sequence[Dataset] = (),
+                sections: Sections | None = None,
                 progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> TrainResult:
     """Train a U-Net on ``train_ds``, validating on ``val_ds`` each epoch (see module doc).
 
     ``memory`` holds earlier data sets (same classes and preprocessing) replayed as a
     ``cfg.episodic_ratio`` share of every batch; ``cfg.episodic``, when set, describes them.
+    ``sections``: whole validation sections, predicted and scored every epoch
+    (:mod:`membrane_py.train.section_validation`; membrane networks only).
     """
     start = time.perf_counter()
     device = pick_device(cfg.device)
@@ -281,7 +307,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                             **loader_opts)
     val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
                   if val_ds is not None and len(val_ds) else None)
-    metric = cfg.best_metric if val_loader is not None else "train_loss"
+    sections = usable_sections(sections, class_names, val_loader is not None, progress)
+    metric = _best_metric(cfg.best_metric, val_loader is not None, sections is not None)
     higher_better = BEST_METRICS.get(metric, False)
     desc = device_description(device)
     log = TrainingLog(cfg, n_classes, desc)
@@ -299,7 +326,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             preprocess=cfg.preprocess, mip=cfg.mip, voxel_size=voxel_size,
             patch_size=cfg.patch_size, history=history,
             train_config={**cfg.to_dict(), "class_weights": weights}, lineage=lineage,
-            epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best)
+            epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best,
+            threshold=history[-1].get("val_section_threshold") if history else None)
 
     deadline = start + 60.0 * cfg.minutes if cfg.minutes else math.inf
     completed = first_epoch
@@ -345,11 +373,18 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             if val_loader is not None:
                 record.update(validate(model, val_loader, loss_fn, device, cfg.amp,
                                         class_names, cfg.target))
+            if sections is not None:
+                scored = section_scores(model, sections, cfg.preprocess_config, device,
+                                        amp=cfg.amp)
+                record.update(scored.record())
+                log.note(scored.describe())
+                report(progress, Event.log(scored.describe(), "train"))
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
             improved = _improved(record.get(metric), best, higher_better)
             if improved:
-                best = {"metric": metric, "value": record[metric], "epoch": epoch + 1}
+                best = {"metric": metric, "value": record[metric], "epoch": epoch + 1,
+                        "threshold": record.get("val_section_threshold")}
             ck = snapshot(epoch + 1)
             save_checkpoint(cfg.last_path, ck)
             completed = epoch + 1
@@ -379,7 +414,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     if not cfg.best_path.exists():  # resumed after the last epoch, or no finite metric
         save_checkpoint(cfg.best_path, snapshot(completed))
     report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))
-    return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start)
+    return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start,
+                       best.get("threshold"))
 
 
 def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str = "auto",
@@ -492,5 +528,6 @@ def run_training(cfg: TrainJob, progress: ProgressCallback | None = None,
         train, val = affinity_datasets(cfg)
         return train_model(train, val, cfg, progress=progress, cancel=cancel)
     train, val, memory, k = build_datasets(cfg, progress)
-    return train_model(train, val, cfg, n_classes=k, memory=memory, progress=progress,
+    return train_model(train, val, cfg, n_classes=k, memory=memory,
+                       sections=whole_sections(val, cfg.val_sections), progress=progress,
                        cancel=cancel)

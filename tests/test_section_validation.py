@@ -1,0 +1,147 @@
+"""Whole-section validation (issue 15, item 5): training scores whole validation sections
+over a sweep of membrane thresholds, keeps the best checkpoint and its threshold by them, and
+`predict` / `instances` / `evaluate` use that threshold unless told otherwise. Real training
+on tiny synthetic folders, real CLI commands."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from predict_support import synthetic_training_folders
+from typer.testing import CliRunner
+
+from membrane_py.augment import labels as L
+from membrane_py.cli import app
+from membrane_py.infer.onnx_backend import OnnxModelInfo
+from membrane_py.predict.evaluate import evaluate_images
+from membrane_py.train.checkpoint import load_checkpoint
+from membrane_py.train.config import TrainJob
+from membrane_py.train.section_validation import (
+    THRESHOLDS,
+    Sections,
+    pick_sections,
+    section_scores,
+    whole_sections,
+)
+from membrane_py.train.trainer import run_training, split_by_image
+
+TINY = dict(depth=2, base_filters=8, patch_size=64, patches_per_epoch=16, val_patches=4,
+            epochs=2, batch_size=8, device="cpu", val_fraction=0.5, lr=3e-3,
+            voxel_size=[40.0, 8.0, 8.0])
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny membrane network trained on four 128^2 synthetic sections, two validating."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("sections")
+    images, labels = synthetic_training_folders(root, sections=4, side=128)
+    events = []
+    cfg = TrainJob(image_dir=str(images), label_dir=str(labels), out_dir=str(root / "run"),
+                   name="m", **TINY)
+    result = run_training(cfg, progress=events.append)
+    return root, images, labels, cfg, result, events
+
+
+def test_sections_are_scored_per_threshold_and_pick_checkpoint_and_threshold(trained,
+                                                                              tmp_path):
+    root, images, labels, cfg, result, events = trained
+    for record in result.history:
+        assert record["val_section_threshold"] in THRESHOLDS
+        assert 0.0 <= record["val_section_v_rand"] <= 1.0 and "val_v_rand" in record
+    ck = load_checkpoint(result.best_path)
+    best = max(result.history, key=lambda r: r["val_section_v_rand"])
+    assert ck.best["metric"] == "val_section_v_rand" and ck.epoch == best["epoch"]
+    assert ck.threshold == best["val_section_threshold"] == result.threshold
+    assert torch.load(result.best_path, weights_only=True)["threshold"] == ck.threshold
+    assert f"membrane threshold {ck.threshold:g}" in result.summary()
+    logged = [e.message for e in events if e.kind == "log"]
+    assert sum("whole-section validation (2 sections" in m for m in logged) == cfg.epochs
+    assert (root / "run" / "m.log").read_text().count("whole-section validation") == cfg.epochs
+
+    # the score itself: every threshold, the best of them, and the V_rand evaluate reports
+    _, val = split_by_image(4, cfg.val_fraction, cfg.seed)
+    files = sorted(images.iterdir())
+    val_images = [L.read_image(files[i]) for i in val]
+    label_files = [labels / files[i].name for i in val]
+    gt = L.convert_labels([L.decode_label_image(L.read_image(p)) for p in label_files],
+                          "isbi")[0]
+    score = section_scores(ck.build_model(), Sections(val_images, gt), ck.preprocess_config,
+                           torch.device("cpu"))
+    assert list(score.by_threshold) == list(THRESHOLDS) and score.n_sections == 2
+    assert score.v_rand == max(score.by_threshold.values())
+    assert score.by_threshold[score.threshold] == score.v_rand
+    assert score.threshold == ck.threshold
+    assert score.v_rand == pytest.approx(ck.best["value"], abs=1e-6)
+    said = []
+    rows = evaluate_images(result.best_path, [files[i] for i in val], tmp_path / "ev",
+                           labels=label_files, label_format="isbi", device="cpu",
+                           progress=said.append)
+    assert any(f"membrane threshold {ck.threshold:g} (the model's" in e.message for e in said)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == rows
+    assert rows[-1]["v_rand"] == pytest.approx(score.v_rand, abs=0.02)
+
+
+def test_predict_records_the_threshold_and_instances_uses_it(trained, tmp_path):
+    root, images, labels, _, result, _ = trained
+    ck = load_checkpoint(result.best_path)
+    r = cli("predict", result.best_path, "--source", images, "--out", tmp_path / "pred",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    identity = json.loads((tmp_path / "pred" / "job_identity.json").read_text())
+    assert identity["membrane_threshold"] == ck.threshold
+    info = OnnxModelInfo.from_json(OnnxModelInfo.from_checkpoint(ck).to_json())
+    assert info.threshold == ck.threshold  # exported .onnx models carry it too
+    vsvi = tmp_path / "pred" / "probability.vsvi"
+    r = cli("instances", vsvi, "-o", tmp_path / "a.zarr", "--mode", "2d")
+    assert r.exit_code == 0, r.output
+    assert f"membrane threshold {ck.threshold:g} (the network's" in r.output
+    r = cli("instances", vsvi, "-o", tmp_path / "b.zarr", "--mode", "2d", "--threshold", "0.9")
+    assert r.exit_code == 0, r.output
+    assert "membrane threshold 0.9 (given)" in r.output
+    # maps that no prediction folder vouches for (here the EM itself): the default, said so
+    r = cli("instances", images, "-o", tmp_path / "d.zarr", "--mode", "2d")
+    assert r.exit_code == 0, r.output
+    assert "membrane threshold 0.71 (the default" in r.output
+    # evaluate: an explicit threshold wins over the model's
+    r = cli("evaluate", result.best_path, sorted(images.iterdir())[0], "--label-dir", labels,
+            "--out", tmp_path / "e", "--threshold", "0.45", "--device", "cpu")
+    assert r.exit_code == 0 and "membrane threshold 0.45 (given)" in r.output
+
+
+def test_patch_folders_keep_patch_validation(tmp_path):
+    torch.set_num_threads(2)
+    images, labels = synthetic_training_folders(tmp_path, sections=3, side=96)
+    r = cli("patches", "--images", images, "--labels", labels, "--out-images", tmp_path / "pi",
+            "--out-labels", tmp_path / "pl", "--patch-size", "32", "--density", "300",
+            "--no-rotate")
+    assert r.exit_code == 0, r.output
+    events = []
+    cfg = TrainJob(image_dir=str(tmp_path / "pi"), label_dir=str(tmp_path / "pl"),
+                   out_dir=str(tmp_path / "run"),
+                   **{**TINY, "patch_size": 32, "epochs": 1})
+    result = run_training(cfg, progress=events.append)
+    assert "val_v_rand" in result.history[0] and "val_section_v_rand" not in result.history[0]
+    assert any("no whole validation sections" in e.message for e in events if e.kind == "log")
+    ck = load_checkpoint(result.best_path)
+    assert ck.threshold is None and result.threshold is None
+    assert ck.best["metric"] == "val_loss"
+    with pytest.raises(ValueError, match="needs whole validation sections"):
+        run_training(replace(cfg, best_metric="val_section_v_rand",
+                             out_dir=str(tmp_path / "run2")))
+
+
+def test_section_picking():
+    assert pick_sections(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert pick_sections(3, 8) == [0, 1, 2] and pick_sections(5, 0) == []
+    assert whole_sections(None, 8) is None
+    with pytest.raises(ValueError, match="same shape"):
+        Sections([np.zeros((8, 8), np.uint8)], [np.zeros((4, 4), np.uint16)])
