@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ TRAIN = slice(0, 150)
 KEYS = ("adapted_rand_error", "rand_precision", "rand_recall", "vi_split", "vi_merge")
 WATERZ_THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]
 H_VALUES = [0.05, 0.1, 0.2]
+NEAREST_OFFSETS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
 
 
 def log(message: str) -> None:
@@ -69,58 +71,81 @@ def load() -> tuple[np.ndarray, np.ndarray]:
     return em, bodies
 
 
-def train(kind: str, em: np.ndarray, gt: np.ndarray, seconds: float, work: Path,
-          device: str) -> tuple[Path, dict]:
-    """Train a ``membrane`` or ``affinity`` network on sections 0-149 for ``seconds``."""
+def train(kind: str, em: np.ndarray, gt: np.ndarray, work: Path, device: str, *,
+          seconds: float | None = None, iterations: int | None = None, context: int = 1,
+          offsets=NEAREST_OFFSETS) -> tuple[Path, dict]:
+    """Train a ``membrane`` or ``affinity`` network on sections 0-149, for ``seconds`` (the
+    trainer is cancelled then; 64 fixed patches per epoch) or for exactly ``iterations`` of
+    batch 8 (fresh patches: 8 epochs of ``iterations`` patches, cosine learning rate). A
+    finished run of the same length in ``work`` is reused."""
     from membrane_py.augment.dataset import AffinityPatchDataset, OnTheFlyPatchDataset
     from membrane_py.augment.labels import instances_to_membrane
     from membrane_py.augment.preprocess import PreprocessConfig
     from membrane_py.augment.transforms import AugmentConfig
     from membrane_py.events import Cancelled, CancelToken
+    from membrane_py.train.checkpoint import load_checkpoint
     from membrane_py.train.config import TrainJob
     from membrane_py.train.trainer import train_model
 
     pre = PreprocessConfig()
-    common = {"out_dir": str(work), "name": kind, "patch_size": 128, "patches_per_epoch": 64,
-              "depth": 4, "base_filters": 16, "epochs": 100000, "batch_size": 8,
-              "device": device, "preprocess": pre.to_dict(), "voxel_size": [10.0, 10.0, 10.0],
-              "log_every": 8}
+    epochs, patches = (100000, 64) if iterations is None else (8, iterations)
+    common = {"out_dir": str(work), "name": kind, "patch_size": 128,
+              "patches_per_epoch": patches, "depth": 4, "base_filters": 16, "epochs": epochs,
+              "batch_size": 8, "device": device, "preprocess": pre.to_dict(),
+              "voxel_size": [10.0, 10.0, 10.0], "log_every": 8,
+              "schedule": "none" if iterations is None else "cosine"}
     if kind == "membrane":
         cfg = TrainJob(**common, n_classes=2)
         labels = [instances_to_membrane(s, thickness=3, fill_ecs=True) for s in gt[TRAIN]]
-        ds = OnTheFlyPatchDataset(list(em[TRAIN]), labels, 128, 64, pre, AugmentConfig(),
+        ds = OnTheFlyPatchDataset(list(em[TRAIN]), labels, 128, patches, pre, AugmentConfig(),
                                   seed=0)
     else:
-        cfg = TrainJob(**common, target="affinities", context=1)
-        ds = AffinityPatchDataset(em[TRAIN], gt[TRAIN], 128, 64, pre, context=1, seed=0)
-    cancel = CancelToken()
-    timer = threading.Timer(seconds, cancel.cancel)
-    timer.start()
-    t0 = time.perf_counter()
-    try:
-        train_model(ds, None, cfg, cancel=cancel)
-    except Cancelled:
-        pass
-    finally:
-        timer.cancel()
-    from membrane_py.train.checkpoint import load_checkpoint
-
+        cfg = TrainJob(**common, target="affinities", context=context,
+                       offsets=[list(d) for d in offsets])
+        ds = AffinityPatchDataset(em[TRAIN], gt[TRAIN], 128, patches, pre, context=context,
+                                  offsets=offsets, seed=0)
+    if iterations is not None and cfg.last_path.is_file() and \
+            load_checkpoint(cfg.last_path).epoch == epochs:
+        log(f"reusing {cfg.last_path}")
+    else:
+        cancel = CancelToken()
+        timer = threading.Timer(seconds, cancel.cancel) if seconds else None
+        if timer:
+            timer.start()
+        t0 = time.perf_counter()
+        try:
+            train_model(ds, None, cfg, cancel=cancel)
+        except Cancelled:
+            pass
+        finally:
+            if timer:
+                timer.cancel()
+        log(f"trained {kind} in {time.perf_counter() - t0:.0f} s, load {os.getloadavg()}")
     ck = load_checkpoint(cfg.last_path)
-    return cfg.last_path, {"seconds": round(time.perf_counter() - t0, 1),
-                           "epochs_of_64_patches": ck.epoch,
+    return cfg.last_path, {"iterations": ck.epoch * (patches // 8),
+                           "patches_per_epoch": patches, "epochs": ck.epoch,
+                           "context": context if kind != "membrane" else 0,
+                           "offsets": [list(d) for d in offsets] if kind != "membrane" else None,
+                           "first_train_loss": ck.history[0]["train_loss"] if ck.history
+                           else None,
                            "last_train_loss": ck.history[-1]["train_loss"] if ck.history
                            else None}
 
 
 def predict(model: Path, em: np.ndarray, first: int, device: str) -> tuple[np.ndarray, float]:
-    """(C, z, y, x) probabilities of a checkpoint for sections ``first - 1 ..`` (0 before),
-    and seconds. Each section is one tile (margin 8: the sections are whole, so the margin
-    only reflects the volume's border)."""
+    """(C, z, y, x) probabilities of a checkpoint for sections ``first - 3 ..`` (0 before;
+    cached next to the checkpoint), and seconds. Each section is one tile (margin 8: the
+    sections are whole, so the margin only reflects the volume's border)."""
     from membrane_py.infer.engine import load_predictor
 
     t0 = time.perf_counter()
-    start = max(first - 1, 0)
-    part = load_predictor(model, device=device, tile=256, margin=8).predict(em[start:])
+    start = max(first - 3, 0)
+    cache = model.with_name(f"{model.stem}.prediction_{start}_{len(em)}.npy")
+    if cache.is_file() and cache.stat().st_mtime > model.stat().st_mtime:
+        part = np.load(cache)
+    else:
+        part = load_predictor(model, device=device, tile=256, margin=8).predict(em[start:])
+        np.save(cache, part)
     out = np.zeros((part.shape[1], *em.shape), np.float32)
     out[:, start:] = part.transpose(1, 0, 2, 3)
     return out, time.perf_counter() - t0

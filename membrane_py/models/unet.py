@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "group", "none")
-#: the architectures behind ``--arch`` (see the module docstring)
-ARCHS = ("unet", "resunet")
+#: the architectures behind ``--arch`` (see the module docstring); ``unet3d`` is the 3D
+#: variant of ``unet`` in :mod:`membrane_py.models.unet3d` (affinity training only)
+ARCHS = ("unet", "resunet", "unet3d")
 
 
 @dataclass(frozen=True)

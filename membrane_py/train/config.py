@@ -124,6 +124,9 @@ class TrainJob(JobSpec):
             (self.context >= 0, "context (sections on each side) must be >= 0"),
             (self.context == 0 or self.target == "affinities",
              "context (2.5D input) needs target affinities; class datasets read one section"),
+            (self.arch != "unet3d" or (self.target == "affinities" and self.context == 0),
+             "arch unet3d (3D patches) trains affinities only, with context 0 (the cube "
+             "already holds the neighbouring sections)"),
             (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
              "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),
