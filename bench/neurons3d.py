@@ -19,7 +19,8 @@ fragments mapped to bodies by ``transforms``). Protocol:
    sections, fewer than 150 to keep the sweep short on a CPU) and the test block 150-249
    (``--test 100``) separately. Its parameter (the merge threshold, or ``h`` for the
    h-minima watersheds, the bias for the mutex watershed) is chosen by adapted Rand error
-   on the tuning block only; the row reports that choice scored on the test block. Smaller ``--test`` is for quick checks.
+   on the tuning block only; the row reports that choice scored on the test block.
+   Smaller ``--test`` is for quick checks.
 4. The published FFN segmentation is scored on 150-249 (and on all 250 sections, to check
    the README's 0.157) by the same code.
 
