@@ -211,11 +211,6 @@ def methods(nets: dict[str, tuple[np.ndarray, list | None]], gt: np.ndarray, tun
     rows = []
     for network, (pred, offsets) in nets.items():
         boundary = pred if offsets is None else 1.0 - pred[:3].mean(axis=0)
-        rows.append(sweep("2D h-minima watershed, linked across sections (--mode 3d)", network,
-                          "h", H_VALUES if offsets is None else [0.05, 0.2],
-                          lambda b, vs, p=boundary: (
-                              agglomerate(segment_stack(p[b], InstanceConfig(h=v)))
-                              for v in vs), gt, boundary, tune, test))
         if offsets is None:
             rows.append(sweep("3D h-minima watershed (--mode watershed3d)", network, "h",
                               [0.05, 0.2], lambda b, vs, p=pred: (
@@ -246,6 +241,11 @@ def methods(nets: dict[str, tuple[np.ndarray, list | None]], gt: np.ndarray, tun
                               lambda b, vs, a=pred, o=offsets: (
                                   mutex_watershed(a[:, b], o, bias=v, long_range_stride=2)
                                   for v in vs), gt, boundary, tune, test))
+        rows.append(sweep("2D h-minima watershed, linked across sections (--mode 3d)", network,
+                          "h", H_VALUES if offsets is None else [0.05, 0.2],
+                          lambda b, vs, p=boundary: (
+                              agglomerate(segment_stack(p[b], InstanceConfig(h=v)))
+                              for v in vs), gt, boundary, tune, test))
     return rows
 
 
