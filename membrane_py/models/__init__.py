@@ -6,15 +6,15 @@ flood-filling network (:mod:`membrane_py.models.ffn`).
 recorded in a checkpoint (``UNetConfig.to_dict()``, with its ``arch``) into a network.
 """
 
-from membrane_py.models.unet import ARCHS, UNet, UNetConfig
+from membrane_py.models.unet import ARCHS, ARCHS_3D, UNet, UNetConfig
 from membrane_py.models.unet3d import UNet3D
 
 
 def build_model(config: dict | UNetConfig) -> UNet | UNet3D:
     """A freshly initialised network for a recorded architecture config (any of
-    :data:`ARCHS`; configs without ``arch`` are the plain U-Net)."""
+    :data:`ARCHS` or :data:`ARCHS_3D`; configs without ``arch`` are the plain U-Net)."""
     cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
     return UNet3D(cfg) if cfg.arch == "unet3d" else UNet(cfg)
 
 
-__all__ = ["ARCHS", "UNet", "UNet3D", "UNetConfig", "build_model"]
+__all__ = ["ARCHS", "ARCHS_3D", "UNet", "UNet3D", "UNetConfig", "build_model"]

@@ -11,7 +11,7 @@ from membrane_py.augment.labels import LABEL_FORMATS, MAX_CLASSES
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
-from membrane_py.models.unet import ARCHS, UNetConfig
+from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
@@ -117,7 +117,8 @@ class TrainJob(JobSpec):
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
         checks = [
-            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
+            (self.arch in ARCHS + ARCHS_3D,
+             f"arch must be one of {ARCHS + ARCHS_3D}, got {self.arch!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}"),
