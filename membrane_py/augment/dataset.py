@@ -4,7 +4,8 @@ The class datasets return ``(image float32 (1, H, W), label int64 (H, W))`` with
 and classes 1..K, use the same sampler and augmentation code as the patch writer, and draw
 every random choice from ``numpy.random.default_rng([seed, index])``: deterministic per
 (seed, index), independent of DataLoader worker layout. :class:`AffinityPatchDataset`
-samples a labelled volume for affinity training instead (2.5D input, affinity targets).
+samples a labelled volume for affinity training instead (2.5D input, affinity targets),
+:class:`AffinityCubeDataset` the same in 3D cubes for a 3D network.
 """
 
 from __future__ import annotations
@@ -177,3 +178,53 @@ class AffinityPatchDataset(Dataset):
                 image, lab = image.transpose(0, 2, 1), lab.transpose(0, 2, 1)
         target = affinities(np.ascontiguousarray(lab), self.offsets)[:, -1]
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+class AffinityCubeDataset(Dataset):
+    """Random 3D samples of an EM volume with instance labels, for a 3D network
+    (:mod:`membrane_py.models.unet3d`).
+
+    Item ``i`` is (image float32 (1, P, P, P), target uint8 (C, P, P, P)): a random cube,
+    preprocessed, and its affinities computed from labels cut with a margin of the longest
+    offset on every side, so the cube's faces are known too. With ``augment`` image and
+    labels are flipped in z, y and x and transposed in (y, x) at random before the
+    affinities are computed (no z permutation: voxels need not be cubes). Deterministic per
+    ``(seed, i)``.
+    """
+
+    def __init__(self, em: np.ndarray, labels: np.ndarray, patch_size: int, length: int,
+                 preprocessing: PreprocessConfig, offsets: Sequence[Sequence[int]] = NEAREST,
+                 augment: bool = True, seed: int = 0) -> None:
+        if em.shape != labels.shape or em.ndim != 3:
+            raise ValueError(f"EM {em.shape} and labels {labels.shape} must be one (z, y, x) "
+                             "shape")
+        self.offsets = check_offsets(offsets)
+        self.margin = max(max(d) for d in self.offsets)
+        if min(em.shape) < patch_size + 2 * self.margin:
+            raise ValueError(f"cubes of {patch_size} plus {self.margin} voxels on each side "
+                             f"(the longest offset) do not fit in the volume {em.shape}")
+        self.em = preprocess(em, preprocessing).astype(np.float32, copy=False)
+        self.labels = labels
+        self.patch_size, self.length, self.augment, self.seed = patch_size, length, augment, seed
+        self.preprocess = preprocessing
+        self.n_classes = len(self.offsets)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, i))
+        p, m = self.patch_size, self.margin
+        start = [int(rng.integers(m, s - p - m + 1)) for s in self.em.shape]
+        image = self.em[tuple(slice(a, a + p) for a in start)]
+        lab = self.labels[tuple(slice(a - m, a + p + m) for a in start)]
+        if self.augment:
+            k = int(rng.integers(0, 16))
+            flips = tuple(axis for axis in range(3) if k & (1 << axis))
+            if flips:
+                image, lab = np.flip(image, flips), np.flip(lab, flips)
+            if k & 8:
+                image, lab = image.transpose(0, 2, 1), lab.transpose(0, 2, 1)
+        target = affinities(np.ascontiguousarray(lab), self.offsets)
+        target = target[(slice(None), *(slice(m, m + p),) * 3)]
+        return np.ascontiguousarray(image[None]), np.ascontiguousarray(target)

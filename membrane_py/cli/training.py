@@ -45,8 +45,10 @@ def train(
     offset: list[str] = typer.Option(None, "--offset", help="affinities: one offset x,y,z per "
                                      "output channel (repeat; default 1,0,0 0,1,0 0,0,1 and "
                                      "e.g. 0,9,0 adds a long-range one)"),
-    arch: str = typer.Option(None, help="architecture: unet (plain U-Net) or resunet "
-                             "(residual U-Net) (default unet, or the pretrained network's)"),
+    arch: str = typer.Option(None, help="architecture: unet (plain U-Net), resunet "
+                             "(residual U-Net) or unet3d (3D U-Net, affinities with context 0, "
+                             "cubes of --patch-size) (default unet, or the pretrained "
+                             "network's)"),
     depth: int = typer.Option(None, help="U-Net depth (number of poolings) (default 5 on CUDA, "
                               "4 on CPU, or the pretrained / resumed network's)"),
     base_filters: int = typer.Option(None, help="filters of the first stage, doubling per stage "

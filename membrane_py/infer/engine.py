@@ -241,6 +241,9 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     device_type = pick_device(device).type
     fixed = "onnx" if is_onnx else backend if backend != "auto" else None
     ck = None if is_onnx else _checkpoint(model)
+    if ck is not None and ck.model_config.arch == "unet3d":
+        raise ValueError("a 3D U-Net (arch unet3d) predicts cubes, not 2D tiles: use "
+                         "membrane_py.infer.cubes.predict_cubes")
     plain = ck is None or (ck.target == "classes" and ck.context == 0)
     if backend == "onnx" and not plain:
         raise ValueError("the ONNX export holds one-section class networks; run this "

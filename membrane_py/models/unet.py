@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "group", "none")
-#: the architectures behind ``--arch`` (see the module docstring)
+#: the 2D architectures behind ``--arch`` (see the module docstring), which every command runs
 ARCHS = ("unet", "resunet")
+#: 3D architectures (:mod:`membrane_py.models.unet3d`): affinity training and cube prediction
+ARCHS_3D = ("unet3d",)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class UNetConfig:
     arch: str = "unet"
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch not in ARCHS + ARCHS_3D:
+            raise ValueError(f"arch must be one of {ARCHS + ARCHS_3D}, got {self.arch!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.depth < 1 or self.base_filters < 1 or self.n_classes < 2 or self.in_channels < 1:

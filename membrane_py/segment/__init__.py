@@ -14,6 +14,8 @@ membrane (bright = membrane). This package turns such maps into segment ids:
   watershed fragments of an affinity map merged hierarchically by the mean (or a quantile)
   affinity of their contacts (waterz), up to one merge threshold; :func:`boundary_affinities`
   derives affinities from a membrane map, :func:`relabel` numbers ids 1..n.
+- Mutex watershed (:func:`mutex_watershed`): attractive and repulsive affinity edges
+  (long-range offsets) clustered greedily without fragments (``mwatershed``).
 - Membrane-constrained fill (:func:`fill_region`): the cell around a clicked point.
 
 Helpers: :func:`to_probability` brings 8-bit/16-bit tiles or floats to one [0, 1] scale,
@@ -53,6 +55,7 @@ from membrane_py.segment.instances import (
     segment_stack,
     to_probability,
 )
+from membrane_py.segment.mutex import mutex_watershed
 
 __all__ = [
     "AgglomerationConfig",
@@ -67,6 +70,7 @@ __all__ = [
     "link_sections",
     "membrane_map_from_labels",
     "mix64",
+    "mutex_watershed",
     "relabel",
     "remove_small",
     "segment_affinities",

@@ -11,7 +11,7 @@ from membrane_py.augment.labels import LABEL_FORMATS, MAX_CLASSES
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
-from membrane_py.models.unet import ARCHS, UNetConfig
+from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
 from membrane_py.train.transfer_modes import TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
@@ -125,13 +125,17 @@ class TrainJob(JobSpec):
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
         checks = [
-            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
+            (self.arch in ARCHS + ARCHS_3D,
+             f"arch must be one of {ARCHS + ARCHS_3D}, got {self.arch!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}"),
             (self.context >= 0, "context (sections on each side) must be >= 0"),
             (self.context == 0 or self.target == "affinities",
              "context (2.5D input) needs target affinities; class datasets read one section"),
+            (self.arch != "unet3d" or (self.target == "affinities" and self.context == 0),
+             "arch unet3d (3D patches) trains affinities only, with context 0 (the cube "
+             "already holds the neighbouring sections)"),
             (self.target != "affinities" or len(check_offsets(self.offsets)) >= 2,
              "affinities need at least two offsets (e.g. z, y, x neighbours)"),
             (self.label_format in LABEL_FORMATS, f"label_format must be one of {LABEL_FORMATS}"),

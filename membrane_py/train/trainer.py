@@ -274,7 +274,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     model_cfg = cfg.model_config(n_classes)
     model = build_model(model_cfg)
     lineage = _start_from(model, parent, cfg, memory) if parent is not None else {}
-    fmt = memory_format(device, cfg.channels_last)
+    fmt = memory_format(device, cfg.channels_last and cfg.arch != "unet3d")  # 4D only
     model.to(device, memory_format=fmt)
     opt = make_optimizer(parameter_groups(model, cfg.transfer_mode, cfg.lr, cfg.leaky_ratio), cfg)
     sched = make_scheduler(opt, cfg)
@@ -494,7 +494,7 @@ def affinity_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None]:
     instance label volume (``label_dir``), any form :func:`~membrane_py.volumes.open.open_source`
     reads ('file.h5:dataset', TIFF, image folder, zarr). The last ``val_fraction`` of the
     sections validates, the rest trains (a split along z keeps validation honest)."""
-    from membrane_py.augment.dataset import AffinityPatchDataset
+    from membrane_py.augment.dataset import AffinityCubeDataset, AffinityPatchDataset
     from membrane_py.augment.labels import read_label_stack
     from membrane_py.geometry import Box
     from membrane_py.volumes.open import open_source
@@ -510,6 +510,9 @@ def affinity_datasets(cfg: TrainJob) -> tuple[Dataset, Dataset | None]:
     pre = cfg.preprocess_config
 
     def make(a: int, b: int, length: int, augment: bool, seed: int):
+        if cfg.arch == "unet3d":
+            return AffinityCubeDataset(em[a:b], labels[a:b], cfg.patch_size, length, pre,
+                                       cfg.offsets, augment, seed)
         return AffinityPatchDataset(em[a:b], labels[a:b], cfg.patch_size, length, pre,
                                     cfg.context, cfg.offsets, augment, seed)
 
