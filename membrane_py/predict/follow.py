@@ -247,9 +247,12 @@ def run_follow(job: FollowJob, progress: ProgressCallback | None = None,
                     f.views += 1
                     view, todo, changed = now, new, time.monotonic()
                     visible = sum(1 for g, _ in todo if g == 0)
-                    report(progress, Event.log(
-                        f"view at x={now.x} y={now.y} z={now.z}, mip {now.mip}: {len(todo)} "
-                        f"tiles to predict ({visible} visible), {dropped} dropped", TASK))
+                    report(progress, Event(
+                        "log", TASK, message=f"view at x={now.x} y={now.y} z={now.z}, mip "
+                        f"{now.mip}: {len(todo)} tiles to predict ({visible} visible), "
+                        f"{dropped} dropped", data={"view": [now.x, now.y, now.z],
+                                                    "mip": now.mip, "queued": len(todo),
+                                                    "visible": visible, "dropped": dropped}))
             if not todo:
                 time.sleep(min(job.poll, 0.05))
                 continue
