@@ -176,6 +176,12 @@ class _Follower:
         self.written = self.n_blank = self.resumed = self.views = self.dropped = 0
         self.n_mips: int | None = None
 
+    def flush(self) -> None:
+        """Ask VAST now to reread what was written since its last refresh."""
+        for run in self.runs.values():
+            if run.refresher is not None:
+                run.refresher.flush()
+
     def prepared(self, mip: int) -> Prepared:
         if mip not in self.runs:
             self.runs[mip] = prepare_run(self.job.at_mip(mip), self.stack, None, self.progress)
@@ -198,6 +204,46 @@ class _Follower:
         return [(g, k) for g, k in order if (view.mip, k) not in self.blank
                 and not run.writer.done(k)]
 
+    def follow(self, start: float, cancel: CancelToken | None) -> None:
+        """The loop: poll the view, rebuild the queue when it moved, predict the next tile."""
+        job, progress = self.job, self.progress
+        view, todo, changed, polled = None, [], 0.0, 0.0
+        while job.max_seconds is None or time.monotonic() - start < job.max_seconds:
+            check_cancel(cancel)
+            if view is None or time.monotonic() - polled >= job.poll:
+                polled = time.monotonic()
+                now = self.view()
+                if now != view:
+                    new = self.queue(now)
+                    keep = {(now.mip, k) for _, k in new}
+                    dropped = sum(1 for _, k in todo if (view.mip, k) not in keep)
+                    self.dropped += dropped
+                    self.views += 1
+                    view, todo, changed = now, new, time.monotonic()
+                    visible = sum(1 for g, _ in todo if g == 0)
+                    report(progress, Event(
+                        "log", TASK, message=f"view at x={now.x} y={now.y} z={now.z}, mip "
+                        f"{now.mip}: {len(todo)} tiles to predict ({visible} visible), "
+                        f"{dropped} dropped", data={"view": [now.x, now.y, now.z],
+                                                    "mip": now.mip, "queued": len(todo),
+                                                    "visible": visible, "dropped": dropped}))
+            if not todo:
+                self.flush()  # everything near the view is written: show it all
+                time.sleep(min(job.poll, 0.05))
+                continue
+            group, key = todo.pop(0)
+            z, r, c = key
+            where = f"section {z}, row {r}, column {c} at mip {view.mip}"
+            report(progress, Event.progress(TASK, self.written, self.written + len(todo) + 1,
+                                            f"predicting {where}", stage="predicting",
+                                            tile=list(key), mip=view.mip, group=group))
+            if self.predict_tile(view.mip, key):
+                report(progress, Event.progress(
+                    TASK, self.written, self.written + len(todo), f"wrote {where}",
+                    stage="written", tile=list(key), mip=view.mip, group=group,
+                    since_view_s=time.monotonic() - changed,
+                    visible_left=sum(1 for g, _ in todo if g == 0)))
+
     def predict_tile(self, mip: int, key: TileKey) -> bool:
         """Read, predict and write one tile; True when a tile was written."""
         run, job = self.prepared(mip), self.job.at_mip(mip)
@@ -217,9 +263,8 @@ class _Follower:
         run.writer.write(core, done.sections, done.probs, done.keys, done.spread)
         if job.pyramid:
             run.writer.build_pyramid(done.keys, set(done.keys))
-        if run.refresher is not None:
+        if run.refresher is not None:  # at most once a second while busy, see flush()
             run.refresher.add(core.to_mip0(mip))
-            run.refresher.flush()
         self.written += 1
         return True
 
@@ -227,53 +272,22 @@ class _Follower:
 def run_follow(job: FollowJob, progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None) -> FollowResult:
     """Follow VAST's view until ``cancel`` is set (raises
-    :class:`~membrane_py.events.Cancelled`; what was written stays) or ``max_seconds``
-    have passed (returns the result)."""
+    :class:`~membrane_py.events.Cancelled`; what was written stays and is shown in VAST) or
+    ``max_seconds`` have passed (returns the result)."""
     start = time.monotonic()
     with ExitStack() as stack:
         client = stack.enter_context(VastClient(*job.predict.vast_address))
         f = _Follower(job, stack, client, progress)
-        view, todo, changed, polled = None, [], 0.0, 0.0
-        while job.max_seconds is None or time.monotonic() - start < job.max_seconds:
-            check_cancel(cancel)
-            if view is None or time.monotonic() - polled >= job.poll:
-                polled = time.monotonic()
-                now = f.view()
-                if now != view:
-                    new = f.queue(now)
-                    keep = {(now.mip, k) for _, k in new}
-                    dropped = sum(1 for _, k in todo if (view.mip, k) not in keep)
-                    f.dropped += dropped
-                    f.views += 1
-                    view, todo, changed = now, new, time.monotonic()
-                    visible = sum(1 for g, _ in todo if g == 0)
-                    report(progress, Event(
-                        "log", TASK, message=f"view at x={now.x} y={now.y} z={now.z}, mip "
-                        f"{now.mip}: {len(todo)} tiles to predict ({visible} visible), "
-                        f"{dropped} dropped", data={"view": [now.x, now.y, now.z],
-                                                    "mip": now.mip, "queued": len(todo),
-                                                    "visible": visible, "dropped": dropped}))
-            if not todo:
-                time.sleep(min(job.poll, 0.05))
-                continue
-            group, key = todo.pop(0)
-            z, r, c = key
-            where = f"section {z}, row {r}, column {c} at mip {view.mip}"
-            report(progress, Event.progress(TASK, f.written, f.written + len(todo) + 1,
-                                            f"predicting {where}", stage="predicting",
-                                            tile=list(key), mip=view.mip, group=group))
-            if f.predict_tile(view.mip, key):
-                report(progress, Event.progress(
-                    TASK, f.written, f.written + len(todo), f"wrote {where}", stage="written",
-                    tile=list(key), mip=view.mip, group=group,
-                    since_view_s=time.monotonic() - changed,
-                    visible_left=sum(1 for g, _ in todo if g == 0)))
-        runs = f.runs
-    for mip, run in sorted(runs.items()):
+        try:
+            f.follow(start, cancel)
+        finally:  # what was written shows in VAST, also after a cancel
+            f.flush()
+    runs = sorted(f.runs.items())
+    for mip, run in runs:
         for path in run.writer.write_descriptors(run.plan.sections()):
             report(progress, Event.artifact(path.resolve(), TASK, f"VAST descriptor (mip {mip})"))
     return FollowResult(out=Path(job.predict.out).resolve(),
-                        folders=[run.writer.out.resolve() for _, run in sorted(runs.items())],
-                        layers=[n for _, run in sorted(runs.items()) for n in run.layers],
+                        folders=[run.writer.out.resolve() for _, run in runs],
+                        layers=[n for _, run in runs for n in run.layers],
                         tiles_written=f.written, tiles_blank=f.n_blank, tiles_resumed=f.resumed,
                         views=f.views, dropped=f.dropped, seconds=time.monotonic() - start)
