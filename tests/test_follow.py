@@ -122,6 +122,30 @@ def test_zoomed_out_view_predicts_at_the_displayed_mip(server, checkpoint, tmp_p
     look(server, 256, 256, 5, zoom=0)
 
 
+def test_a_vast_without_refreshlayerregion_gets_the_layer_reloaded(checkpoint, tmp_path):
+    with start_server("synthetic:4x256x256", state_dir=tmp_path / "state", allow_load=[tmp_path],
+                      extra_args=["--without", "REFRESHLAYERREGION"]) as old_vast:
+        look(old_vast, 128, 128, 1)
+        token, events = CancelToken(), []
+
+        def on_event(e: Event) -> None:
+            events.append(e)
+            if len(written(events)) == views(events)[0].data["queued"]:
+                token.cancel()
+
+        with pytest.raises(Cancelled):
+            run_follow(follow_job(old_vast, checkpoint, tmp_path / "out", sections=0),
+                       on_event, token)
+        log = old_vast.stderr
+        with VastClient(old_vast.host, old_vast.port) as client:
+            names = client.get_layer_names()
+    assert "answered with error 1" in log  # REFRESHLAYERREGION was tried, then reloads
+    descriptor = str((tmp_path / "out" / "mip0" / "probability.vsvi").resolve())
+    assert log.count(f"LOADLAYER {descriptor}") >= 2
+    assert names.count("membrane prediction (mip 0)") == 1
+    assert not [e for e in events if e.kind == "warning"]
+
+
 def test_ctrl_c_exits_130_and_keeps_what_was_written(server, checkpoint, tmp_path):
     look(server, 100, 100, 3)
     cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "follow",

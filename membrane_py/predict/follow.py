@@ -30,7 +30,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
-from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
+from membrane_py.events import (
+    CancelToken,
+    Event,
+    ProgressCallback,
+    check_cancel,
+    report,
+    warn,
+)
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.predict.job import PredictJob, RegionSpec
@@ -284,6 +291,9 @@ def run_follow(job: FollowJob, progress: ProgressCallback | None = None,
             f.flush()
     runs = sorted(f.runs.items())
     for mip, run in runs:
+        if run.refresher is not None and run.refresher.error:
+            warn(progress, f"VAST stopped refreshing the mip {mip} layer "
+                 f"({run.refresher.error}); reload it in VAST to see the latest tiles", TASK)
         for path in run.writer.write_descriptors(run.plan.sections()):
             report(progress, Event.artifact(path.resolve(), TASK, f"VAST descriptor (mip {mip})"))
     return FollowResult(out=Path(job.predict.out).resolve(),

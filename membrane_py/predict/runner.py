@@ -29,7 +29,7 @@ from membrane_py.jobs.spec import Result
 from membrane_py.predict.identity import claim_output
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.regions import plan_region
-from membrane_py.predict.vastload import LayerRefresher, load_or_reuse
+from membrane_py.predict.vastload import LayerRefresher, load_or_reuse, reload_layers
 from membrane_py.predict.writers import PredictionWriter, make_outputs
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource, output_voxel_size
@@ -374,7 +374,8 @@ def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None =
     refresher = None
     if job.load_in_vast:
         layers, _ = load_or_reuse(client, job.out, descriptors, [o.layer_name for o in outputs])
-        refresher = LayerRefresher(client, layers, volume.shape)
+        refresher = LayerRefresher(client, layers, volume.shape,
+                                   reload=lambda nrs: reload_layers(client, nrs, descriptors))
     return Prepared(volume, predictor, plan, writer, layers, refresher)
 
 
