@@ -129,6 +129,8 @@ class FollowJob(JobSpec):
             (p.vast_address is not None, "follow needs VAST to follow: give its address "
                                          "(--vast vast://HOST:PORT)"),
             (p.scheduler is None, "follow predicts in this process: drop the scheduler"),
+            (not p.overwrite, "follow never recomputes written tiles: drop overwrite, or "
+                              "follow into another folder"),
             (len(self.viewport) == 2 and min(self.viewport) >= 1,
              f"viewport must be width, height in screen pixels, got {self.viewport}"),
             (self.sections >= 0, f"sections must be >= 0, got {self.sections}"),
