@@ -215,6 +215,7 @@ def multi_model(args: argparse.Namespace) -> dict:
 
     n, z, size = args.multi_models, args.multi_sections, args.multi_size
     one = many = float("inf")
+    rounds: list[list[float]] = []  # [one read, separate runs] seconds per round
     with tempfile.TemporaryDirectory() as tmp, \
             start_server(f"synthetic:{z}x{size}x{size}", state_dir=f"{tmp}/state") as srv:
         models = []
@@ -233,10 +234,12 @@ def multi_model(args: argparse.Namespace) -> dict:
                                      for i, m in enumerate(models))]
             times = [side() for side in (sides if r % 2 == 0 else sides[::-1])]
             t_one, t_many = times if r % 2 == 0 else times[::-1]
+            rounds.append([round(t_one, 2), round(t_many, 2)])
             one, many = min(one, t_one), min(many, t_many)
     return {"models": n, "model": "light", "volume": [z, size, size],
             "repeats": args.multi_repeats, "one_read_s": round(one, 2),
-            "separate_runs_s": round(many, 2), "ratio": round(one / many, 3)}
+            "separate_runs_s": round(many, 2), "ratio": round(one / many, 3),
+            "rounds_one_vs_separate_s": rounds}
 
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"

@@ -192,8 +192,11 @@ class _Follower:
                 run.refresher.flush()
 
     def prepared(self, mip: int) -> Prepared:
+        """The outputs at ``mip``, made on first use (the network is loaded once)."""
         if mip not in self.runs:
-            self.runs[mip] = prepare_run(self.job.at_mip(mip), self.stack, None, self.progress)
+            loaded = next(iter(self.runs.values())).predictor if self.runs else None
+            self.runs[mip] = prepare_run(self.job.at_mip(mip), self.stack, loaded,
+                                         self.progress)
             self.n_mips = self.runs[mip].volume.n_mips
         return self.runs[mip]
 
@@ -202,7 +205,7 @@ class _Follower:
         if self.job.mip is not None:
             return View(x, y, z, self.job.mip)
         if self.n_mips is None:  # the volume's mip count, from the first prepared run
-            self.prepared(self.job.mip or 0)
+            self.prepared(0)
         mip = displayed_mip(self.client.get_view_zoom(), self.job.zoom_per_mip, self.n_mips)
         return View(x, y, z, mip)
 
