@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     moves = []
     with tempfile.TemporaryDirectory() as tmp, \
             start_server(f"synthetic:{z}x{size}x{size}", state_dir=f"{tmp}/state",
-                         allow_load=[tmp]) as srv, \
+                         allow_load=[tmp], timeout=900) as srv, \
             VastClient(srv.host, srv.port) as vast:
         vast.set_view_zoom(0)
         vast.set_view_coordinates(*spots[0])
