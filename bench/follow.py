@@ -5,8 +5,10 @@ speed does not depend on them) follows its view in a thread. After the first vie
 tiles are written (the job has moved on to the sections around it), the view jumps to
 another place and section; the benchmark records the seconds from that move to the first
 and to the last visible tile of the new view written (tiles on disk, layer refresh asked),
-and how long the job took to notice the move (``--poll``). Repeated for ``--moves`` jumps;
-the summary gives the median and the worst.
+and how long the job took to notice the move. The view moves just after the job started
+predicting a tile near the old view, the worst case: that tile is finished first (the job
+checks the view between tiles, at most every ``--poll`` seconds). Repeated for ``--moves``
+jumps; the summary gives the median and the worst.
 
 The viewport is the job's assumed VAST window (``--viewport``, default 1920 x 1080 screen
 pixels at the displayed mip, mip 0 here): with 1024 px tiles and the default 3072 px
@@ -56,6 +58,14 @@ class Recorder:
         with self.changed:
             self.events.append((time.monotonic(), event))
             self.changed.notify_all()
+
+    def wait_tile_started(self, after: int, timeout: float) -> None:
+        """Until a tile starts after the first ``after`` events."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: any(
+                    e.data.get("stage") == "predicting" for _, e in self.events[after:]),
+                    timeout):
+                raise TimeoutError(f"no tile started in {timeout:.0f} s")
 
     def wait_visible_done(self, view_index: int, timeout: float) -> list[tuple[float, Event]]:
         """Events from the ``view_index``-th view change up to its last visible tile."""
@@ -130,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             rec.wait_visible_done(0, args.timeout)
             for i, spot in enumerate(spots[1:], start=1):
+                with rec.changed:
+                    seen = len(rec.events)
+                rec.wait_tile_started(seen, args.timeout)  # the worst case: a tile in flight
                 moved = time.monotonic()
                 vast.set_view_coordinates(*spot)
                 part = rec.wait_visible_done(i, args.timeout)
