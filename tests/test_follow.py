@@ -13,8 +13,10 @@ from predict_support import tile_keys, tiny_checkpoint
 
 from membrane_py.events import Cancelled, CancelToken, Event
 from membrane_py.predict.follow import FollowJob, View, displayed_mip, run_follow, view_order
-from membrane_py.predict.job import PredictJob
+from membrane_py.predict.job import PredictJob, RegionSpec
+from membrane_py.predict.runner import run_prediction
 from membrane_py.vastapi.client import VastClient
+from membrane_py.volumes.tiles import tile_path
 from mock_vast_server.launch import start_server
 
 SPEC = "synthetic:24x512x512"
@@ -96,6 +98,17 @@ def test_moved_view_is_predicted_first_and_stale_work_dropped(server, checkpoint
     with VastClient(server.host, server.port) as client:
         assert "membrane prediction (mip 0)" in client.get_layer_names()
     assert "REFRESHLAYERREGION" in server.stderr
+
+    # each tile equals the same tile of `membrane predict --chunk T,T,1` with the same options
+    ref = run_prediction(PredictJob(
+        checkpoint=str(checkpoint), source=f"vast://{server.host}:{server.port}",
+        out=str(tmp_path / "ref"), tile=TILE, margin=32, chunk=[1, TILE, TILE],
+        skip_blank=False, pyramid=False,
+        region=RegionSpec(mode="box", box=[256, 511, 256, 511, 18, 22])))
+    assert ref.tiles_written == len(after)
+    for z, r, c in after:
+        assert tile_path(tmp_path / "mip0" / "probability", 0, z, r, c).read_bytes() == \
+            tile_path(tmp_path / "ref" / "probability", 0, z, r, c).read_bytes()
 
     # following the same view again recomputes nothing
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "mip0").rglob("*.png")}
