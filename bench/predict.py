@@ -12,6 +12,9 @@ compute roofline. Prints one JSON object; every number comes from one run on one
   fp32 engines, PyTorch bf16 and ONNX Runtime int8 (measured against the fp32 roofline);
 - ``end_to_end``: a whole volume through the VAST server, and the same engine on the same
   chunks without I/O; their ratio (:func:`end_to_end`);
+- ``multi_model``: ``--multi-models N`` light networks over one synthetic volume through
+  the VAST server, all in one run (each chunk read once) against N separate runs, side by
+  side in interleaved rounds; ``ratio`` is one run's time over the N runs' (:func:`multi_model`);
 - ``precision``: fp32, bf16 and int8 side by side on ISBI 2012 sections 15-19 with one
   network (``--checkpoint``, or one trained here on sections 00-14 for
   ``--train-seconds``): throughput and V_rand against the ground truth, and test-time
@@ -198,6 +201,47 @@ def end_to_end(args: argparse.Namespace) -> dict:
             "aim_ratio": 0.85}
 
 
+def multi_model(args: argparse.Namespace) -> dict:
+    """N models in one read (``membrane predict --model a --model b ...``) against N
+    separate single-model runs of the same volume; best of ``--multi-repeats`` interleaved
+    rounds (alternating which side goes first), each into fresh folders. Both sides'
+    times include loading the models (``PredictResult.seconds``)."""
+    import tempfile
+
+    from membrane_py.predict.job import PredictJob
+    from membrane_py.predict.runner import run_prediction
+    from membrane_py.train.checkpoint import save_checkpoint
+    from mock_vast_server.launch import start_server
+
+    n, z, size = args.multi_models, args.multi_sections, args.multi_size
+    one = many = float("inf")
+    rounds: list[list[float]] = []  # [one read, separate runs] seconds per round
+    with tempfile.TemporaryDirectory() as tmp, \
+            start_server(f"synthetic:{z}x{size}x{size}", state_dir=f"{tmp}/state") as srv:
+        models = []
+        for i in range(n):
+            torch.manual_seed(i)
+            models.append(str(save_checkpoint(f"{tmp}/model{i}.pt",
+                                              random_checkpoint(MODELS["light"]))))
+
+        def job(checkpoint: str | list[str], out: str) -> PredictJob:
+            return PredictJob(checkpoint=checkpoint, source=f"vast://{srv.host}:{srv.port}",
+                              out=out, chunk=[min(16, z), 1024, 1024], device=args.device)
+
+        for r in range(args.multi_repeats):  # interleaved, which goes first alternates
+            sides = [lambda r=r: run_prediction(job(models, f"{tmp}/one{r}")).seconds,
+                     lambda r=r: sum(run_prediction(job(m, f"{tmp}/sep{r}_{i}")).seconds
+                                     for i, m in enumerate(models))]
+            times = [side() for side in (sides if r % 2 == 0 else sides[::-1])]
+            t_one, t_many = times if r % 2 == 0 else times[::-1]
+            rounds.append([round(t_one, 2), round(t_many, 2)])
+            one, many = min(one, t_one), min(many, t_many)
+    return {"models": n, "model": "light", "volume": [z, size, size],
+            "repeats": args.multi_repeats, "one_read_s": round(one, 2),
+            "separate_runs_s": round(many, 2), "ratio": round(one / many, 3),
+            "rounds_one_vs_separate_s": rounds}
+
+
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 
 
@@ -319,6 +363,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-models", action="store_true", help="only the end-to-end run")
     p.add_argument("--fp32-only", action="store_true", help="models: no bf16 / int8 engines")
     p.add_argument("--skip-e2e", action="store_true", help="no end-to-end run")
+    p.add_argument("--multi-models", type=int, default=2,
+                   help="N for the N-models-in-one-read section (0: skip it)")
+    p.add_argument("--multi-sections", type=int, default=4)
+    p.add_argument("--multi-size", type=int, default=1024)
+    p.add_argument("--multi-repeats", type=int, default=2)
+    p.add_argument("--multi-only", action="store_true", help="only the multi-model section")
     p.add_argument("--precision-only", action="store_true",
                    help="only the precision / TTA table on ISBI 15-19")
     p.add_argument("--checkpoint", default=None, help="precision table: network to use "
@@ -333,12 +383,16 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": machine()}
     if args.precision_only:
         return {**result, "precision": precision_table(args)}
+    if args.multi_only:
+        return {**result, "multi_model": multi_model(args)}
     if not args.skip_models:
         result["models"] = bench_models(args, em, peaks)
         add_utilisation(result["models"], peaks)
         result["roofline_gflop_per_s"] = {k: round(v / 1e9, 1) for k, v in peaks.items()}
     if not args.skip_e2e:
         result["end_to_end"] = end_to_end(args)
+    if args.multi_models > 0:
+        result["multi_model"] = multi_model(args)
     if ISBI.is_dir():
         result["precision"] = precision_table(args)
     return result

@@ -104,6 +104,9 @@ def dispatch(state: MockVast, cmd: int, values: list[Value]) -> Reply:
     entry = HANDLERS.get(cmd)
     if entry is None:
         raise StateError(1, f"command {cmd} is not implemented by the mock server")
+    if cmd in state.without:
+        log.info("command %d answered with error 1 (--without: as a VAST without it)", cmd)
+        raise StateError(1, f"command {cmd} is switched off (--without)")
     if entry.raw:
         return entry.fn(state, values)
     if not any(_matches(values, s) for s in entry.signatures):
@@ -290,7 +293,9 @@ def load_layer(s: MockVast, ref: int, filename: str) -> Reply:
     if volume.channels not in (1, 3):
         raise StateError(32, f"{filename} has {volume.channels} channels; use 1 or 3")
     name = getattr(volume, "name", None) or os.path.basename(filename)
-    return [u32(s.add_layer(LayerKind.IMAGE, name, ref, volume=volume, source=filename))]
+    nr = s.add_layer(LayerKind.IMAGE, name, ref, volume=volume, source=filename)
+    log.info("LOADLAYER %s as layer %d", filename, nr)
+    return [u32(nr)]
 
 
 @command(Cmd.SAVELAYER, "uuut")

@@ -30,6 +30,7 @@ from pathlib import Path
 from membrane_py.vastapi.protocol import (
     DEFAULT_PORT,
     HEADER_SIZE,
+    Cmd,
     ProtocolError,
     encode_error,
     encode_reply,
@@ -253,6 +254,7 @@ class ServeConfig:
     allow_remote: bool = False  # needed to bind anything but a loopback address
     limits: Limits = field(default_factory=Limits)
     allow_load: tuple[Path, ...] = ()  # besides the volume's own folder and the state dir
+    without: tuple[str, ...] = ()  # command names answered with error 1 (an older VAST)
 
     @property
     def loadable(self) -> list[Path]:
@@ -288,6 +290,17 @@ def _check_address(cfg: ServeConfig, prog: str) -> None:
               "can reach the port can read and change the data", file=sys.stderr)
     if not 0 <= cfg.port <= 65535:
         raise ServeError(f"port {cfg.port} is out of range; give 0..65535 (0 picks a free port)")
+    _without(cfg)
+
+
+def _without(cfg: ServeConfig) -> set[int]:
+    """The command codes ``--without`` names; an unknown name is a ServeError."""
+    names = {c.name: int(c) for c in Cmd}
+    bad = [n for n in cfg.without if n.upper() not in names]
+    if bad:
+        raise ServeError(f"--without {bad[0]}: not a VAST command name (e.g. "
+                         "REFRESHLAYERREGION, GETVIEWZOOM)")
+    return {names[n.upper()] for n in cfg.without}
 
 
 def _open_volumes(cfg: ServeConfig) -> tuple[VolumeSource, VolumeSource | None]:
@@ -348,6 +361,7 @@ def serve(cfg: ServeConfig, ready: Callable[[str, int], None] | None = _print_re
         server.close()
         print(f"{prog}: error: cannot use state dir {state_dir}: {exc}", file=sys.stderr)
         return 2
+    state.without = _without(cfg)
     print(f"{prog}: state dir {state_dir}", file=sys.stderr, flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: server.stop())
@@ -385,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-load", type=Path, action="append", default=[], metavar="DIR",
                    help="directory LOADLAYER may open layers from (repeatable); the served "
                         "volume's directory and the state dir are always allowed")
+    p.add_argument("--without", action="append", default=[], metavar="COMMAND",
+                   help="answer this command (a protocol name such as REFRESHLAYERREGION) "
+                        "with error 1, as a VAST version without it does (repeatable)")
     p.add_argument("--max-bytes", type=int, default=d.max_bytes,
                    help="largest reply or request block in bytes (default 1 GiB)")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
@@ -414,4 +431,5 @@ def main(argv: list[str] | None = None) -> int:
         volume=args.volume, labels=args.labels, skeletons=args.skeletons, state=args.state,
         host=args.host, port=args.port,
         voxel_size_xyz=tuple(args.voxel_size) if args.voxel_size else None,
-        allow_remote=args.allow_remote, limits=limits, allow_load=tuple(args.allow_load)))
+        allow_remote=args.allow_remote, limits=limits, allow_load=tuple(args.allow_load),
+        without=tuple(args.without)))

@@ -62,6 +62,7 @@ class MockVast:
         """``allow_load``: directories LOADLAYER may read besides the state dir."""
         self.em = em
         self.max_bytes = int(max_bytes)
+        self.without: set[int] = set()  # commands answered with error 1, as an older VAST
         self.lock = threading.RLock()
         if state_dir is None:
             state_dir = default_state_dir(f"{em.name}:{em!r}")

@@ -425,6 +425,29 @@ def test_predict_a_box_from_vast_shows_tiles_and_equals_the_cli(
     assert same_files(tmp_path / "pred", tmp_path / "cli") >= 8  # 8 sections, pyramid too
 
 
+def test_follow_vast_view_toggle_predicts_around_the_view_until_cancelled(
+        qtbot, window, vast_server, checkpoint, tmp_path):
+    connect(qtbot, window, vast_server)
+    with VastClient(vast_server.host, vast_server.port) as vast:
+        vast.set_view_coordinates(100, 100, 3)
+        vast.set_view_zoom(0)
+    tab = window.predict_tab
+    window.tabs.setCurrentWidget(tab)
+    type_into(qtbot, tab.f["checkpoint"], checkpoint)
+    type_into(qtbot, tab.o["out"], tmp_path / "follow")
+    tab.o["load_in_vast"].setChecked(False)
+    tab.f["follow"].setChecked(True)
+    assert tab.build_spec().kind == "follow"
+    click(qtbot, tab.run_button)
+    qtbot.waitUntil(lambda: tab.tiles_shown >= 1, timeout=JOB_TIMEOUT_MS)
+    assert "wrote section" in tab.speed.text() and "tiles written" in tab.speed.text()
+    click(qtbot, tab.panel.cancel)
+    wait_finished(qtbot, tab, timeout=30_000)
+    assert tab.panel.eta.text() == "cancelled"
+    assert (tmp_path / "follow" / "mip0" / "probability" / "mip0" / "Sect_000003").is_dir()
+    tab.f["follow"].setChecked(False)
+
+
 def test_worker_killed_mid_prediction_is_reported_and_the_rerun_is_identical(
         qtbot, window, controller, checkpoint, tmp_path):
     import tifffile

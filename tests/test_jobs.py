@@ -57,6 +57,10 @@ def workspace(tmp_path_factory, vast_server):
         "predict": {"kind": "predict", "checkpoint": "{root}/runs/net.pt", "source": vast,
                     "out": "{out}/pred", "region": {"mode": "box", "box": [0, 255, 0, 127, 1, 2]},
                     "chunk": [2, 128, 128], "tile": 128, "margin": 16, "skip_blank": False},
+        "follow": {"kind": "follow", "predict": {
+            "checkpoint": "{root}/runs/net.pt", "source": vast, "out": "{out}/follow",
+            "tile": 128, "margin": 16, "skip_blank": False}, "viewport": [128, 128],
+            "sections": 0, "margin": 0, "max_seconds": 8.0},
         "instances": {"kind": "instances", "sources": ["{root}/pred/probability.vsvi"],
                       "output": "{out}/cells", "box": [0, 255, 0, 127, 1, 2]},
         "paint": {"kind": "paint", "source": "{root}/pred/probability.vsvi", "vast": vast,

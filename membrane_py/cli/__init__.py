@@ -35,6 +35,7 @@ def _register() -> None:
     from membrane_py.cli import (
         data,
         ffn,
+        follow,
         groundtruth,
         gui,
         instances,
@@ -45,8 +46,8 @@ def _register() -> None:
         worker,
     )
 
-    for module in (data, groundtruth, instances, onnx, predict, run, training, worker, ffn,
-                   gui):
+    for module in (data, groundtruth, instances, onnx, predict, follow, run, training, worker,
+                   ffn, gui):
         module.register(app)
 
 

@@ -22,7 +22,11 @@ from membrane_py.vastapi.address import DEFAULT_VAST
 
 
 def predict(
-    checkpoint: Path = typer.Argument(..., help="trained checkpoint (.pt) or .onnx model"),
+    checkpoint: Path = typer.Argument(None, help="trained checkpoint (.pt) or .onnx model "
+                                      "(or give --model)"),
+    model: list[Path] = typer.Option(None, help="a model to run (repeatable): several models "
+                                     "share each read chunk, each writing into OUT/<model "
+                                     "file name without extension>/"),
     source: str = typer.Option(DEFAULT_VAST, help="vast://HOST:PORT, 'synthetic[:ZxYxX]', an "
                                "image folder, .tif, .h5[:dataset], .zarr or .vsvi"),
     layer: int = typer.Option(0, help="VAST EM layer number (0-based)"),
@@ -81,13 +85,18 @@ def predict(
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
     from membrane_py.predict.job import PredictJob, RegionSpec
 
+    models = [str(m) for m in ([checkpoint] if checkpoint else []) + list(model or [])]
+    if not models:
+        raise fail("give the model to run: membrane predict MODEL.pt (or --model A.pt "
+                   "--model B.onnx)")
     if box is not None and region not in (None, "box"):
         raise fail(f"--box applies to --region box, not --region {region}; drop one of them")
     regions = spec_or_exit(RegionSpec, mode=region or ("box" if box else "volume"),
                            box=box_option(box), size_xy=size, depth=depth,
                            anno_layer=anno_layer, points=points_option(point), clip=clip)
     spec = spec_or_exit(
-        PredictJob, checkpoint=str(checkpoint), source=source, out=str(out), layer=layer,
+        PredictJob, checkpoint=models[0] if len(models) == 1 else models, source=source,
+        out=str(out), layer=layer,
         vast=vast, backend=backend, device=device, mip=mip, region=regions,
         layer_name=layer_name, outputs=[o.strip() for o in outputs.split(",")],
         prob_class=prob_class, pyramid=pyramid, zarr=zarr, load_in_vast=load,

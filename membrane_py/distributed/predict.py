@@ -198,7 +198,7 @@ def run_predict(job: PredictJob, progress: ProgressCallback | None = None,
     in this process (:func:`~membrane_py.predict.runner.run_prediction`)."""
     if job.scheduler is None:
         return run_prediction(job, progress, cancel, predictor)
-    return predict_on_cluster(job, progress, cancel)
+    return predict_on_cluster(job.per_model()[0], progress, cancel)
 
 
 def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None,

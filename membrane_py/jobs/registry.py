@@ -23,6 +23,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "train": ("membrane_py.train.trainer", "TrainJob", "run_training"),
     "evaluate": ("membrane_py.predict.evaluate", "EvaluateJob", "run_evaluation"),
     "predict": ("membrane_py.distributed.predict", "PredictJob", "run_predict"),
+    "follow": ("membrane_py.predict.follow", "FollowJob", "run_follow"),
     "instances": ("membrane_py.edit.instances", "InstanceJob", "run_instances"),
     "paint": ("membrane_py.edit.paint", "PaintJob", "run_paint"),
     "fill": ("membrane_py.edit.fill", "FillJob", "run_fill"),

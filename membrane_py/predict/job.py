@@ -7,7 +7,8 @@ coordinates are mip 0 and in VAST's x, y, z order, as VAST displays them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import ClassVar
 
 from membrane_py.geometry import Box
@@ -83,8 +84,11 @@ class PredictJob(JobSpec):
 
     ``source``: ``vast://host:port`` (EM layer ``layer`` of a running VAST or mock server),
     ``synthetic[:ZxYxX[:SEED]]`` or any path :func:`~membrane_py.volumes.open_volume`
-    accepts. ``vast`` names the VAST to ask for the view / skeletons and to load the result
-    into when the source is not VAST itself. ``prob_class`` (name or 1-based number) is
+    accepts. ``checkpoint``: one model (``.pt`` or ``.onnx``), or a list of models that all
+    predict each chunk read once, each into ``<out>/<model file stem>/`` with the VAST
+    layer ``"<layer_name> (<stem>)"`` (:meth:`per_model`). ``vast`` names the VAST to ask
+    for the view / skeletons and to load the result into when the source is not VAST
+    itself. ``prob_class`` (name or 1-based number) is
     the class of the ``probability`` output (default: "membrane", else the last class).
     ``chunk`` is (z, y, x) at the predicted mip, read with ``margin`` px of context;
     ``tile`` is the side of the written PNGs (1024 in mEMbrain's layout). ``voxel_size``
@@ -102,7 +106,7 @@ class PredictJob(JobSpec):
 
     kind: ClassVar[str] = "predict"
 
-    checkpoint: str
+    checkpoint: str | list[str]
     source: str = DEFAULT_VAST
     out: str = "predictions"
     layer: int = 0
@@ -133,6 +137,7 @@ class PredictJob(JobSpec):
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)
+        self._check_models()
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
         checks = [
             (bool(self.outputs) and not bad,
@@ -164,6 +169,33 @@ class PredictJob(JobSpec):
             parse_scheduler(self.scheduler)
         if self.vast is not None and parse_vast_address(self.vast) is None:
             raise ValueError(f"vast must be a VAST address like {DEFAULT_VAST}, got {self.vast!r}")
+
+    def _check_models(self) -> None:
+        models = self.checkpoints
+        if not models:
+            raise ValueError("give at least one model (checkpoint)")
+        stems = [Path(m).stem for m in models]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ValueError(f"two models are named {twice[0]!r}, and each model writes into "
+                             "<out>/<file name without extension>: rename one of them")
+        if len(models) > 1 and self.scheduler is not None:
+            raise ValueError("several models run in one process: drop the scheduler, or run "
+                             "one model per job on the cluster")
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The job's models as a list (one for the common single-model job)."""
+        return [self.checkpoint] if isinstance(self.checkpoint, str) else list(self.checkpoint)
+
+    def per_model(self) -> list[PredictJob]:
+        """One single-model job per model: the job itself for one model; for several, each
+        into ``<out>/<stem>/`` with the layer ``"<layer_name> (<stem>)"``."""
+        models = self.checkpoints
+        if len(models) == 1:
+            return [replace(self, checkpoint=models[0])]
+        return [replace(self, checkpoint=m, out=str(Path(self.out) / Path(m).stem),
+                        layer_name=f"{self.layer_name} ({Path(m).stem})") for m in models]
 
     @property
     def vast_address(self) -> tuple[str, int] | None:

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from membrane_py.jobs.spec import Result
 from membrane_py.predict.identity import claim_output
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.regions import plan_region
-from membrane_py.predict.vastload import LayerRefresher, load_or_reuse
+from membrane_py.predict.vastload import LayerRefresher, load_or_reuse, reload_layers
 from membrane_py.predict.writers import PredictionWriter, make_outputs
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource, output_voxel_size
@@ -264,43 +264,63 @@ def predict_block(job: PredictJob, block: Block, chunk: Chunk, predictor: Predic
                            None if spread is None else spread[:, m:m + h, m:m + w])
 
 
-def _predict_chunks(job: PredictJob, volume: VolumeSource, plan: TilePlan,
-                    writer: PredictionWriter, predictor: Predictor, tally: Tally,
-                    cancel: CancelToken | None, refresher: LayerRefresher | None = None) -> None:
-    """The read -> predict -> write pipeline over every chunk of the plan."""
+def _close_all(outs: list[_WriterThread]) -> None:
+    """Close every writer thread; raise the first one's error after all are closed."""
+    errors = []
+    for out in outs:
+        try:
+            out.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, once all are closed
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def _predict_chunks(jobs: list[PredictJob], runs: list[Prepared], tally: Tally,
+                    cancel: CancelToken | None) -> None:
+    """The read -> predict -> write pipeline over every chunk of the plan. Each chunk is
+    read once and predicted by every model: ``jobs[i]`` (one model each, as
+    :meth:`PredictJob.per_model` makes them) writes through ``runs[i]``."""
+    job, plan, volume = jobs[0], runs[0].plan, runs[0].volume
     chunk_z, m = job.chunk[0], job.margin
     planned: dict[Box, Block] = {}
 
     def pending() -> Iterator[Box]:
         """Chunk cores still to read (runs in the reader thread)."""
         for pc in plan.chunks(tuple(job.chunk)):
-            if not job.overwrite and pc.done(writer.done):
-                tally.add(resumed=len(pc.tiles))
+            if not job.overwrite and all(pc.done(run.writer.done) for run in runs):
+                tally.add(resumed=len(pc.tiles) * len(runs))
                 continue
             planned[pc.core] = pc
             yield pc.core
 
     blocks = iter(plan.blocks(chunk_z))
     next_block = next(blocks, None)
-    out = _WriterThread(writer, plan, chunk_z, job.pyramid, tally, refresher)
+    outs: list[_WriterThread] = []
     try:
+        for run in runs:
+            outs.append(_WriterThread(run.writer, plan, chunk_z, job.pyramid, tally,
+                                      run.refresher))
         chunks = read_chunks(lambda b: volume.read(b, job.mip), pending(), plan.shape,
                              (0, m, m), job.prefetch, cancel)
         for chunk in chunks:
             pc = planned.pop(chunk.core)
             tally.add(nbytes=chunk.data.nbytes)
             while next_block is not None and next_block < pc.z_block:
-                out.put(("block", next_block))
+                for out in outs:
+                    out.put(("block", next_block))
                 next_block = next(blocks, None)
-            done = predict_block(job, pc, chunk, predictor, writer.done)
-            tally.add(blank=done.blank, resumed=done.resumed)
-            if done.keys:
-                out.put(("tiles", pc, done.sections, done.probs, done.keys, done.spread))
+            for lane, run, out in zip(jobs, runs, outs, strict=True):
+                done = predict_block(lane, pc, chunk, run.predictor, run.writer.done)
+                tally.add(blank=done.blank, resumed=done.resumed)
+                if done.keys:
+                    out.put(("tiles", pc, done.sections, done.probs, done.keys, done.spread))
         while next_block is not None:
-            out.put(("block", next_block))
+            for out in outs:
+                out.put(("block", next_block))
             next_block = next(blocks, None)
     finally:
-        out.close()
+        _close_all(outs)
 
 
 def load_job_predictor(job: PredictJob, model: str | Path | None = None,
@@ -355,7 +375,8 @@ def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None =
     refresher = None
     if job.load_in_vast:
         layers, _ = load_or_reuse(client, job.out, descriptors, [o.layer_name for o in outputs])
-        refresher = LayerRefresher(client, layers, volume.shape)
+        refresher = LayerRefresher(client, layers, volume.shape,
+                                   reload=lambda nrs: reload_layers(client, nrs, descriptors))
     return Prepared(volume, predictor, plan, writer, layers, refresher)
 
 
@@ -384,6 +405,9 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
     """Predict the job's region in this process and write its outputs (see the module
     docstring); jobs with a ``scheduler`` run through :mod:`membrane_py.distributed`.
 
+    A job with several models reads each chunk once and runs every model on it, each into
+    its own folder (:meth:`PredictJob.per_model`); the result sums their tiles.
+
     ``predictor`` reuses a loaded engine (default: :func:`load_job_predictor`). Raises
     :class:`~membrane_py.events.Cancelled` when ``cancel`` is set; what was written
     stays, and rerunning the same job continues from there.
@@ -391,14 +415,23 @@ def run_prediction(job: PredictJob, progress: ProgressCallback | None = None,
     if job.scheduler is not None:
         raise ValueError(f"this job asks for the Dask scheduler {job.scheduler!r}: run it with "
                          "membrane_py.jobs.run (or `membrane run`), not run_prediction")
+    jobs = job.per_model()
+    if predictor is not None and len(jobs) > 1:
+        raise ValueError("predictor= reuses one loaded engine: give a single-model job")
     start = time.perf_counter()
     with ExitStack() as stack:
-        prepared = prepare_run(job, stack, predictor, progress)
-        tally = Tally(prepared.plan.n_tiles, progress)
+        runs = [prepare_run(j, stack, predictor, progress) for j in jobs]
+        tally = Tally(sum(run.plan.n_tiles for run in runs), progress)
         try:
-            _predict_chunks(job, prepared.volume, prepared.plan, prepared.writer,
-                            prepared.predictor, tally, cancel, prepared.refresher)
+            _predict_chunks(jobs, runs, tally, cancel)
         finally:  # what was written shows in VAST, also after a cancel
-            if prepared.refresher is not None:
-                prepared.refresher.flush()
-    return finish_run(prepared, tally, start, progress)
+            for run in runs:
+                if run.refresher is not None:
+                    run.refresher.flush()
+    results = [finish_run(run, tally, start, progress) for run in runs]
+    if len(results) == 1:
+        return results[0]
+    return replace(results[0], out=Path(job.out).resolve(),
+                   descriptors=[p for r in results for p in r.descriptors],
+                   zarr=[p for r in results for p in r.zarr],
+                   layers=[n for r in results for n in r.layers], tiles_total=tally.total)

@@ -4,7 +4,9 @@ layer on later runs, and refresh the region of the layer as tiles land.
 VAST reads image tiles when it first shows a region and keeps what it read; tiles written
 afterwards (the rest of a running job) stay black until the region is refreshed
 (REFRESHLAYERREGION). :class:`LayerRefresher` does that after each finished chunk, at most
-every ``interval`` seconds (the boxes in between are merged), and once more at the end.
+every ``interval`` seconds (the boxes in between are merged), and once more at the end. A
+VAST that answers REFRESHLAYERREGION with error 1 (a version without it) gets the layers
+removed and loaded again in their places instead (:func:`reload_layers`).
 
 A rerun into the same output folder reuses the layer it loaded before instead of adding
 another layer of the same name: the folder's ``vast_layers.json`` records, per VAST
@@ -23,6 +25,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from membrane_py.atomic import write_text_atomic
@@ -75,6 +78,16 @@ def load_or_reuse(client: VastClient, out: str | Path, descriptors: list[Path],
     return layers, reused
 
 
+def reload_layers(client: VastClient, layers: list[int], descriptors: list[Path]) -> list[int]:
+    """Remove each layer and load its descriptor again at the same place, so VAST rereads
+    every tile (for a VAST without REFRESHLAYERREGION); returns the new layer numbers."""
+    out = []
+    for nr, path in zip(layers, descriptors, strict=True):
+        client.remove_layer(nr)
+        out.append(client.load_layer(str(Path(path).resolve()), nr - 1))
+    return out
+
+
 class LayerRefresher:
     """Asks VAST to reread regions of the loaded layers as tiles land (thread-safe).
 
@@ -82,13 +95,19 @@ class LayerRefresher:
     merges them into one bounding box that is sent when ``interval`` seconds have passed
     since the last refresh, ``flush`` sends what is pending now. Counts the requests sent.
     A VAST that fails or goes away stops the refreshing, not the prediction: ``error``
-    keeps what happened, for a warning.
+    keeps what happened, for a warning. With ``reload`` (layer numbers -> new layer
+    numbers, e.g. :func:`reload_layers` of the descriptors), a VAST that answers
+    REFRESHLAYERREGION with error 1 gets its layers reloaded instead, from then on
+    (``reloading``).
     """
 
     def __init__(self, client: VastClient, layers: list[int], shape0: tuple[int, int, int],
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0,
+                 reload: Callable[[list[int]], list[int]] | None = None) -> None:
         self.client, self.layers, self.shape0 = client, list(layers), shape0
         self.interval = interval
+        self.reload = reload
+        self.reloading = False
         self.sent = 0
         self.error: str | None = None
         self._pending: Box | None = None
@@ -112,8 +131,17 @@ class LayerRefresher:
         if box is None or self.error is not None:
             return
         try:
-            for nr in self.layers:
-                self.client.refresh_layer_region(nr, box)
-                self.sent += 1
+            if not self.reloading:
+                try:
+                    for nr in self.layers:
+                        self.client.refresh_layer_region(nr, box)
+                        self.sent += 1
+                    return
+                except VastError as exc:
+                    if exc.code != 1 or self.reload is None:
+                        raise
+                    self.reloading = True
+            self.layers = self.reload(self.layers)
+            self.sent += len(self.layers)
         except (VastError, ConnectionError) as exc:
             self.error = str(exc)

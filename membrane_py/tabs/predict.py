@@ -1,6 +1,8 @@
 """Predict tab: a network over a VAST layer (or a volume file), a region (whole, box, view,
 skeleton anchors or nodes), mip, backend and outputs; optionally loads the result into VAST.
-Shows the tiles as they are written, the throughput and the ETA."""
+Shows the tiles as they are written, the throughput and the ETA. "Follow VAST view" runs the
+follow job instead (:mod:`membrane_py.predict.follow`): tiles around VAST's view as the user
+browses, until Cancel."""
 
 from __future__ import annotations
 
@@ -73,6 +75,9 @@ class PredictTab(JobTab):
         f.add("mip", spin(0, 0, 16), "Mip level", "0 = full resolution; mip m halves x and y "
               "m times")
         add_region_fields(f)
+        f.add("follow", check(False), "Follow VAST view", "predict what VAST shows as you "
+              "browse, nearest tiles first, until Cancel (region and mip follow the view; "
+              "tiles go to <folder>/mip<m>/)")
         o = self.add_form(Form(), "Outputs")
         o.add("out", PathEdit("out"), "Write tiles to")
         o.add("layer_name", QLineEdit("membrane prediction"), "Layer name")
@@ -102,6 +107,7 @@ class PredictTab(JobTab):
         self.preview_layout.addWidget(self.tile_caption)
         self.preview_layout.addWidget(self.speed)
         self.tiles_shown = 0
+        self.follow_mip: int | None = None  # the mip of the tiles a follow job writes
         self._last_look = 0.0
         self.load_settings()
 
@@ -126,6 +132,8 @@ class PredictTab(JobTab):
         if msg is None and f.value("region") in ("view", "anchors", "nodes") \
                 and not self._address():
             msg = f"region '{f.value('region')}' asks VAST: connect in the Connect tab first"
+        if msg is None and f.value("follow") and not self._address():
+            msg = "following the view needs a connected VAST: connect in the Connect tab first"
         if msg is None and o.value("load_in_vast") and not self._address():
             msg = "'load into VAST' needs a connected VAST: connect, or untick it"
         if msg is None:
@@ -140,7 +148,7 @@ class PredictTab(JobTab):
         f, o, a = self.f, self.o, self.a
         source = f.value("source") or self._address()
         layer = f["layer"].currentData()
-        return PredictJob(
+        job = PredictJob(
             checkpoint=f.value("checkpoint"), source=source, out=o.value("out"),
             layer=int(layer) if layer is not None and not f.value("source") else 0,
             vast=self._address() or None, backend=a.value("backend"), device=a.value("device"),
@@ -151,8 +159,14 @@ class PredictTab(JobTab):
             skip_blank=a.value("skip_blank"), overwrite=o.value("overwrite"),
             chunk=[a.value("chunk_z"), 1024, 1024], margin=a.value("margin"),
             prefetch=a.value("prefetch"))
+        if not f.value("follow"):
+            return job
+        from membrane_py.predict.follow import FollowJob
+
+        return FollowJob(predict=job)
 
     def job_started(self, spec) -> None:
+        self.follow_mip = None
         self.tiles_shown = 0
         self.tile_view.clear_image()
         self.tile_caption.setText("")
@@ -161,6 +175,10 @@ class PredictTab(JobTab):
     def handle_event(self, event: Event) -> None:
         if event.kind == "progress":
             d = event.data
+            if "mip" in d and event.task == "follow":
+                self.follow_mip = d["mip"]
+                if d.get("stage") == "written":
+                    self.speed.setText(f"{event.message}; {event.done} tiles written")
             if "written" in d:
                 rate = self.panel.rate
                 self.speed.setText(
@@ -175,7 +193,9 @@ class PredictTab(JobTab):
 
     def refresh_tile(self) -> bool:
         """Show the newest tile written (a small read); True when one was shown."""
-        path = newest_tile(self.o.value("out"), self.f.value("mip"))
+        mip = self.follow_mip
+        path = newest_tile(self.o.value("out"), self.f.value("mip")) if mip is None else \
+            newest_tile(Path(self.o.value("out")) / f"mip{mip}", mip)
         image = read_preview(path) if path is not None else None
         if image is None:
             return False
