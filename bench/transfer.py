@@ -102,7 +102,7 @@ def bn_shift(ckpt_path: Path, images: list[np.ndarray]) -> list[dict]:
               if isinstance(m, torch.nn.BatchNorm2d) and name.split(".")[0] in ("down", "bridge")]
     firsts = {}
     for name, m in layers:
-        firsts.setdefault(name.rsplit(".", 2)[0], (name, m))
+        firsts.setdefault(name.rsplit(".", 1)[0], (name, m))
     seen: dict[str, tuple] = {}
     hooks = [m.register_forward_hook(
         lambda mod, inp, out, n=name: seen.__setitem__(n, (inp[0].mean((0, 2, 3)),
@@ -111,7 +111,7 @@ def bn_shift(ckpt_path: Path, images: list[np.ndarray]) -> list[dict]:
     x = torch.from_numpy(np.stack([preprocess(im, ck.preprocess_config)[None]
                                    for im in images]))
     with torch.no_grad():
-        model(x[..., :256, :256])
+        model(x[..., :192, :192])
     for h in hooks:
         h.remove()
     rows = []
@@ -133,6 +133,34 @@ def summary(values: list[float]) -> dict:
             "min": round(float(a.min()), 4), "max": round(float(a.max()), 4)}
 
 
+def table_of(per_seed: dict[str, list[dict]]) -> dict:
+    """Every run's metrics summarised over its seeds."""
+    return {run: {"isbi_v_rand": summary([r["v_rand"] for r in rows]),
+                  "isbi_pixel_error": summary([r["pixel_error"] for r in rows]),
+                  "fib25_pixel_error": summary([r["fib25_pixel_error"] for r in rows]),
+                  "train_seconds": summary([r["train_seconds"] for r in rows]),
+                  "cpu_seconds": summary([r.get("cpu_seconds", 0.0) for r in rows]),
+                  "v_rand_per_seed": [round(r["v_rand"], 4) for r in rows]}
+            for run, rows in per_seed.items()}
+
+
+def merge(paths: list[str]) -> dict:
+    """One report from the reports of runs over disjoint seeds (run side by side): their
+    per-seed rows pooled, the pretrained-only row once, the table recomputed."""
+    reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in paths]
+    per_seed: dict[str, list[dict]] = {}
+    for i, rep in enumerate(reports):
+        for run, rows in rep["per_seed"].items():
+            if run != "pretrained_only" or i == 0:
+                per_seed.setdefault(run, []).extend(rows)
+    out = dict(reports[0])
+    out["finetune"]["seeds"] = sorted(s for rep in reports for s in rep["finetune"]["seeds"])
+    out["load_average_end"] = [rep["load_average_end"] for rep in reports]
+    out["finetune_and_eval_seconds"] = [rep["finetune_and_eval_seconds"] for rep in reports]
+    out["merged_from"] = len(reports)
+    return {**out, "per_seed": per_seed, "results": table_of(per_seed)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,7 +172,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--base-filters", type=int, default=16)
+    ap.add_argument("--base-filters", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3, help="pretraining and fine-tuning")
     ap.add_argument("--leaky-ratio", type=float, default=0.1)
     ap.add_argument("--episodic-ratio", type=float, default=0.25)
@@ -152,9 +180,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--cache", default=str(CACHE), help="folder for FIB-25 labels and the "
                     "pretrained network")
+    ap.add_argument("--pretrain-only", action="store_true",
+                    help="only make (or find) the cached pretrained network")
     ap.add_argument("--calibrate", action="store_true",
                     help="only time continuous fine-tuning iterations and exit")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only combine the reports of runs over different --seeds")
     args = ap.parse_args()
+    if args.merge:
+        print(json.dumps(merge(args.merge)))
+        return
     runs = args.runs.split(",")
     if unknown := set(runs) - set(RUNS) - set(EXTRA):
         raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {RUNS + EXTRA}")
@@ -178,9 +213,10 @@ def main() -> None:
               **kw) -> dict:
         cfg = TrainJob(**{**base, **kw}, out_dir=str(out), name=name,
                        voxel_size=list(voxel_size))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = train_model(new, None, cfg, n_classes=2, memory=memory)
-        return {"train_seconds": round(time.perf_counter() - t, 1), "checkpoint": res.last_path}
+        return {"train_seconds": round(time.perf_counter() - t, 1),
+                "cpu_seconds": round(time.process_time() - c, 1), "checkpoint": res.last_path}
 
     t0 = time.perf_counter()
     fib_images, fib_labels = fib25_membranes(cache)
@@ -216,6 +252,9 @@ def main() -> None:
         parent = {**train(cache, f"fib25_{key}", fib_patches, voxel_size=(10.0, 10.0, 10.0)),
                   "cached": False}
     pretrained = str(parent["checkpoint"])
+    if args.pretrain_only:
+        print(json.dumps({"bench": "transfer", "pretrain": parent}, default=str))
+        return
     n_fresh = split_batch(args.batch, args.episodic_ratio)[0]
     settings = {
         "scratch": {},
@@ -250,22 +289,18 @@ def main() -> None:
                                             100 + seed), **kw)
             row = {**scores(r["checkpoint"], isbi_test, device),
                    "fib25_pixel_error": scores(r["checkpoint"], fib_test, device)["pixel_error"],
-                   "train_seconds": r["train_seconds"], "seed": seed}
+                   "train_seconds": r["train_seconds"], "cpu_seconds": r["cpu_seconds"],
+                   "seed": seed}
             per_seed.setdefault(run, []).append(row)
             print(json.dumps({"progress": run, **row}), flush=True)
-    table = {run: {"isbi_v_rand": summary([r["v_rand"] for r in rows]),
-                   "isbi_pixel_error": summary([r["pixel_error"] for r in rows]),
-                   "fib25_pixel_error": summary([r["fib25_pixel_error"] for r in rows]),
-                   "train_seconds": summary([r["train_seconds"] for r in rows]),
-                   "v_rand_per_seed": [round(r["v_rand"], 4) for r in rows]}
-             for run, rows in per_seed.items()}
     print(json.dumps({
         "bench": "transfer", "device": device_description(device),
         "torch_threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),
         "pretrain": {"data": "fib25_sample2 z 0-199, gt membrane --mapping transforms "
                              "--fill-ecs (3 px)",
                      "iterations": None if args.pretrained else args.pretrain_iterations,
-                     "train_seconds": parent["train_seconds"], "cached": parent["cached"],
+                     "train_seconds": parent["train_seconds"],
+                     "cpu_seconds": parent.get("cpu_seconds"), "cached": parent["cached"],
                      "checkpoint": pretrained},
         "finetune": {"data": "isbi2012 00-02", "iterations": args.finetune_iterations,
                      "seeds": seeds, "leaky_ratio": args.leaky_ratio,
@@ -282,7 +317,7 @@ def main() -> None:
         "bn_shift_of_pretrained_encoder": {
             "isbi2012 00-02": bn_shift(parent["checkpoint"], isbi_train[0]),
             "fib25 held back": bn_shift(parent["checkpoint"], fib_test[0])},
-        "results": table, "load_seconds": round(load_seconds, 1),
+        "per_seed": per_seed, "results": table_of(per_seed), "load_seconds": round(load_seconds, 1),
         "finetune_and_eval_seconds": round(time.perf_counter() - t1, 1),
     }, default=str))
 
