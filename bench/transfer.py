@@ -145,19 +145,26 @@ def table_of(per_seed: dict[str, list[dict]]) -> dict:
 
 
 def merge(paths: list[str]) -> dict:
-    """One report from the reports of runs over disjoint seeds (run side by side): their
-    per-seed rows pooled, the pretrained-only row once, the table recomputed."""
-    reports = [json.loads(Path(p).read_text().strip().splitlines()[-1]) for p in paths]
+    """One report from reports run side by side over different seeds or runs (the same
+    pretrained network): the per-run lines of every file pooled (also of a run cut short),
+    the pretrained-only row once, the table recomputed."""
     per_seed: dict[str, list[dict]] = {}
-    for i, rep in enumerate(reports):
-        for run, rows in rep["per_seed"].items():
-            if run != "pretrained_only" or i == 0:
-                per_seed.setdefault(run, []).extend(rows)
+    reports = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            if "progress" in row:
+                per_seed.setdefault(row.pop("progress"), []).append(row)
+            elif row.get("bench") == "transfer":
+                reports.append(row)
+    if not reports:
+        raise SystemExit(f"none of {paths} holds a finished report (its settings)")
     out = dict(reports[0])
-    out["finetune"]["seeds"] = sorted(s for rep in reports for s in rep["finetune"]["seeds"])
+    out["finetune"]["seeds"] = sorted({r["seed"] for rows in per_seed.values() for r in rows})
     out["load_average_end"] = [rep["load_average_end"] for rep in reports]
     out["finetune_and_eval_seconds"] = [rep["finetune_and_eval_seconds"] for rep in reports]
-    out["merged_from"] = len(reports)
+    out["merged_from"] = {"files": len(paths), "finished": len(reports)}
+    per_seed = {"pretrained_only": out["per_seed"]["pretrained_only"], **per_seed}
     return {**out, "per_seed": per_seed, "results": table_of(per_seed)}
 
 
@@ -185,7 +192,7 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true",
                     help="only time continuous fine-tuning iterations and exit")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                    help="only combine the reports of runs over different --seeds")
+                    help="only combine reports run side by side over different --seeds or --runs")
     args = ap.parse_args()
     if args.merge:
         print(json.dumps(merge(args.merge)))

@@ -226,6 +226,8 @@ def test_lineage_records_ancestry_and_round_trips(tmp_path, parent):
                            patches_per_epoch=4, val_fraction=0.0, batch_size=4, epochs=1,
                            device="cpu")
     raw = torch.load(grandchild.last_path, weights_only=True)
+    assert "Transfer mode: freeze_encoder (frozen batch norm: adapt)" in \
+        (tmp_path / "grandchild.log").read_text()
     lineage = load_checkpoint(grandchild.last_path).lineage
     assert raw["lineage"] == lineage
     assert lineage["parent"] == str(child.last_path) and lineage["mode"] == "freeze_encoder"
