@@ -13,10 +13,13 @@
    watershed segmentation at threshold 0.5 that ``membrane evaluate`` uses, and by pixel
    error; the FIB-25 pixel error on held-back sections 220-244 shows forgetting.
 
-The fine-tuning budget is a fixed iteration count so that a busy machine changes the time,
-not the result: ``--finetune-iterations 100`` is about one CPU minute of ``continuous``
-fine-tuning at 2 torch threads on a quiet machine (measured with ``--calibrate``, which
-times 10 continuous iterations after 2 warm-up ones and prints the iterations per minute).
+The fine-tuning budget is a fixed iteration count, so that a busy machine changes the time,
+not the result. The defaults (a small U-Net: depth 4, 8 base filters, 96^2 patches,
+150 pretraining and 40 fine-tuning iterations) are what a 2-core machine at load ~27 could
+run for three seeds in about an hour; ``--calibrate`` times 10 continuous iterations
+(after 2 warm-up ones) and prints iterations per wall and per CPU minute, from which
+``--finetune-iterations`` for a given CPU budget follows. Runs can go side by side in
+separate processes (``--seeds``, ``--runs``) and be pooled with ``--merge``.
 
     python bench/transfer.py                       # 3 seeds, every run
     python bench/transfer.py --seeds 0 --runs freeze_encoder,scratch
@@ -171,12 +174,12 @@ def merge(paths: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-iterations", type=int, default=600)
-    ap.add_argument("--finetune-iterations", type=int, default=100)
+    ap.add_argument("--pretrain-iterations", type=int, default=150)
+    ap.add_argument("--finetune-iterations", type=int, default=40)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
     ap.add_argument("--pretrained", default=None, help="use this FIB-25 checkpoint")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
-    ap.add_argument("--patch", type=int, default=128)
+    ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--base-filters", type=int, default=8)
