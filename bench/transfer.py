@@ -14,12 +14,13 @@
    error; the FIB-25 pixel error on held-back sections 220-244 shows forgetting.
 
 The fine-tuning budget is a fixed iteration count, so that a busy machine changes the time,
-not the result. The defaults (a small U-Net: depth 4, 8 base filters, 96^2 patches,
-150 pretraining and 40 fine-tuning iterations) are what a 2-core machine at load ~27 could
-run for three seeds in about an hour; ``--calibrate`` times 10 continuous iterations
-(after 2 warm-up ones) and prints iterations per wall and per CPU minute, from which
-``--finetune-iterations`` for a given CPU budget follows. Runs can go side by side in
-separate processes (``--seeds``, ``--runs``) and be pooled with ``--merge``.
+not the result. The defaults (a small U-Net: depth 4, 8 base filters, 96^2 patches, batch
+8; 400 pretraining and 100 fine-tuning iterations; 1 torch thread) were sized so that the
+whole table over three seeds ran in well under an hour on a 2-core machine at load ~25;
+``--calibrate`` times 10 continuous iterations (after 2 warm-up ones) and prints
+iterations per wall and per CPU minute, from which ``--finetune-iterations`` for a given
+CPU budget follows. Runs can go side by side in separate processes (``--seeds``,
+``--runs``) and be pooled with ``--merge``.
 
     python bench/transfer.py                       # 3 seeds, every run
     python bench/transfer.py --seeds 0 --runs freeze_encoder,scratch
@@ -174,8 +175,8 @@ def merge(paths: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-iterations", type=int, default=150)
-    ap.add_argument("--finetune-iterations", type=int, default=40)
+    ap.add_argument("--pretrain-iterations", type=int, default=400)
+    ap.add_argument("--finetune-iterations", type=int, default=100)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
     ap.add_argument("--pretrained", default=None, help="use this FIB-25 checkpoint")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
@@ -187,7 +188,8 @@ def main() -> None:
     ap.add_argument("--leaky-ratio", type=float, default=0.1)
     ap.add_argument("--episodic-ratio", type=float, default=0.25)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 wastes least CPU on a busy machine)")
     ap.add_argument("--cache", default=str(CACHE), help="folder for FIB-25 labels and the "
                     "pretrained network")
     ap.add_argument("--pretrain-only", action="store_true",
