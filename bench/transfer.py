@@ -15,7 +15,7 @@
 
 The fine-tuning budget is a fixed iteration count, so that a busy machine changes the time,
 not the result. The defaults (a small U-Net: depth 4, 8 base filters, 96^2 patches, batch
-8; 400 pretraining and 100 fine-tuning iterations; 1 torch thread) were sized so that the
+8; 150 pretraining and 100 fine-tuning iterations; 1 torch thread) were sized so that the
 whole table over three seeds ran in well under an hour on a 2-core machine at load ~25;
 ``--calibrate`` times 10 continuous iterations (after 2 warm-up ones) and prints
 iterations per wall and per CPU minute, from which ``--finetune-iterations`` for a given
@@ -175,7 +175,7 @@ def merge(paths: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-iterations", type=int, default=400)
+    ap.add_argument("--pretrain-iterations", type=int, default=150)
     ap.add_argument("--finetune-iterations", type=int, default=100)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
     ap.add_argument("--pretrained", default=None, help="use this FIB-25 checkpoint")
