@@ -202,7 +202,7 @@ def main() -> None:
     if args.merge:
         print(json.dumps(merge(args.merge)))
         return
-    runs = args.runs.split(",")
+    runs = [run for run in args.runs.split(",") if run]  # none: score the pretrained only
     if unknown := set(runs) - set(RUNS) - set(EXTRA):
         raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {RUNS + EXTRA}")
     seeds = [int(s) for s in args.seeds.split(",")]
