@@ -6,9 +6,9 @@
    ``<tmp>/membrane_bench_cache/transfer`` (keyed by the pretraining settings), so reruns
    skip them; ``--pretrained`` uses a given checkpoint instead.
 2. Fine-tune it on ISBI 2012 sections 00-02 in each transfer mode (plus ``freeze_encoder``
-   with the pretrained batch-norm statistics kept, ``freeze_encoder_pretrained_bn``, the old
-   behaviour), with episodic replay of FIB-25, and train from scratch, all for the same
-   number of iterations, once per seed.
+   with its batch-norm statistics adapted to ISBI, ``freeze_encoder_adapt_bn``), with
+   episodic replay of FIB-25, and train from scratch, all for the same number of
+   iterations, once per seed.
 3. Score every network on whole ISBI sections 15-19 (the new task) by mean V_rand of the
    watershed segmentation at threshold 0.5 that ``membrane evaluate`` uses, and by pixel
    error; the FIB-25 pixel error on held-back sections 220-244 shows forgetting.
@@ -58,11 +58,11 @@ FIB, ISBI = DATA / "fib25_sample2", DATA / "isbi2012"
 FIB_TRAIN = range(0, 200)
 FIB_HELD_BACK = range(220, 250, 6)
 ISBI_TRAIN, ISBI_TEST = range(0, 3), range(15, 20)
-OLD_BN = "freeze_encoder_pretrained_bn"
-RUNS = (*TRANSFER_MODES, OLD_BN, "episodic", "scratch")
-#: diagnostic runs, only when named in --runs: freeze_encoder at 3x the learning rate, and
-#: last_layer with the pretrained batch-norm statistics
-EXTRA = ("freeze_encoder_lr3x", "last_layer_pretrained_bn")
+ADAPT_BN = "freeze_encoder_adapt_bn"
+RUNS = (*TRANSFER_MODES, ADAPT_BN, "episodic", "scratch")
+#: diagnostic runs, only when named in --runs: freeze_encoder (adapted batch norm) at 3x the
+#: learning rate, and last_layer with adapted batch norm
+EXTRA = ("freeze_encoder_lr3x", "last_layer_adapt_bn")
 CACHE = Path(tempfile.gettempdir()) / "membrane_bench_cache" / "transfer"
 
 
@@ -271,12 +271,12 @@ def main() -> None:
     settings = {
         "scratch": {},
         "episodic": {"pretrained": pretrained, "episodic_ratio": args.episodic_ratio},
-        OLD_BN: {"pretrained": pretrained, "transfer_mode": "freeze_encoder",
-                 "frozen_bn": "pretrained"},
+        ADAPT_BN: {"pretrained": pretrained, "transfer_mode": "freeze_encoder",
+                   "frozen_bn": "adapt"},
         "freeze_encoder_lr3x": {"pretrained": pretrained, "transfer_mode": "freeze_encoder",
-                                "lr": 3 * args.lr},
-        "last_layer_pretrained_bn": {"pretrained": pretrained, "transfer_mode": "last_layer",
-                                     "frozen_bn": "pretrained"},
+                                "frozen_bn": "adapt", "lr": 3 * args.lr},
+        "last_layer_adapt_bn": {"pretrained": pretrained, "transfer_mode": "last_layer",
+                                "frozen_bn": "adapt"},
         **{m: {"pretrained": pretrained, "transfer_mode": m, "leaky_ratio": args.leaky_ratio}
            for m in TRANSFER_MODES},
     }

@@ -200,7 +200,7 @@ def test_new_class_count_replaces_only_the_head(tmp_path, parent):
     assert ck.lineage["new_head"] is True
     assert ck.lineage["parent_classes"] == ["non-membrane", "membrane"]
     assert all(torch.equal(ck.state_dict[k], v) for k, v in before.items()
-               if not k.startswith("head.") and not k.endswith(BN_STATS))  # adapt: stats move
+               if not k.startswith("head."))
     with pytest.raises(ValueError, match="architecture"):
         train_model(Sections(4), None, _cfg(tmp_path, "deep", depth=3, pretrained=str(parent)))
 
@@ -226,13 +226,13 @@ def test_lineage_records_ancestry_and_round_trips(tmp_path, parent):
                            patches_per_epoch=4, val_fraction=0.0, batch_size=4, epochs=1,
                            device="cpu")
     raw = torch.load(grandchild.last_path, weights_only=True)
-    assert "Transfer mode: freeze_encoder (frozen batch norm: adapt)" in \
+    assert "Transfer mode: freeze_encoder (frozen batch norm: pretrained)" in \
         (tmp_path / "grandchild.log").read_text()
     lineage = load_checkpoint(grandchild.last_path).lineage
     assert raw["lineage"] == lineage
     assert lineage["parent"] == str(child.last_path) and lineage["mode"] == "freeze_encoder"
     assert lineage["leaky_ratio"] is None and lineage["episodic"] is None
-    assert lineage["frozen_bn"] == "adapt"
+    assert lineage["frozen_bn"] == "pretrained"
     assert lineage["data"] == {"images": str(new_im), "labels": str(new_lab)}
     up = lineage["parent_lineage"]
     assert up["parent"] == str(parent) and up["parent_sha256"] == file_sha256(parent)

@@ -85,9 +85,9 @@ def train(
     transfer_mode: str = typer.Option("continuous", help="with --pretrained: continuous (all "
                                       "weights), last_layer, freeze_encoder or leaky"),
     leaky_ratio: float = typer.Option(0.1, help="leaky mode: encoder lr = ratio x lr"),
-    frozen_bn: str = typer.Option("adapt", help="last_layer / freeze_encoder: the frozen "
-                                  "parts' batch norm adapts its statistics to the new data "
-                                  "(adapt) or keeps the pretrained ones (pretrained)"),
+    frozen_bn: str = typer.Option("pretrained", help="last_layer / freeze_encoder: the frozen "
+                                  "parts' batch norm keeps the pretrained statistics "
+                                  "(pretrained) or adapts them to the new data (adapt)"),
     episodic: list[str] = typer.Option(None, help="earlier data set replayed in every batch, "
                                        "IMAGES:LABELS[:FORMAT] (repeatable)"),
     episodic_ratio: float = typer.Option(0.25, help="share of each batch from --episodic data"),

@@ -43,8 +43,8 @@ class TrainJob(JobSpec):
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
     weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
     encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`);
-    ``frozen_bn`` says whether the frozen parts' batch norm adapts its statistics to the new
-    data (``adapt``) or keeps the pretrained ones (``pretrained``). ``episodic``
+    ``frozen_bn`` says whether the frozen parts' batch norm keeps the pretrained statistics
+    (``pretrained``) or adapts them to the new data (``adapt``). ``episodic``
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
     (:mod:`membrane_py.train.episodic`); it combines with any mode.
@@ -107,7 +107,7 @@ class TrainJob(JobSpec):
     pretrained: str | None = None
     transfer_mode: str = "continuous"
     leaky_ratio: float = 0.1
-    frozen_bn: str = "adapt"
+    frozen_bn: str = "pretrained"
     episodic: list[dict] = field(default_factory=list)
     episodic_ratio: float = 0.25
     # provenance recorded in the checkpoint
