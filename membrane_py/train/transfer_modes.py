@@ -99,7 +99,7 @@ def train_mode(model: UNet, mode: str, frozen_bn: str = "pretrained") -> None:
         module.eval()
         if frozen_bn == "adapt":
             for layer in module.modules():
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                if isinstance(layer, nn.BatchNorm2d):
                     layer.train()
 
 
