@@ -24,8 +24,8 @@ eval mode while training (no dropout). Their batch-norm layers follow ``frozen_b
   training, running statistics re-estimated on the new data for prediction) while their
   learned scale and shift stay frozen ("AdaBN"). On FIB-25 -> ISBI 2012 the pretrained
   statistics are far off (up to 1.6 standard deviations at the bottleneck), yet adapting
-  them did not score better there (``bench/transfer.py``, docs/transfer.md): the trainable
-  decoder's own batch norms re-normalise the features it receives.
+  them did not score better there (``bench/transfer.py``, docs/transfer.md), likely because
+  the trainable decoder's own batch norms re-normalise the features it receives.
 
 This module imports only torch and the model, so the trainer can use it.
 """
