@@ -20,6 +20,7 @@ from membrane_py.train.trainer import train_model
 from membrane_py.train.transfer_modes import (
     DECODER,
     ENCODER,
+    FROZEN_BN,
     PARTS,
     TRANSFER_MODES,
     load_backbone,
@@ -36,8 +37,10 @@ class Sections(Dataset):
     """Deterministic PATCH^2 crops of synthetic sections; records which items were read.
     With ``n_classes=3`` the membrane class is split in two (for head-replacement tests)."""
 
-    def __init__(self, length: int, seed: int = 0, n_classes: int = 2) -> None:
+    def __init__(self, length: int, seed: int = 0, n_classes: int = 2,
+                 intensity: tuple[float, float] = (1.0, 0.0)) -> None:
         self.length, self.seed, self.n_classes = length, seed, n_classes
+        self.intensity = intensity  # (gain, offset) applied to the EM
         self.preprocess = PreprocessConfig()
         self.seen: list[int] = []
 
@@ -49,7 +52,8 @@ class Sections(Dataset):
         rng = np.random.default_rng([self.seed, i])
         z = rng.integers(len(SYN.em))
         y, x = rng.integers(0, 96 - PATCH, 2)
-        img = SYN.em[z, y:y + PATCH, x:x + PATCH]
+        gain, offset = self.intensity
+        img = (SYN.em[z, y:y + PATCH, x:x + PATCH] * gain + offset).clip(0, 255).astype(np.uint8)
         lab = SYN.membranes[z, y:y + PATCH, x:x + PATCH].astype(np.int64)
         if self.n_classes == 3:
             lab[(lab == 2) & (SYN.instances[z, y:y + PATCH, x:x + PATCH] % 2 == 0)] = 3
@@ -77,20 +81,56 @@ def _one_step(tmp_path, parent, name: str, **kw) -> dict[str, torch.Tensor]:
     return load_checkpoint(res.last_path).state_dict
 
 
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.mark.parametrize("frozen_bn", FROZEN_BN)
 @pytest.mark.parametrize("mode", TRANSFER_MODES)
-def test_freeze_modes_change_exactly_the_intended_weights(tmp_path, parent, mode):
+def test_freeze_modes_change_exactly_the_intended_weights(tmp_path, parent, mode, frozen_bn):
     before = load_checkpoint(parent).state_dict
-    after = _one_step(tmp_path, parent, mode, transfer_mode=mode)
+    after = _one_step(tmp_path, parent, mode, transfer_mode=mode, frozen_bn=frozen_bn)
     frozen = {p for p, f in lr_factors(mode).items() if f == 0}
     assert frozen == {"continuous": set(), "leaky": set(), "freeze_encoder": set(ENCODER),
                       "last_layer": set(PARTS) - {"head"}}[mode]
     trainable_names = {n for n, _ in UNet(UNetConfig(depth=2, base_filters=4)).named_parameters()}
     for key, old in before.items():
         part = key.split(".", 1)[0]
-        if part in frozen:  # weights and batch-norm statistics stay as pretrained
+        if part in frozen and key.endswith(BN_STATS) and frozen_bn == "adapt":
+            assert not torch.equal(after[key], old), key  # statistics follow the new data
+        elif part in frozen:  # weights (and pretrained batch-norm statistics) stay
             assert torch.equal(after[key], old), key
         elif key in trainable_names:
             assert not torch.equal(after[key], old), key
+
+
+def _first_encoder_bn_input_mean(state_dict: dict, data: Dataset) -> torch.Tensor:
+    """Per-channel mean of what the first encoder batch norm sees on ``data``."""
+    model = UNet(UNetConfig(depth=2, base_filters=4))
+    model.load_state_dict(state_dict)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        return model.down[0][0](x).mean((0, 2, 3))
+
+
+@pytest.mark.parametrize("frozen_bn", FROZEN_BN)
+def test_freeze_encoder_adapts_batch_norm_to_new_intensities(tmp_path, parent, frozen_bn):
+    """Fine-tuning on darker, low-contrast EM: the frozen encoder's weights never move; with
+    ``adapt`` its batch-norm running means move to the new data's, with ``pretrained`` not."""
+    before = load_checkpoint(parent).state_dict
+    new = Sections(16, seed=3, intensity=(0.4, 20))
+    res = train_model(new, None, _cfg(tmp_path, frozen_bn, pretrained=str(parent), epochs=3,
+                                      transfer_mode="freeze_encoder", frozen_bn=frozen_bn))
+    after = load_checkpoint(res.last_path).state_dict
+    for key, old in before.items():
+        if key.split(".", 1)[0] in ENCODER and not key.endswith(BN_STATS):
+            assert torch.equal(after[key], old), key
+    target = _first_encoder_bn_input_mean(before, new)
+    gap_before = (before["down.0.1.running_mean"] - target).abs().mean()
+    gap_after = (after["down.0.1.running_mean"] - target).abs().mean()
+    if frozen_bn == "adapt":
+        assert gap_after < 0.3 * gap_before, (gap_before, gap_after)
+    else:
+        assert torch.equal(after["down.0.1.running_mean"], before["down.0.1.running_mean"])
 
 
 def test_leaky_freeze_scales_encoder_updates_by_the_ratio(tmp_path, parent):
@@ -186,14 +226,18 @@ def test_lineage_records_ancestry_and_round_trips(tmp_path, parent):
                            patches_per_epoch=4, val_fraction=0.0, batch_size=4, epochs=1,
                            device="cpu")
     raw = torch.load(grandchild.last_path, weights_only=True)
+    assert "Transfer mode: freeze_encoder (frozen batch norm: pretrained)" in \
+        (tmp_path / "grandchild.log").read_text()
     lineage = load_checkpoint(grandchild.last_path).lineage
     assert raw["lineage"] == lineage
     assert lineage["parent"] == str(child.last_path) and lineage["mode"] == "freeze_encoder"
     assert lineage["leaky_ratio"] is None and lineage["episodic"] is None
+    assert lineage["frozen_bn"] == "pretrained"
     assert lineage["data"] == {"images": str(new_im), "labels": str(new_lab)}
     up = lineage["parent_lineage"]
     assert up["parent"] == str(parent) and up["parent_sha256"] == file_sha256(parent)
     assert up["mode"] == "leaky" and up["leaky_ratio"] == 0.2 and up["new_head"] is False
+    assert up["frozen_bn"] is None  # nothing frozen
     assert up["episodic"] == {"ratio": 0.25,
                               "data": [{"images": str(old_im), "labels": str(old_lab)}]}
     assert up["parent_lineage"] == {} and up["parent_epochs"] == 1
@@ -231,6 +275,8 @@ def test_config_validates_transfer_options(tmp_path, parent):
         _cfg(tmp_path, "x", transfer_mode="freeze_encoder")
     with pytest.raises(ValueError, match="episodic entries"):
         _cfg(tmp_path, "x", episodic=[{"images": "a"}])
+    with pytest.raises(ValueError, match="frozen_bn"):
+        _cfg(tmp_path, "x", frozen_bn="frozen", pretrained=str(parent))
     with pytest.raises(ValueError, match="leaky_ratio"):
         _cfg(tmp_path, "x", leaky_ratio=2.0)
     with pytest.raises(ValueError, match="episodic_ratio"):

@@ -91,6 +91,9 @@ def train(
     transfer_mode: str = typer.Option("continuous", help="with --pretrained: continuous (all "
                                       "weights), last_layer, freeze_encoder or leaky"),
     leaky_ratio: float = typer.Option(0.1, help="leaky mode: encoder lr = ratio x lr"),
+    frozen_bn: str = typer.Option("pretrained", help="last_layer / freeze_encoder: the frozen "
+                                  "parts' batch norm keeps the pretrained statistics "
+                                  "(pretrained) or adapts them to the new data (adapt)"),
     episodic: list[str] = typer.Option(None, help="earlier data set replayed in every batch, "
                                        "IMAGES:LABELS[:FORMAT] (repeatable)"),
     episodic_ratio: float = typer.Option(0.25, help="share of each batch from --episodic data"),
@@ -129,7 +132,7 @@ def train(
             shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
             voxel_size=list(voxel_size[::-1]) if voxel_size else None,
-            transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
+            transfer_mode=transfer_mode, leaky_ratio=leaky_ratio, frozen_bn=frozen_bn,
             episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
         cfg = finetune_config(pretrained, **options) if pretrained else TrainJob(**options)
     except (ValueError, OSError) as e:

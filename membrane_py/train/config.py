@@ -12,7 +12,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
-from membrane_py.train.transfer_modes import TRANSFER_MODES
+from membrane_py.train.transfer_modes import FROZEN_BN, TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -48,7 +48,9 @@ class TrainJob(JobSpec):
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
     weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
-    encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`). ``episodic``
+    encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`);
+    ``frozen_bn`` says whether the frozen parts' batch norm keeps the pretrained statistics
+    (``pretrained``) or adapts them to the new data (``adapt``). ``episodic``
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
     ``"label_format"``, replayed as an ``episodic_ratio`` share of every batch
     (:mod:`membrane_py.train.episodic`); it combines with any mode.
@@ -113,6 +115,7 @@ class TrainJob(JobSpec):
     pretrained: str | None = None
     transfer_mode: str = "continuous"
     leaky_ratio: float = 0.1
+    frozen_bn: str = "pretrained"
     episodic: list[dict] = field(default_factory=list)
     episodic_ratio: float = 0.25
     # provenance recorded in the checkpoint
@@ -155,6 +158,7 @@ class TrainJob(JobSpec):
             (self.transfer_mode == "continuous" or bool(self.pretrained or self.resume),
              f"transfer_mode {self.transfer_mode!r} needs a pretrained checkpoint"),
             (0.0 < self.leaky_ratio <= 1.0, "leaky_ratio must be in (0, 1]"),
+            (self.frozen_bn in FROZEN_BN, f"frozen_bn must be one of {FROZEN_BN}"),
             (0.0 < self.episodic_ratio < 1.0, "episodic_ratio must be in (0, 1)"),
             (all(isinstance(e, dict) and {"images", "labels"} <= set(e)
                  and set(e) <= {"images", "labels", "label_format"}

@@ -16,6 +16,8 @@ def transfer_summary(cfg: TrainJob) -> str:
     mode = "none (new network)" if not (cfg.pretrained or cfg.resume) else cfg.transfer_mode
     if cfg.transfer_mode == "leaky":
         mode += f" (encoder lr x{cfg.leaky_ratio})"
+    elif cfg.transfer_mode in ("last_layer", "freeze_encoder"):
+        mode += f" (frozen batch norm: {cfg.frozen_bn})"
     if cfg.episodic:
         mode += (f", episodic memory: {cfg.episodic_ratio:g} of each batch from "
                  f"{len(cfg.episodic)} earlier data set(s)")

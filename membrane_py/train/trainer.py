@@ -57,7 +57,12 @@ from membrane_py.train.section_validation import (
     usable_sections,
     whole_sections,
 )
-from membrane_py.train.transfer_modes import load_backbone, parameter_groups, train_mode
+from membrane_py.train.transfer_modes import (
+    frozen_parts,
+    load_backbone,
+    parameter_groups,
+    train_mode,
+)
 
 
 @dataclass
@@ -202,6 +207,7 @@ def _start_from(model: UNet, parent: Checkpoint, cfg: TrainJob,
         "parent": str(cfg.pretrained), "parent_sha256": file_sha256(cfg.pretrained),
         "mode": cfg.transfer_mode,
         "leaky_ratio": cfg.leaky_ratio if cfg.transfer_mode == "leaky" else None,
+        "frozen_bn": cfg.frozen_bn if frozen_parts(cfg.transfer_mode) else None,
         "new_head": new_head, "parent_classes": list(parent.class_names),
         "data": {"images": cfg.image_dir, "labels": cfg.label_dir},
         "episodic": ({"ratio": cfg.episodic_ratio,
@@ -335,7 +341,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         for epoch in range(first_epoch, cfg.epochs):
             if epoch > first_epoch and time.perf_counter() >= deadline:
                 break  # a run trains at least one iteration, whatever the budget
-            train_mode(model, cfg.transfer_mode)
+            train_mode(model, cfg.transfer_mode, cfg.frozen_bn)
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             n_iters = 0

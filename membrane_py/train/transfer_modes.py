@@ -16,8 +16,16 @@ Modes (mEMbrain's documentation names them; its code only had ``continuous``):
 - ``leaky``: the encoder trains at ``leaky_ratio`` x the decoder's learning rate.
 
 Frozen parts are excluded from the optimiser (so weight decay cannot move them) and kept in
-eval mode while training (so their batch-norm statistics and dropout stay as pretrained and
-the features they feed the trainable part do not drift).
+eval mode while training (no dropout). Their batch-norm layers follow ``frozen_bn``:
+
+- ``pretrained`` (default): they keep the pretrained running statistics, so the features
+  the trainable part sees do not move;
+- ``adapt``: they normalise with the statistics of the new data (batch statistics while
+  training, running statistics re-estimated on the new data for prediction) while their
+  learned scale and shift stay frozen ("AdaBN"). On FIB-25 -> ISBI 2012 the pretrained
+  statistics are far off (up to 1.6 standard deviations at the bottleneck), yet adapting
+  them did not score better there (``bench/transfer.py``, docs/transfer.md), likely because
+  the trainable decoder's own batch norms re-normalise the features it receives.
 
 This module imports only torch and the model, so the trainer can use it.
 """
@@ -30,6 +38,7 @@ from torch import nn
 from membrane_py.models.unet import UNet
 
 TRANSFER_MODES = ("continuous", "last_layer", "freeze_encoder", "leaky")
+FROZEN_BN = ("pretrained", "adapt")
 ENCODER = ("down", "bridge")
 DECODER = ("up", "up_conv", "head")
 HEAD = "head"
@@ -79,12 +88,19 @@ def frozen_parts(mode: str) -> tuple[str, ...]:
     return tuple(part for part, f in lr_factors(mode).items() if f == 0)
 
 
-def train_mode(model: UNet, mode: str) -> None:
-    """``model.train()``, except frozen parts stay in eval mode (fixed batch-norm statistics,
-    no dropout)."""
+def train_mode(model: UNet, mode: str, frozen_bn: str = "pretrained") -> None:
+    """``model.train()``, except frozen parts stay in eval mode (no dropout); their batch-norm
+    layers stay in train mode with ``frozen_bn="adapt"`` (statistics of the new data)."""
+    if frozen_bn not in FROZEN_BN:
+        raise ValueError(f"frozen_bn must be one of {FROZEN_BN}, got {frozen_bn!r}")
     model.train()
     for part in frozen_parts(mode):
-        getattr(model, part).eval()
+        module = getattr(model, part)
+        module.eval()
+        if frozen_bn == "adapt":
+            for layer in module.modules():
+                if isinstance(layer, nn.BatchNorm2d):
+                    layer.train()
 
 
 def load_backbone(model: UNet, state_dict: dict[str, torch.Tensor]) -> bool:
