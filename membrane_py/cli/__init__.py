@@ -41,12 +41,13 @@ def _register() -> None:
         onnx,
         predict,
         run,
+        suggest,
         training,
         worker,
     )
 
-    for module in (data, groundtruth, instances, onnx, predict, run, training, worker, ffn,
-                   gui):
+    for module in (data, groundtruth, instances, onnx, predict, suggest, run, training, worker,
+                   ffn, gui):
         module.register(app)
 
 

@@ -72,38 +72,47 @@ def window_means(values: np.ndarray, side: int) -> np.ndarray:
     return sums / (side * side)
 
 
+def _blank(scores: np.ndarray, y: int, x: int, reach: int) -> None:
+    """Rule out the windows closer than ``reach`` to (y, x) in both y and x."""
+    scores[max(y - reach + 1, 0): y + reach, max(x - reach + 1, 0): x + reach] = -np.inf
+
+
 def _spread_picks(scores: np.ndarray, k: int, spacing: int) -> Iterator[tuple[float, int, int]]:
     """Up to ``k`` (score, y, x) maxima of a score map, greedily, each blanking the windows
     closer than ``spacing`` in both y and x."""
-    scores = scores.copy()
     for _ in range(k):
         i = int(np.argmax(scores))
         y, x = divmod(i, scores.shape[1])
         if not np.isfinite(scores[y, x]):
             return
         yield float(scores[y, x]), y, x
-        scores[max(y - spacing + 1, 0): y + spacing, max(x - spacing + 1, 0): x + spacing] = -np.inf
+        _blank(scores, y, x, spacing)
 
 
 def rank_regions(sections: Iterable[tuple[int, np.ndarray]], k: int, side: int,
-                 spacing: int, z_spacing: int = 1) -> list[tuple[float, int, int, int]]:
+                 spacing: int, z_spacing: int = 1,
+                 avoid: Iterable[tuple[int, int, int]] = ()) -> list[tuple[float, int, int, int]]:
     """The ``k`` most uncertain, well-separated ``side`` x ``side`` regions of a volume.
 
     ``sections`` yields (z, (y, x) uncertainty map); returns (score, z, y, x) with (y, x) the
     top-left corner in map pixels, best first. A pick suppresses every region closer than
     ``spacing`` px in both y and x and closer than ``z_spacing`` sections (1: the same
     section only). Each section offers its ``k`` best regions spread by ``spacing``; the
-    greedy choice runs over all of them.
+    greedy choice runs over all of them. ``avoid`` lists (z, y, x) top-left corners of
+    regions (e.g. annotated already) that no suggestion may overlap.
     """
     if k < 1 or side < 1 or spacing < 1 or z_spacing < 1:
         raise ValueError("k, side, spacing and z_spacing must be >= 1")
     candidates: list[tuple[float, int, int, int]] = []
+    avoid = list(avoid)
     for z, u in sections:
         if u.shape[0] < side or u.shape[1] < side:
             raise ValueError(f"a {side} px region does not fit a {u.shape[1]}x{u.shape[0]} "
                              "section; give a smaller size")
-        candidates += [(s, z, y, x) for s, y, x in _spread_picks(window_means(u, side), k,
-                                                                 spacing)]
+        scores = window_means(u, side)
+        for _, y, x in (a for a in avoid if a[0] == z):
+            _blank(scores, y, x, side)
+        candidates += [(s, z, y, x) for s, y, x in _spread_picks(scores, k, spacing)]
     candidates.sort(key=lambda c: -c[0])
     picks: list[tuple[float, int, int, int]] = []
     for c in candidates:
