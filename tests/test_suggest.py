@@ -127,8 +127,9 @@ def test_suggest_sends_one_node_per_suggestion(vast_server, sent):
 def test_uncertainty_layer_is_the_entropy_of_the_probability_with_a_valid_vsvi(sent):
     job, result = sent
     vsvi = read_vsvi(result.uncertainty)
-    assert (vsvi.source_min_s, vsvi.source_max_s) == (0, 3)
-    assert (vsvi.target_data_size_x, vsvi.target_data_size_y) == (256, 256)
+    assert (vsvi.target_data_size_x, vsvi.target_data_size_y, vsvi.target_data_size_z) == \
+        (256, 256, 8)  # the mock server's volume
+    assert vsvi.source_bytes_per_pixel == 1 and vsvi.source_min_s <= 0 <= 3 <= vsvi.source_max_s
     u = open_volume(result.uncertainty).read(Box(0, 4, 0, 256, 0, 256))
     p = open_volume(f"{job.out}/probability.vsvi").read(Box(0, 4, 0, 256, 0, 256))
     assert u.dtype == np.uint8 and u.min() >= 1  # every tile written, 0 = missing
@@ -141,8 +142,8 @@ def test_uncertainty_layer_is_the_entropy_of_the_probability_with_a_valid_vsvi(s
 def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     _, result = sent
     ok = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
-                                  str(tmp_path / "cli"), "-k", "2", "--size", "64", "--z-spacing", "1",
-                                  "--box", "0,255,0,255,0,3"])
+                                  str(tmp_path / "cli"), "-k", "2", "--size", "64",
+                                  "--z-spacing", "1", "--box", "0,255,0,255,0,3"])
     assert ok.exit_code == 0, ok.output
     assert read_suggestions(tmp_path / "cli" / "suggestions.csv") == result.suggestions[:2]
     bad = CliRunner().invoke(app, ["suggest", "--out", str(tmp_path / "x")])

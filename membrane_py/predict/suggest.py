@@ -279,7 +279,8 @@ def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
         for i, z in enumerate(range(region.z0, region.z1)):
             check_cancel(cancel)
             plane = volume.read(Box(z, z + 1, region.y0, region.y1, region.x0, region.x1), mip)
-            report(progress, Event.progress(TASK, i + 1, region.z1 - region.z0, f"ranking section {z}"))
+            report(progress, Event.progress(TASK, i + 1, region.z1 - region.z0,
+                                            f"ranking section {z}"))
             yield z, u8_to_probability(plane[0], missing=0.0)
 
     picks = rank_regions(sections(), k, side, max(math.ceil(spacing / f), 1), z_spacing)
