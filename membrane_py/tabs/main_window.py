@@ -69,8 +69,8 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self.connect_tab.connect_vast)
 
     def _shortcuts(self) -> None:
-        for i in range(self.tabs.count()):
-            QShortcut(QKeySequence(f"Ctrl+{i + 1}"), self,
+        for i in range(min(self.tabs.count(), 10)):  # Ctrl+1 ... Ctrl+9, Ctrl+0 the tenth
+            QShortcut(QKeySequence(f"Ctrl+{(i + 1) % 10}"), self,
                       activated=lambda i=i: self.tabs.setCurrentIndex(i))
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.run_current)
         QShortcut(QKeySequence("Escape"), self, activated=self.cancel_current)
