@@ -149,3 +149,6 @@ def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     bad = CliRunner().invoke(app, ["suggest", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "checkpoint" in bad.output
     assert "Traceback" not in bad.output
+    big = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
+                                   str(tmp_path / "y"), "--size", "1024"])
+    assert big.exit_code != 0 and "--size" in big.output and "Traceback" not in big.output

@@ -270,6 +270,9 @@ def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
                 cancel: CancelToken | None = None) -> list[Suggestion]:
     """:func:`rank_regions` over a uint8 uncertainty volume (probability-coded, 0 missing)
     inside mip-0 ``box``; returns mip-0 suggestions."""
+    if min(box.y1 - box.y0, box.x1 - box.x0) < size:
+        raise ValueError(f"a {size} px region does not fit the {box.x1 - box.x0}x"
+                         f"{box.y1 - box.y0} px sections ranked; give a smaller size (--size)")
     mip = scored_mip(volume, size)
     f = 1 << mip
     region = Box(box.z0, box.z1, -(-box.y0 // f), box.y1 // f, -(-box.x0 // f), box.x1 // f)
