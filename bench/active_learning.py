@@ -7,7 +7,8 @@ membrane), with the ground truth standing in for the annotator. A small U-Net st
 unknown, which the loss ignores) and fine-tunes its previous network for the same fixed
 number of iterations on everything it has labelled so far:
 
-- ``suggested``: the k regions ``membrane suggest`` ranks first (TTA spread with ``--tta``,
+- ``suggested``: the k regions ``membrane suggest`` ranks first on the arm's network (by the
+  entropy of the membrane probability, or the TTA spread with ``--tta`` > 1;
   :func:`membrane_py.predict.suggest.rank_regions`), never one already labelled;
 - ``random``: k random regions of the same size (so the same area), not overlapping the
   labelled ones.
@@ -16,7 +17,7 @@ Each network is scored on the held-out sections 15-19 with V_rand after the same
 + watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_scores`).
 ``--seeds`` repeats it all (initial regions, random picks, training order)::
 
-    python bench/active_learning.py --rounds 3 --seeds 2
+    python bench/active_learning.py --rounds 2 --seeds 2   # the defaults
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,10 +92,19 @@ def train(images: list[np.ndarray], labels: list[np.ndarray], regions, args, out
                    base_filters=args.base_filters, lr=args.lr, device="cpu", seed=seed,
                    voxel_size=[50.0, 4.0, 4.0], log_every=10 ** 6, amp=False,
                    pretrained=None if parent is None else str(parent))
+    # unrotated patches (flips and the other augmentations stay): a square region holds few
+    # saturated rotated patches, and searching for them costs more than the training step
     ds = OnTheFlyPatchDataset([images[z] for z in zs], labs, args.patch, per_epoch,
-                              cfg.preprocess_config, AugmentConfig(), seed=seed)
+                              cfg.preprocess_config, AugmentConfig(), seed=seed, rotate=False)
+    t = time.perf_counter()
     train_model(ds, None, cfg, n_classes=2)
+    log(f"{name}: {iterations} iterations on {len(regions)} regions in "
+        f"{time.perf_counter() - t:.0f} s")
     return cfg.last_path
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def v_rand(checkpoint: Path, images: list[np.ndarray], labels: list[np.ndarray]) -> float:
@@ -115,19 +126,20 @@ def suggest(checkpoint: Path, images: list[np.ndarray], taken, args) -> list[tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--k", type=int, default=4, help="regions added per round")
     ap.add_argument("--initial", type=int, default=4, help="random regions to start from")
     ap.add_argument("--region", type=int, default=128, help="side of a region, px")
-    ap.add_argument("--patch", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--initial-iterations", type=int, default=150)
-    ap.add_argument("--iterations", type=int, default=80, help="fine-tuning per round")
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--initial-iterations", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=30, help="fine-tuning per round")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--tta", type=int, default=4, help="1: rank by entropy instead")
+    ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
+                    "probability; 2..8: by the spread between that many flips/rotations")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if not DATA.is_dir():
