@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,35 @@ def suggest(checkpoint: Path, images: list[np.ndarray], taken, args) -> list[tup
     return [(z, y, x) for _, z, y, x in picks]
 
 
+def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """One simulated annotation history per arm, from the same start; V_rand per round."""
+    torch.set_num_threads(max(args.threads // args.seeds, 1))
+    pool_im, pool_lab = load(POOL)
+    test_im, test_lab = load(HELD_OUT)
+    shape = pool_im[0].shape
+    rng = np.random.default_rng(seed)
+    start = random_regions(rng, INITIAL_POOL, shape, args.region, args.initial, [])
+    ck0 = train(pool_im, pool_lab, start, args, out, "initial", seed, None,
+                args.initial_iterations)
+    score0 = v_rand(ck0, test_im, test_lab)
+    arms = {a: {"regions": list(start), "checkpoint": ck0, "v_rand": [score0]}
+            for a in ("suggested", "random")}
+    for r in range(1, args.rounds + 1):
+        for name, arm in arms.items():
+            taken = arm["regions"]
+            new = (suggest(arm["checkpoint"], pool_im, taken, args) if name == "suggested"
+                   else random_regions(rng, POOL, shape, args.region, args.k, taken))
+            taken += new
+            arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out, f"{name}{r}",
+                                      seed * 100 + r, arm["checkpoint"], args.iterations)
+            arm["v_rand"].append(v_rand(arm["checkpoint"], test_im, test_lab))
+        log(json.dumps({"seed": seed, "round": r,
+                        **{a: round(v["v_rand"][-1], 4) for a, v in arms.items()}}))
+    return {"seed": seed, **{a: {"v_rand": [round(s, 4) for s in v["v_rand"]],
+                                 "regions": [list(t) for t in v["regions"]]}
+                             for a, v in arms.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
@@ -133,49 +164,24 @@ def main() -> None:
     ap.add_argument("--region", type=int, default=128, help="side of a region, px")
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--initial-iterations", type=int, default=60)
-    ap.add_argument("--iterations", type=int, default=30, help="fine-tuning per round")
+    ap.add_argument("--initial-iterations", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=25, help="fine-tuning per round")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
                     "probability; 2..8: by the spread between that many flips/rotations")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="in all: the seeds run in parallel "
+                    "processes, each with threads / seeds")
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"ISBI 2012 data not found at {DATA}")
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    pool_im, pool_lab = load(POOL)
-    test_im, test_lab = load(HELD_OUT)
-    shape = pool_im[0].shape
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="al_bench_") as tmp:
-        for seed in range(args.seeds):
-            rng = np.random.default_rng(seed)
-            out = Path(tmp) / f"seed{seed}"
-            start = random_regions(rng, INITIAL_POOL, shape, args.region, args.initial, [])
-            ck0 = train(pool_im, pool_lab, start, args, out, "initial", seed, None,
-                        args.initial_iterations)
-            score0 = v_rand(ck0, test_im, test_lab)
-            arms = {a: {"regions": list(start), "checkpoint": ck0, "v_rand": [score0]}
-                    for a in ("suggested", "random")}
-            for r in range(1, args.rounds + 1):
-                for name, arm in arms.items():
-                    taken = arm["regions"]
-                    new = (suggest(arm["checkpoint"], pool_im, taken, args) if name == "suggested"
-                           else random_regions(rng, POOL, shape, args.region, args.k, taken))
-                    taken += new
-                    arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out,
-                                              f"{name}{r}", seed * 100 + r, arm["checkpoint"],
-                                              args.iterations)
-                    arm["v_rand"].append(v_rand(arm["checkpoint"], test_im, test_lab))
-                print(json.dumps({"seed": seed, "round": r,
-                                  **{a: round(v["v_rand"][-1], 4) for a, v in arms.items()}}),
-                      flush=True)
-            runs.append({"seed": seed, **{a: {"v_rand": [round(s, 4) for s in v["v_rand"]],
-                                              "regions": [list(t) for t in v["regions"]]}
-                                          for a, v in arms.items()}})
+    with tempfile.TemporaryDirectory(prefix="al_bench_") as tmp, ProcessPoolExecutor(
+            args.seeds, mp_context=multiprocessing.get_context("fork")) as pool:
+        jobs = [pool.submit(run_seed, seed, args, Path(tmp) / f"seed{seed}")
+                for seed in range(args.seeds)]
+        runs = [job.result() for job in jobs]
     mean = {a: [round(float(np.mean([run[a]["v_rand"][r] for run in runs])), 4)
                 for r in range(args.rounds + 1)] for a in ("suggested", "random")}
     wins = sum(run["suggested"]["v_rand"][r] > run["random"]["v_rand"][r]
@@ -190,7 +196,7 @@ def main() -> None:
         "suggested_wins": f"{wins} of {args.rounds * args.seeds} (seed, round) pairs",
         "runs": runs, "args": vars(args), "seconds": round(time.perf_counter() - t0, 1),
         "load_average": [round(v, 2) for v in os.getloadavg()],
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_per_seed": max(args.threads // args.seeds, 1),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }))
 
