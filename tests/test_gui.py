@@ -200,10 +200,12 @@ def test_window_fits_a_1366_x_768_screen(window):
 def test_shortcuts_switch_tabs(qtbot, window):
     qtbot.keyClick(window, Qt.Key.Key_4, Qt.KeyboardModifier.ControlModifier)
     assert window.tabs.currentWidget() is window.train_tab
-    qtbot.keyClick(window, Qt.Key.Key_8, Qt.KeyboardModifier.ControlModifier)
-    assert window.tabs.currentWidget() is window.ffn_tab
+    qtbot.keyClick(window, Qt.Key.Key_7, Qt.KeyboardModifier.ControlModifier)
+    assert window.tabs.currentWidget() is window.suggest_tab
     qtbot.keyClick(window, Qt.Key.Key_9, Qt.KeyboardModifier.ControlModifier)
-    assert window.tabs.currentWidget() is window.jobs_tab
+    assert window.tabs.currentWidget() is window.ffn_tab
+    qtbot.keyClick(window, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)
+    assert window.tabs.currentWidget() is window.jobs_tab  # the tenth tab
 
 
 def test_gui_command_with_an_unreachable_worker_is_one_line(tmp_path):

@@ -42,12 +42,13 @@ def _register() -> None:
         onnx,
         predict,
         run,
+        suggest,
         training,
         worker,
     )
 
-    for module in (data, groundtruth, instances, onnx, predict, follow, run, training, worker,
-                   ffn, gui):
+    for module in (data, groundtruth, instances, onnx, predict, follow, suggest, run, training,
+                   worker, ffn, gui):
         module.register(app)
 
 

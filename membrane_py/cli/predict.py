@@ -71,9 +71,9 @@ def predict(
                                   "(a running cluster); default: this process"),
     tta: int = typer.Option(1, help="test-time augmentation: average over this many of the 8 "
                             "flips/rotations (1 off, 4 flips, 8 all; costs tta x the time)"),
-    uncertainty: bool = typer.Option(False, help="also write the spread between the "
-                                     "augmented predictions as an 'uncertainty' layer "
-                                     "(needs --tta 2..8)"),
+    uncertainty: bool = typer.Option(False, help="also write an 'uncertainty' layer: the "
+                                     "spread between the augmented predictions with --tta "
+                                     "2..8, else the entropy of the probability"),
     precision: str = typer.Option("auto", help="fp32, bf16 (PyTorch autocast), int8 (ONNX "
                                   "Runtime, quantised and cached next to the checkpoint) or "
                                   "auto (bf16 on CUDA, and on CPUs with AVX-512 BF16 / AMX "

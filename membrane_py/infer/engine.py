@@ -11,6 +11,8 @@ asked for (:mod:`membrane_py.infer.precision`).
 Test-time augmentation (``tta`` > 1) runs every tile through the first ``tta`` of the 8
 flips / rotations of the square (:data:`DIHEDRAL`), maps each prediction back and averages
 them; the spread between them is the uncertainty (:meth:`TiledPredictor.predict_with_uncertainty`).
+Without augmentation the uncertainty is the binary entropy of the probabilities
+(:func:`binary_entropy`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ DEFAULT_TILE = 1024
 #: the 90 and 270 degree rotations and both diagonal mirrors follow.
 DIHEDRAL = tuple((t, fy, fx) for t in (False, True) for fy in (False, True)
                  for fx in (False, True))
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits (0..1) of a yes/no decision with probability ``p``: 0 where the
+    network is sure, 1 at p = 0.5."""
+    p = np.clip(p, 1e-7, 1.0 - 1e-7)
+    return -(p * np.log2(p) + (1.0 - p) * np.log2(1.0 - p))
 
 
 def dihedral(a: np.ndarray, g: tuple[bool, bool, bool]) -> np.ndarray:
@@ -156,10 +165,13 @@ class TiledPredictor:
         return self._predict(em, uncertainty=False)[0]
 
     def predict_with_uncertainty(self, em: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities as :meth:`predict` and the (z, y, x) float32 uncertainty in [0, 1]:
-        twice the largest (over classes) standard deviation of the class probability
-        between the test-time augmented predictions (a standard deviation of values in
-        [0, 1] is at most 0.5). Zero without test-time augmentation."""
+        """Probabilities as :meth:`predict` and the (z, y, x) float32 uncertainty in [0, 1].
+
+        With test-time augmentation: twice the largest (over classes) standard deviation of
+        the class probability between the augmented predictions (a standard deviation of
+        values in [0, 1] is at most 0.5). Without: the largest (over classes) binary
+        entropy of the class probability (:func:`binary_entropy`; for a membrane network,
+        the entropy of the membrane probability)."""
         probs, spread = self._predict(em, uncertainty=True)
         return probs, spread[:, 0]
 
@@ -196,7 +208,9 @@ class TiledPredictor:
         (N, 1, H, W) of :meth:`predict_with_uncertainty`."""
         if len(self.transforms) == 1:
             probs = self.backend.run(batch)
-            return probs, np.zeros_like(probs[:, :1]) if uncertainty else None
+            if not uncertainty:
+                return probs, None
+            return probs, binary_entropy(probs).max(axis=1, keepdims=True)
         total = squares = None
         for g in self.transforms:
             p = dihedral_inverse(self.backend.run(dihedral(batch, g)), g)

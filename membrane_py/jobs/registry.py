@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "instances": ("membrane_py.edit.instances", "InstanceJob", "run_instances"),
     "paint": ("membrane_py.edit.paint", "PaintJob", "run_paint"),
     "fill": ("membrane_py.edit.fill", "FillJob", "run_fill"),
+    "suggest": ("membrane_py.predict.suggest", "SuggestJob", "run_suggest"),
     "export-onnx": ("membrane_py.transfer.onnx", "ExportOnnxJob", "run_export_onnx"),
     "ffn-prep": ("membrane_py.ffn.prep", "FFNPrepJob", "run_ffn_prep"),
     "ffn-train": ("membrane_py.ffn.train", "FFNTrainJob", "run_ffn_train"),

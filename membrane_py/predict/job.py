@@ -98,7 +98,9 @@ class PredictJob(JobSpec):
 
     Quality and speed: ``tta`` averages each tile over the first ``tta`` of the 8 flips /
     rotations (1: off; :data:`membrane_py.infer.engine.DIHEDRAL`), and ``uncertainty``
-    writes their spread as one more probability-like output, ``uncertainty``.
+    writes one more probability-like output, ``uncertainty``: the spread between the
+    augmented predictions, or without them (``tta`` 1) the binary entropy of the
+    probabilities (:meth:`~membrane_py.infer.engine.TiledPredictor.predict_with_uncertainty`).
     ``precision`` is ``fp32``, ``bf16``, ``int8`` or ``auto``
     (:mod:`membrane_py.infer.precision`); ``int8`` calibrates on patches of the volume
     itself, or of the volume or image folder ``calibration`` names.
@@ -153,9 +155,6 @@ class PredictJob(JobSpec):
             (self.prefetch >= 0, "prefetch must be >= 0"),
             (1 <= self.tta <= 8, f"tta must be 1 (off) .. 8 (all flips and rotations), got "
                                  f"{self.tta}"),
-            (self.tta > 1 or not self.uncertainty,
-             "the uncertainty output is the spread between test-time augmentations: give "
-             "tta 2..8 (--tta 8) with it"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.scheduler is None or self.precision != "int8",
              "int8 does not run on a Dask cluster yet (each worker would calibrate its own "

@@ -10,9 +10,10 @@ Pixel codes (0 always means "missing", as VAST's black for absent tiles):
   :func:`membrane_py.codes.classes_to_tile_u8`).
 - ``rgb``: the probabilities of the three classes of a 3-class network as R, G, B
   (each coded like ``probability``).
-- ``uncertainty`` (with test-time augmentation): the spread u in [0, 1] between the
-  augmented predictions (:meth:`membrane_py.infer.engine.TiledPredictor.predict_with_uncertainty`),
-  coded like a probability.
+- ``uncertainty``: u in [0, 1], the spread between test-time augmented predictions, or
+  without augmentation the binary entropy of the probabilities
+  (:meth:`membrane_py.infer.engine.TiledPredictor.predict_with_uncertainty`), coded like a
+  probability.
 
 Each output is a folder ``<out>/<name>/mip<m>/...`` with its descriptor ``<out>/<name>.vsvi``
 and, with zarr on, ``<out>/<name>.zarr`` (OME-Zarr 0.4, :mod:`membrane_py.volumes.omezarr`:

@@ -17,6 +17,7 @@ from membrane_py.tabs.jobs_controller import JobController
 from membrane_py.tabs.paint import PaintTab
 from membrane_py.tabs.patches import PatchesTab
 from membrane_py.tabs.predict import PredictTab
+from membrane_py.tabs.suggest import SuggestTab
 from membrane_py.tabs.train import TrainTab
 
 #: The window's first size; it stays usable down to MINIMUM (a 1366 x 768 laptop screen).
@@ -43,12 +44,13 @@ class MainWindow(QMainWindow):
         self.train_tab = TrainTab(controller, s)
         self.evaluate_tab = EvaluateTab(controller, s)
         self.predict_tab = PredictTab(controller, s)
+        self.suggest_tab = SuggestTab(controller, s)
         self.paint_tab = PaintTab(controller, s)
         self.ffn_tab = FFNTab(controller, s)
         self.jobs_tab = JobsTab(controller)
         self.job_tabs: list[JobTab] = [self.gt_tab, self.patches_tab, self.train_tab,
-                                       self.evaluate_tab, self.predict_tab, self.paint_tab,
-                                       self.ffn_tab]
+                                       self.evaluate_tab, self.predict_tab, self.suggest_tab,
+                                       self.paint_tab, self.ffn_tab]
         for tab in (self.connect_tab, *self.job_tabs, self.jobs_tab):
             self.tabs.addTab(tab, tab.title)
         self.connect_tab.connected.connect(self._vast_changed)
@@ -67,8 +69,8 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self.connect_tab.connect_vast)
 
     def _shortcuts(self) -> None:
-        for i in range(self.tabs.count()):
-            QShortcut(QKeySequence(f"Ctrl+{i + 1}"), self,
+        for i in range(min(self.tabs.count(), 10)):  # Ctrl+1 ... Ctrl+9, Ctrl+0 the tenth
+            QShortcut(QKeySequence(f"Ctrl+{(i + 1) % 10}"), self,
                       activated=lambda i=i: self.tabs.setCurrentIndex(i))
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.run_current)
         QShortcut(QKeySequence("Escape"), self, activated=self.cancel_current)
@@ -92,6 +94,7 @@ class MainWindow(QMainWindow):
 
     def _vast_changed(self, state: VastState) -> None:
         self.predict_tab.set_vast(state)
+        self.suggest_tab.set_vast(state)
         self.paint_tab.set_vast(state)
         self.ffn_tab.set_vast(state)
         if hasattr(self, "vast_label"):

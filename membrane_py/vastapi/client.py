@@ -508,6 +508,13 @@ class VastClient:
     def get_anno_object_names(self) -> list[str]:
         return self._names(P.Cmd.GETANNOLAYEROBJECTNAMES)
 
+    def add_new_anno_object(self, name: str, type: int = 1, ref: int = 0,
+                            as_child: bool = False) -> int:
+        """A new annotation object (type 1 skeleton, 0 folder) next to (or, ``as_child``,
+        inside) object ``ref`` (0: at the top level); returns its id (ADDNEWANNOOBJECT)."""
+        return self._one_uint(P.Cmd.ADDNEWANNOOBJECT,
+                              [P.u32(ref), P.u32(int(as_child)), P.u32(type), P.text(name)])
+
     def set_selected_anno_object(self, id: int) -> None:
         self._request(P.Cmd.SETSELECTEDANNOOBJECTNR, [P.u32(id)])
 

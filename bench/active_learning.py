@@ -1,0 +1,205 @@
+"""Do suggested regions teach a network more than random ones? (one JSON object)
+
+Simulates the annotate-train loop on ISBI 2012 (../shared/data/isbi2012, labels 0 =
+membrane), with the ground truth standing in for the annotator. A small U-Net starts from
+``--initial`` random ``--region`` px squares of sections 00-09; each round every arm adds
+``--k`` regions of sections 00-14 (labels only inside them; the rest of a section is 0 =
+unknown, which the loss ignores) and fine-tunes its previous network for the same fixed
+number of iterations on everything it has labelled so far:
+
+- ``suggested``: the k regions ``membrane suggest`` ranks first on the arm's network (by the
+  entropy of the membrane probability, or the TTA spread with ``--tta`` > 1;
+  :func:`membrane_py.predict.suggest.rank_regions`), never one already labelled;
+- ``random``: k random regions of the same size (so the same area), not overlapping the
+  labelled ones.
+
+Each network is scored on the held-out sections 15-19 with V_rand after the same threshold
++ watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_scores`).
+``--seeds`` repeats it all (initial regions, random picks, training order)::
+
+    python bench/active_learning.py --rounds 2 --seeds 2   # the defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from membrane_py.augment import labels as L
+from membrane_py.augment.dataset import OnTheFlyPatchDataset
+from membrane_py.augment.labels import convert_labels
+from membrane_py.augment.transforms import AugmentConfig
+from membrane_py.infer.engine import load_predictor
+from membrane_py.predict.suggest import rank_regions
+from membrane_py.train.config import TrainJob
+from membrane_py.train.metrics import membrane_scores
+from membrane_py.train.trainer import train_model
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+POOL, INITIAL_POOL, HELD_OUT = range(0, 15), range(0, 10), range(15, 20)
+
+
+def load(sections: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images = [L.read_image(DATA / "images" / f"{i:02d}.png") for i in sections]
+    raw = [L.decode_label_image(L.read_image(DATA / "labels" / f"{i:02d}.png")) for i in sections]
+    return images, convert_labels(raw, "isbi")[0]
+
+
+def overlaps(a: tuple[int, int, int], b: tuple[int, int, int], side: int) -> bool:
+    """Two (z, y, x) top-left squares of ``side`` px share pixels."""
+    return a[0] == b[0] and abs(a[1] - b[1]) < side and abs(a[2] - b[2]) < side
+
+
+def random_regions(rng: np.random.Generator, sections: range, shape: tuple[int, int], side: int,
+                   n: int, taken: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``n`` random (z, y, x) squares overlapping neither ``taken`` nor each other."""
+    out: list[tuple[int, int, int]] = []
+    while len(out) < n:
+        c = (int(rng.choice(sections)), int(rng.integers(shape[0] - side + 1)),
+             int(rng.integers(shape[1] - side + 1)))
+        if not any(overlaps(c, t, side) for t in taken + out):
+            out.append(c)
+    return out
+
+
+def masked_labels(labels: list[np.ndarray], regions: list[tuple[int, int, int]],
+                  side: int) -> tuple[list[int], list[np.ndarray]]:
+    """Sections holding regions and their labels with everything outside them 0 (unknown)."""
+    keep: dict[int, np.ndarray] = {}
+    for z, y, x in regions:
+        lab = keep.setdefault(z, np.zeros_like(labels[z]))
+        lab[y:y + side, x:x + side] = labels[z][y:y + side, x:x + side]
+    zs = sorted(keep)
+    return zs, [keep[z] for z in zs]
+
+
+def train(images: list[np.ndarray], labels: list[np.ndarray], regions, args, out: Path,
+          name: str, seed: int, parent: Path | None, iterations: int) -> Path:
+    """Fine-tune ``parent`` (or train from scratch) for exactly ``iterations`` batches on the
+    labelled regions; returns the checkpoint."""
+    zs, labs = masked_labels(labels, regions, args.region)
+    per_epoch = args.batch * iterations
+    cfg = TrainJob(out_dir=str(out), name=name, patch_size=args.patch, batch_size=args.batch,
+                   epochs=1, patches_per_epoch=per_epoch, depth=args.depth,
+                   base_filters=args.base_filters, lr=args.lr, device="cpu", seed=seed,
+                   voxel_size=[50.0, 4.0, 4.0], log_every=10 ** 6, amp=False,
+                   pretrained=None if parent is None else str(parent))
+    # unrotated patches (flips and the other augmentations stay): a square region holds few
+    # saturated rotated patches, and searching for them costs more than the training step
+    ds = OnTheFlyPatchDataset([images[z] for z in zs], labs, args.patch, per_epoch,
+                              cfg.preprocess_config, AugmentConfig(), seed=seed, rotate=False)
+    t = time.perf_counter()
+    train_model(ds, None, cfg, n_classes=2)
+    log(f"{name}: {iterations} iterations on {len(regions)} regions in "
+        f"{time.perf_counter() - t:.0f} s")
+    return cfg.last_path
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def v_rand(checkpoint: Path, images: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32")
+    probs = predictor.predict(np.stack(images))
+    return float(np.mean([membrane_scores(p[1], gt)["v_rand"]
+                          for p, gt in zip(probs, labels, strict=True)]))
+
+
+def suggest(checkpoint: Path, images: list[np.ndarray], taken, args) -> list[tuple[int, int, int]]:
+    """The k top-ranked regions of the pool, never overlapping a labelled one."""
+    predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32",
+                               tta=args.tta)
+    _, spread = predictor.predict_with_uncertainty(np.stack(images))
+    picks = rank_regions(((z, spread[z]) for z in range(len(images))), args.k, args.region,
+                         args.region, 1, avoid=taken)
+    return [(z, y, x) for _, z, y, x in picks]
+
+
+def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """One simulated annotation history per arm, from the same start; V_rand per round."""
+    torch.set_num_threads(max(args.threads // args.seeds, 1))
+    pool_im, pool_lab = load(POOL)
+    test_im, test_lab = load(HELD_OUT)
+    shape = pool_im[0].shape
+    rng = np.random.default_rng(seed)
+    start = random_regions(rng, INITIAL_POOL, shape, args.region, args.initial, [])
+    ck0 = train(pool_im, pool_lab, start, args, out, "initial", seed, None,
+                args.initial_iterations)
+    score0 = v_rand(ck0, test_im, test_lab)
+    arms = {a: {"regions": list(start), "checkpoint": ck0, "v_rand": [score0]}
+            for a in ("suggested", "random")}
+    for r in range(1, args.rounds + 1):
+        for name, arm in arms.items():
+            taken = arm["regions"]
+            new = (suggest(arm["checkpoint"], pool_im, taken, args) if name == "suggested"
+                   else random_regions(rng, POOL, shape, args.region, args.k, taken))
+            taken += new
+            arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out, f"{name}{r}",
+                                      seed * 100 + r, arm["checkpoint"], args.iterations)
+            arm["v_rand"].append(v_rand(arm["checkpoint"], test_im, test_lab))
+        log(json.dumps({"seed": seed, "round": r,
+                        **{a: round(v["v_rand"][-1], 4) for a, v in arms.items()}}))
+    return {"seed": seed, **{a: {"v_rand": [round(s, 4) for s in v["v_rand"]],
+                                 "regions": [list(t) for t in v["regions"]]}
+                             for a, v in arms.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--k", type=int, default=4, help="regions added per round")
+    ap.add_argument("--initial", type=int, default=4, help="random regions to start from")
+    ap.add_argument("--region", type=int, default=128, help="side of a region, px")
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--initial-iterations", type=int, default=40)
+    ap.add_argument("--iterations", type=int, default=25, help="fine-tuning per round")
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--base-filters", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
+                    "probability; 2..8: by the spread between that many flips/rotations")
+    ap.add_argument("--threads", type=int, default=2, help="in all: the seeds run in parallel "
+                    "processes, each with threads / seeds")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"ISBI 2012 data not found at {DATA}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="al_bench_") as tmp, ProcessPoolExecutor(
+            args.seeds, mp_context=multiprocessing.get_context("fork")) as pool:
+        jobs = [pool.submit(run_seed, seed, args, Path(tmp) / f"seed{seed}")
+                for seed in range(args.seeds)]
+        runs = [job.result() for job in jobs]
+    mean = {a: [round(float(np.mean([run[a]["v_rand"][r] for run in runs])), 4)
+                for r in range(args.rounds + 1)] for a in ("suggested", "random")}
+    wins = sum(run["suggested"]["v_rand"][r] > run["random"]["v_rand"][r]
+               for run in runs for r in range(1, args.rounds + 1))
+    print(json.dumps({
+        "bench": "active_learning", "data": "ISBI 2012", "pool_sections": "00-14",
+        "initial_sections": "00-09", "held_out_sections": "15-19",
+        "metric": "V_rand (higher is better), threshold 0.5 + watershed as membrane evaluate",
+        "ranking": f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy",
+        "mean_v_rand_by_round": mean,
+        "suggested_minus_random_final": round(mean["suggested"][-1] - mean["random"][-1], 4),
+        "suggested_wins": f"{wins} of {args.rounds * args.seeds} (seed, round) pairs",
+        "runs": runs, "args": vars(args), "seconds": round(time.perf_counter() - t0, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads_per_seed": max(args.threads // args.seeds, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }))
+
+
+if __name__ == "__main__":
+    main()
