@@ -37,9 +37,9 @@ import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.infer.engine import TiledPredictor, load_predictor
-from membrane_py.infer.precision import cpu_flags
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
+from membrane_py.train.device import cpu_flags
 
 MODELS: dict[str, UNetConfig] = {"default": UNetConfig(), "light": UNetConfig.light()}
 

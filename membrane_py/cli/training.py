@@ -72,8 +72,19 @@ def train(
     shuffle: bool = typer.Option(True),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps"),
-    amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default auto: on "
+                             "CUDA and on CPUs with AVX-512 BF16 or AMX)"),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last",
+                                       help="channels-last memory format (default auto: on "
+                                       "CUDA and the CPU)"),
     workers: int = typer.Option(0, help="data-loading worker processes"),
+    prefetch: bool = typer.Option(None, "--prefetch/--no-prefetch", help="load and augment "
+                                  "the next batches in a background thread (default auto: "
+                                  "when --workers is 0)"),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the "
+                                 "network (compiling takes minutes on a small CPU)"),
+    threads: int = typer.Option(None, help="PyTorch threads for the run (default: one per "
+                                "core)"),
     best_metric: str = typer.Option("val_loss", help="val_loss, val_pixel_error, val_miou, "
                                     "val_v_rand or val_v_info"),
     clahe: bool = typer.Option(None, "--clahe/--no-clahe", help="CLAHE before normalisation, "
@@ -119,7 +130,10 @@ def train(
             step_epochs=step_epochs,
             step_factor=step_factor, loss=loss,
             class_weights=floats_option(class_weights, "--class-weights"),
-            shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
+            shuffle=shuffle, seed=seed, device=device, num_workers=workers,
+            **{k: "auto" if v is None else v for k, v in (
+                ("amp", amp), ("channels_last", channels_last), ("prefetch", prefetch))},
+            compile=compile, threads=threads,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
             voxel_size=list(voxel_size[::-1]) if voxel_size else None,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,
