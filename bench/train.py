@@ -188,6 +188,7 @@ def main() -> None:
     ap.add_argument("--val-patches", type=int, default=32)
     ap.add_argument("--data", type=Path, default=ISBI)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, help="also write the JSON here after every stage")
     args = ap.parse_args()
 
     dev = pick_device(args.device)
@@ -195,23 +196,35 @@ def main() -> None:
     t0 = time.perf_counter()
     images, labels, source = load_sections(args.data)
     data = (images[:15], labels[:15])
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    results = [measure_size(size, data, args, dev) for size in sizes]
-    acc = accuracy(images, labels, source, args, dev) if args.accuracy_steps else None
-    print(json.dumps({
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")] \
+        if args.sizes else []
+    doc = {
         "bench": "train", "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": device_description(dev), "torch": torch.__version__,
         "cpu_bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
         "cores": os.cpu_count(), "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "data": source, "patch": args.patch, "batch": args.batch, "rounds": args.rounds,
         "steps_per_round": args.steps,
         "defaults": dataclasses.asdict(resolve_execution(TrainJob(), dev)[0]),
-        "results": results, "accuracy_bf16_vs_fp32": acc,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if dev.type == "cuda" else None,
-    }, indent=1))
+        "results": [], "accuracy_bf16_vs_fp32": None}
+
+    def emit(final: bool = False) -> None:
+        doc.update(load_average_after=[round(v, 2) for v in os.getloadavg()],
+                   seconds=round(time.perf_counter() - t0, 1),
+                   peak_gpu_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                   if dev.type == "cuda" else None)
+        text = json.dumps(doc, indent=1)
+        if args.out:
+            args.out.write_text(text + "\n")
+        if final:
+            print(text)
+
+    for size in sizes:
+        doc["results"].append(measure_size(size, data, args, dev))
+        emit()
+    if args.accuracy_steps:
+        doc["accuracy_bf16_vs_fp32"] = accuracy(images, labels, source, args, dev)
+    emit(final=True)
 
 
 if __name__ == "__main__":
