@@ -204,7 +204,7 @@ ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi201
 def isbi(sections: range) -> tuple[np.ndarray, list[np.ndarray]]:
     """ISBI 2012 EM (z, y, x) and class labels (1 interior, 2 membrane) of ``sections``."""
     from membrane_py.augment import labels as L
-    from membrane_py.train.trainer import convert_labels
+    from membrane_py.augment.labels import convert_labels
 
     em = np.stack([L.read_image(ISBI / "images" / f"{i:02d}.png") for i in sections])
     raw = [L.decode_label_image(L.read_image(ISBI / "labels" / f"{i:02d}.png"))
