@@ -219,8 +219,10 @@ def main() -> None:
         if final:
             print(text)
 
+    threads = torch.get_num_threads()
     for size in sizes:
         doc["results"].append(measure_size(size, data, args, dev))
+        torch.set_num_threads(threads)  # set-ups change it; the next size starts alike
         emit()
     if args.accuracy_steps:
         doc["accuracy_bf16_vs_fp32"] = accuracy(images, labels, source, args, dev)

@@ -85,8 +85,8 @@ def test_bf16_falls_back_to_fp32_with_a_warning_where_the_cpu_lacks_it():
         assert run.amp is bf16 and warnings == []
     run, warnings = resolve_execution(TrainJob(amp=True), torch.device("mps"))
     assert not run.amp and "mps" in warnings[0]
-    run, _ = resolve_execution(TrainJob(num_workers=2), CPU)
-    assert not run.prefetch and run.channels_last  # worker processes prefetch themselves
+    run, _ = resolve_execution(TrainJob(), CPU)
+    assert not run.prefetch and run.channels_last and not run.compile
 
 
 @pytest.mark.skipif(cpu_has_bf16(), reason="this CPU has bf16; the warning needs one without")
@@ -131,23 +131,23 @@ def test_cli_toggles_round_trip_through_save_job_and_the_log_records_them(tmp_pa
             tmp_path / "run", "--depth", "2", "--base-filters", "4", "--patch-size", "32",
             "--patches-per-epoch", "8", "--val-patches", "4", "--epochs", "1", "--batch-size",
             "4", "--device", "cpu"]
-    toggles = ["--no-amp", "--channels-last", "--no-prefetch", "--threads", "1"]
+    toggles = ["--no-amp", "--channels-last", "--prefetch", "--threads", "1"]
     r = CliRunner().invoke(app, [str(a) for a in base + toggles + ["--save-job", job]])
     assert r.exit_code == 0, r.output
     spec = json.loads(job.read_text())
     assert (spec["amp"], spec["channels_last"], spec["prefetch"], spec["compile"],
-            spec["threads"]) == (False, True, False, False, 1)
+            spec["threads"]) == (False, True, True, False, 1)
     loaded = load_job(job)
     assert isinstance(loaded, TrainJob) and loaded.to_dict() == spec
     recorded = load_checkpoint(tmp_path / "run" / "unet.pt").train_config
     assert (recorded["amp"], recorded["channels_last"], recorded["threads"]) == (False, True, 1)
-    assert ("Execution: fp32, channels-last, no prefetch thread, eager, 1 threads"
+    assert ("Execution: fp32, channels-last, prefetch thread, eager, 1 threads"
             in (tmp_path / "run" / "unet.log").read_text())
     default = tmp_path / "default.json"
     r = CliRunner().invoke(app, [str(a) for a in base + ["--save-job", default]])
     assert r.exit_code == 0, r.output
     auto = json.loads(default.read_text())
     assert (auto["amp"], auto["channels_last"], auto["prefetch"], auto["compile"],
-            auto["threads"]) == ("auto", "auto", "auto", False, None)
+            auto["threads"]) == ("auto", "auto", False, False, None)
     recorded = load_checkpoint(tmp_path / "run" / "unet.pt").train_config
-    assert recorded["amp"] is cpu_has_bf16() and recorded["prefetch"] is True
+    assert recorded["amp"] is cpu_has_bf16() and recorded["channels_last"] is True

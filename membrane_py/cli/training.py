@@ -78,9 +78,8 @@ def train(
                                        help="channels-last memory format (default auto: on "
                                        "CUDA and the CPU)"),
     workers: int = typer.Option(0, help="data-loading worker processes"),
-    prefetch: bool = typer.Option(None, "--prefetch/--no-prefetch", help="load and augment "
-                                  "the next batches in a background thread (default auto: "
-                                  "when --workers is 0)"),
+    prefetch: bool = typer.Option(False, "--prefetch/--no-prefetch", help="load and augment "
+                                  "the next batches in a background thread"),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the "
                                  "network (compiling takes minutes on a small CPU)"),
     threads: int = typer.Option(None, help="PyTorch threads for the run (default: one per "
@@ -132,8 +131,8 @@ def train(
             class_weights=floats_option(class_weights, "--class-weights"),
             shuffle=shuffle, seed=seed, device=device, num_workers=workers,
             **{k: "auto" if v is None else v for k, v in (
-                ("amp", amp), ("channels_last", channels_last), ("prefetch", prefetch))},
-            compile=compile, threads=threads,
+                ("amp", amp), ("channels_last", channels_last))},
+            prefetch=prefetch, compile=compile, threads=threads,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
             voxel_size=list(voxel_size[::-1]) if voxel_size else None,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio,

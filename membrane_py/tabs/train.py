@@ -121,8 +121,8 @@ class TrainTab(JobTab):
               "AVX-512 BF16 or AMX")
         a.add("channels_last", combo(toggle), "Channels-last memory")
         a.add("num_workers", spin(0, 0, 64), "Data-loading processes")
-        a.add("prefetch", combo(toggle), "Prefetch thread", "auto: when there are no "
-              "data-loading processes")
+        a.add("prefetch", check(False), "Prefetch thread", "load the next batches in a "
+              "background thread")
         a.add("resume", PathEdit("file", "Checkpoints (*.pt)", "optional"), "Resume from",
               "a _last.pt checkpoint of an interrupted run")
         self.add_fold(a, "Advanced")

@@ -105,7 +105,7 @@ class TrainJob(JobSpec):
     amp: bool | str = "auto"
     channels_last: bool | str = "auto"
     num_workers: int = 0
-    prefetch: bool | str = "auto"
+    prefetch: bool = False
     compile: bool = False
     threads: int | None = None
     best_metric: str = "val_loss"
@@ -163,7 +163,7 @@ class TrainJob(JobSpec):
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        for name in ("amp", "channels_last", "prefetch"):
+        for name in ("amp", "channels_last"):
             error = check_toggle(name, getattr(self, name))
             if error:
                 raise ValueError(error)

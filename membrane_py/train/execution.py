@@ -11,7 +11,9 @@ docs/training.md, "Training speed"):
   fp32 with a warning, since oneDNN would emulate bf16 more slowly than fp32.
 - ``channels_last``: channels-last activations and weights (``auto``: CUDA and the CPU).
 - ``prefetch``: a background thread loads and augments the next batches while the network
-  trains (``auto``: on when ``num_workers`` is 0; worker processes prefetch by themselves).
+  trains; off by default: loading a patch takes milliseconds against a training step of
+  seconds on a CPU, and on the loaded 2-core test machine the extra thread measured 1.07x
+  in one run and 0.79x in another.
 - ``compile``: ``torch.compile`` of the training forward pass; off by default because the
   compilation (minutes on a loaded 2-core CPU) costs more than it saves in short runs.
 - ``threads``: intra-op threads for the run (None: PyTorch's default, one per core).
@@ -79,8 +81,7 @@ def resolve_execution(job: TrainJob, device: torch.device, cpu_bf16: bool | None
                         f"{kind} device trains in fp32 (pass --no-amp to silence this)")
     channels_last = (kind in ("cuda", "cpu") if job.channels_last == AUTO
                      else bool(job.channels_last))
-    prefetch = job.num_workers == 0 if job.prefetch == AUTO else bool(job.prefetch)
-    return Execution(amp, channels_last, prefetch, job.compile,
+    return Execution(amp, channels_last, job.prefetch, job.compile,
                      job.threads or torch.get_num_threads()), warnings
 
 
