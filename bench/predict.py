@@ -40,9 +40,9 @@ import torch
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.infer.engine import TiledPredictor, load_predictor
-from membrane_py.infer.precision import cpu_flags
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
+from membrane_py.train.device import cpu_flags
 
 MODELS: dict[str, UNetConfig] = {"default": UNetConfig(), "light": UNetConfig.light()}
 
@@ -248,7 +248,7 @@ ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi201
 def isbi(sections: range) -> tuple[np.ndarray, list[np.ndarray]]:
     """ISBI 2012 EM (z, y, x) and class labels (1 interior, 2 membrane) of ``sections``."""
     from membrane_py.augment import labels as L
-    from membrane_py.train.trainer import convert_labels
+    from membrane_py.augment.labels import convert_labels
 
     em = np.stack([L.read_image(ISBI / "images" / f"{i:02d}.png") for i in sections])
     raw = [L.decode_label_image(L.read_image(ISBI / "labels" / f"{i:02d}.png"))

@@ -77,8 +77,18 @@ def train(
     shuffle: bool = typer.Option(True),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps"),
-    amp: bool = typer.Option(True, help="bf16 autocast on CUDA"),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default auto: on "
+                             "CUDA and on CPUs with AVX-512 BF16 or AMX)"),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last",
+                                       help="channels-last memory format (default auto: on "
+                                       "CUDA and the CPU)"),
     workers: int = typer.Option(0, help="data-loading worker processes"),
+    prefetch: bool = typer.Option(False, "--prefetch/--no-prefetch", help="load and augment "
+                                  "the next batches in a background thread"),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the "
+                                 "network (compiling takes minutes on a small CPU)"),
+    threads: int = typer.Option(None, help="PyTorch threads for the run (default: one per "
+                                "core)"),
     best_metric: str = typer.Option("auto", help="auto (whole-section V_rand, else val_loss), "
                                     "val_section_v_rand, val_loss, val_pixel_error, val_miou, "
                                     "val_v_rand or val_v_info (patch scores)"),
@@ -129,7 +139,10 @@ def train(
             step_epochs=step_epochs,
             step_factor=step_factor, loss=loss,
             class_weights=floats_option(class_weights, "--class-weights"),
-            shuffle=shuffle, seed=seed, device=device, amp=amp, num_workers=workers,
+            shuffle=shuffle, seed=seed, device=device, num_workers=workers,
+            **{k: "auto" if v is None else v for k, v in (
+                ("amp", amp), ("channels_last", channels_last))},
+            prefetch=prefetch, compile=compile, threads=threads,
             best_metric=best_metric, resume=str(resume) if resume else None, mip=mip,
             voxel_size=list(voxel_size[::-1]) if voxel_size else None,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio, frozen_bn=frozen_bn,

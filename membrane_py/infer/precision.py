@@ -25,28 +25,11 @@ used only when asked for.
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from membrane_py.train.device import cpu_has_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: ``auto`` uses bf16 on a bf16-capable CPU from this many base filters on (see above)
 BF16_MIN_FILTERS = 32
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports (``/proc/cpuinfo``); empty elsewhere."""
-    info = Path("/proc/cpuinfo")
-    if platform.system() != "Linux" or not info.is_file():
-        return set()
-    for line in info.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: str, device_type: str, base_filters: int | None = None) -> str:

@@ -116,9 +116,13 @@ class TrainTab(JobTab):
         a.add("log_every", spin(10, 1, 100000), "Plot loss every (iterations)")
         a.add("seed", spin(0, 0, 2**31 - 1), "Random seed")
         a.add("device", combo(["auto", "cpu", "cuda"]), "Device")
-        a.add("amp", check(True), "Mixed precision (GPU)")
-        a.add("channels_last", check(True), "Channels-last memory (GPU)")
+        toggle = [("auto (by device)", "auto"), ("on", True), ("off", False)]
+        a.add("amp", combo(toggle), "bf16 autocast", "auto: on CUDA and on CPUs with "
+              "AVX-512 BF16 or AMX")
+        a.add("channels_last", combo(toggle), "Channels-last memory")
         a.add("num_workers", spin(0, 0, 64), "Data-loading processes")
+        a.add("prefetch", check(False), "Prefetch thread", "load the next batches in a "
+              "background thread")
         a.add("resume", PathEdit("file", "Checkpoints (*.pt)", "optional"), "Resume from",
               "a _last.pt checkpoint of an interrupted run")
         self.add_fold(a, "Advanced")
@@ -198,6 +202,7 @@ class TrainTab(JobTab):
             best_metric=a.value("best_metric"), log_every=a.value("log_every"),
             seed=a.value("seed"), device=a.value("device"), amp=a.value("amp"),
             channels_last=a.value("channels_last"), num_workers=a.value("num_workers"),
+            prefetch=a.value("prefetch"),
             resume=a.value("resume") or None)
         if pretrained:  # architecture and preprocessing come from the pretrained network
             path = f.value("pretrained")

@@ -12,6 +12,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
+from membrane_py.train.execution import check_toggle
 from membrane_py.train.transfer_modes import FROZEN_BN, TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
@@ -44,6 +45,11 @@ class TrainJob(JobSpec):
     to training patches. ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of
     the device (or the checkpoint resumed); the checkpoint records what was used. ``minutes``
     bounds the training time: the epoch in progress ends early, is validated and saved.
+
+    Execution: ``amp`` (bf16 autocast), ``channels_last``, ``prefetch`` (a data-loading
+    thread), ``compile`` (``torch.compile``) and ``threads`` change speed, not the method;
+    ``"auto"`` / None are settled per device by :mod:`membrane_py.train.execution`, and the
+    checkpoint records the settled values.
 
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
     count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
@@ -106,9 +112,12 @@ class TrainJob(JobSpec):
     seed: int = 0
     # execution
     device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
     num_workers: int = 0
+    prefetch: bool = False
+    compile: bool = False
+    threads: int | None = None
     best_metric: str = "auto"
     log_every: int = 10
     resume: str | None = None
@@ -149,6 +158,8 @@ class TrainJob(JobSpec):
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
             (self.max_classes >= 2, "max_classes must be >= 2"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.depth is None or self.patch_size % 2**self.depth == 0,
              f"patch_size {self.patch_size} must be a multiple of 2**depth = "
@@ -170,6 +181,10 @@ class TrainJob(JobSpec):
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        for name in ("amp", "channels_last"):
+            error = check_toggle(name, getattr(self, name))
+            if error:
+                raise ValueError(error)
 
     def with_architecture(self, device_type: str, source: dict | None = None) -> TrainJob:
         """This job with ``depth`` and ``base_filters`` set: kept when given, else those of

@@ -1,9 +1,11 @@
-"""Device choice, mixed precision and seeding for training and prediction."""
+"""Device choice, mixed precision, memory format and seeding for training and prediction."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
+from pathlib import Path
 
 import torch
 
@@ -22,16 +24,35 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (``/proc/cpuinfo``); empty elsewhere."""
+    info = Path("/proc/cpuinfo")
+    if platform.system() != "Linux" or not info.is_file():
+        return set()
+    for line in info.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 arithmetic (AVX-512 BF16 or AMX); without it oneDNN
+    emulates bf16 and runs slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 is slower than fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA or the CPU when enabled (the caller decides whether the CPU
+    has bf16, see :mod:`membrane_py.train.execution`); a no-op elsewhere."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:
-    """channels-last on CUDA (faster convolutions with tensor cores), contiguous elsewhere."""
-    if channels_last and device.type == "cuda":
+    """channels-last when asked for on CUDA or the CPU (oneDNN and cuDNN convolutions prefer
+    it), contiguous elsewhere."""
+    if channels_last and device.type in ("cuda", "cpu"):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -48,6 +48,7 @@ from membrane_py.train.device import (
     seed_everything,
 )
 from membrane_py.train.episodic import episodic_loader_parts
+from membrane_py.train.execution import prefetched, resolve_execution, settled
 from membrane_py.train.logs import TrainingLog
 from membrane_py.train.losses import affinity_bce, class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
@@ -139,14 +140,15 @@ def _count_classes(ds: Dataset, n_classes: int, max_items: int = 64) -> list[int
 
 @torch.no_grad()
 def validate(model: UNet, loader: DataLoader, loss_fn, device: torch.device, amp: bool,
-             class_names: list[str], target: str = "classes") -> dict[str, float]:
+             class_names: list[str], target: str = "classes",
+             channels_last: bool = True) -> dict[str, float]:
     """Mean validation loss, pixel error, mean IoU and (membrane maps) mean V_rand / V_info;
     the loss only for affinity networks."""
     model.eval()
     n_classes = len(class_names)
     losses, scores = [], []
     membrane = n_classes == 2 and class_names[-1] == "membrane"
-    fmt = memory_format(device)
+    fmt = memory_format(device, channels_last)
     for x, y in loader:
         x = x.to(device, memory_format=fmt)
         y = y.to(device)
@@ -276,12 +278,18 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         report(progress, Event.log(f"network: depth {cfg.depth}, {cfg.base_filters} base filters "
                                    f"(the default on {device.type}; set --depth and "
                                    "--base-filters to change it)", "train"))
+    run, notes = resolve_execution(cfg, device)
+    for note in notes:
+        warn(progress, note, "train")
+    cfg = settled(cfg, run)
     class_names = _class_names(cfg, n_classes, source)
     model_cfg = cfg.model_config(n_classes)
     model = build_model(model_cfg)
     lineage = _start_from(model, parent, cfg, memory) if parent is not None else {}
-    fmt = memory_format(device, cfg.channels_last and cfg.arch != "unet3d")  # 4D only
+    channels_last = cfg.channels_last and cfg.arch != "unet3d"  # a 4D memory format
+    fmt = memory_format(device, channels_last)
     model.to(device, memory_format=fmt)
+    forward = torch.compile(model) if run.compile else model
     opt = make_optimizer(parameter_groups(model, cfg.transfer_mode, cfg.lr, cfg.leaky_ratio), cfg)
     sched = make_scheduler(opt, cfg)
     first_epoch, history, best = 0, [], {}
@@ -318,6 +326,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     higher_better = BEST_METRICS.get(metric, False)
     desc = device_description(device)
     log = TrainingLog(cfg, n_classes, desc)
+    log.note(f"Execution: {run.describe()}")
+    report(progress, Event.log(f"execution: {run.describe()}", "train"))
     iters = len(loader)
     total = cfg.epochs * iters
 
@@ -337,6 +347,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
 
     deadline = start + 60.0 * cfg.minutes if cfg.minutes else math.inf
     completed = first_epoch
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(run.threads)
     try:
         for epoch in range(first_epoch, cfg.epochs):
             if epoch > first_epoch and time.perf_counter() >= deadline:
@@ -345,14 +357,14 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             n_iters = 0
-            for i, (x, y) in enumerate(loader):
+            for i, (x, y) in enumerate(prefetched(loader) if run.prefetch else loader):
                 check_cancel(cancel)
                 if i and time.perf_counter() >= deadline:
                     break
                 x = x.to(device, non_blocking=True, memory_format=fmt)
                 y = y.to(device, non_blocking=True)
                 with autocast(device, cfg.amp):
-                    logits = model(x)
+                    logits = forward(x)
                 loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -378,7 +390,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             sched.step()
             if val_loader is not None:
                 record.update(validate(model, val_loader, loss_fn, device, cfg.amp,
-                                        class_names, cfg.target))
+                                        class_names, cfg.target, channels_last))
             if sections is not None:
                 scored = section_scores(model, sections, cfg.preprocess_config, device,
                                         amp=cfg.amp)
@@ -410,6 +422,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         log.note(message)
         report(progress, Event.log(message, "train"))
         raise Cancelled(message) from None
+    finally:
+        torch.set_num_threads(threads_before)
     if time.perf_counter() >= deadline and completed < cfg.epochs:
         cut = history[-1].get("iterations") if history else None
         short = f" (the last after {cut} of {iters} iterations)" if cut is not None else ""
