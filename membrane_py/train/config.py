@@ -12,11 +12,12 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
-from membrane_py.train.execution import check_toggle
 from membrane_py.train.transfer_modes import FROZEN_BN, TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+#: the value of an execution toggle settled per device (:mod:`membrane_py.train.execution`)
+AUTO = "auto"
 SCHEDULES = ("none", "step", "cosine")
 #: default U-Net size (depth, base filters) per device type: mEMbrain's depth-5 / 32-filter
 #: network trains at about 1 patch/s on a 2-core CPU, the depth-4 / 16-filter one (1.9 M
@@ -182,9 +183,9 @@ class TrainJob(JobSpec):
             if not ok:
                 raise ValueError(msg)
         for name in ("amp", "channels_last"):
-            error = check_toggle(name, getattr(self, name))
-            if error:
-                raise ValueError(error)
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or value == AUTO):
+                raise ValueError(f"{name} must be true, false or 'auto', got {value!r}")
 
     def with_architecture(self, device_type: str, source: dict | None = None) -> TrainJob:
         """This job with ``depth`` and ``base_filters`` set: kept when given, else those of

@@ -28,16 +28,11 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 
+from membrane_py.train.config import AUTO, TrainJob
 from membrane_py.train.device import cpu_has_bf16
-
-if TYPE_CHECKING:
-    from membrane_py.train.config import TrainJob
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -58,13 +53,6 @@ class Execution:
             "prefetch thread" if self.prefetch else "no prefetch thread",
             "torch.compile" if self.compile else "eager",
             f"{self.threads} threads"])
-
-
-def check_toggle(name: str, value: object) -> str | None:
-    """None when ``value`` is True, False or ``"auto"``, else the error message."""
-    if isinstance(value, bool) or value == AUTO:
-        return None
-    return f"{name} must be true, false or 'auto', got {value!r}"
 
 
 def resolve_execution(job: TrainJob, device: torch.device, cpu_bf16: bool | None = None,
