@@ -39,7 +39,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from membrane_py.augment import labels as L
@@ -119,7 +118,7 @@ def stage_fib25(sections: range, images: Path, labels: Path) -> None:
             link.symlink_to(FIB / "grayscale" / link.name)
 
 
-def starter_job(work: Path, threads_note: str) -> TrainJob:
+def starter_job(work: Path) -> TrainJob:
     return TrainJob(
         image_dir=str(work / "data" / "images"), label_dir=str(work / "data" / "labels"),
         label_format="classes", out_dir=str(work / "run"), name="membranes_starter",
@@ -138,7 +137,7 @@ def train(args) -> dict:
     stage_isbi(ISBI_TRAIN, images, labels, shrink=(1, 2))
     stage_fib25(FIB_TRAIN, images, labels)
     stage_seconds = time.perf_counter() - t0
-    job = starter_job(work, "")
+    job = starter_job(work)
     (work / "starter_job.json").write_text(job.to_json() + "\n")
     load_before = load_average()
     result = run_training(job, progress=log_event)
@@ -224,7 +223,6 @@ def main() -> None:
         print(json.dumps({"bench": "train_starter", "skipped": f"data not found: {missing}"}))
         return
     torch.set_num_threads(args.threads)
-    np.random.seed(0)
     out = train(args) if args.step == "train" else evaluate_all(args)
     print(json.dumps(out))
 

@@ -22,7 +22,8 @@ from membrane_py.vastapi.address import DEFAULT_VAST
 
 
 def predict(
-    checkpoint: Path = typer.Argument(..., help="trained checkpoint (.pt) or .onnx model"),
+    checkpoint: Path = typer.Argument(..., help="trained checkpoint (.pt), .onnx model or "
+                                      "'starter' (the membrane model shipped with membrane-py)"),
     source: str = typer.Option(DEFAULT_VAST, help="vast://HOST:PORT, 'synthetic[:ZxYxX]', an "
                                "image folder, .tif, .h5[:dataset], .zarr or .vsvi"),
     layer: int = typer.Option(0, help="VAST EM layer number (0-based)"),
