@@ -24,6 +24,10 @@ number of iterations (``--finetune-iterations``; the default is what 2 minutes o
 2-core CPU reach, see ``FINETUNE_ITERATIONS``), next to a network trained from scratch for
 as many iterations.
 
+``ship`` (also the end of ``train``): the best checkpoint becomes the package's
+``membrane_py/models/weights/membranes_starter.pt`` without its optimizer state and with
+float16 weights (loaded into float32; the scores are those of the shipped file).
+
 Recorded run (``train``, defaults): 2-core CPU shared with seven other jobs; see
 docs/training.md "Starter model" for its time and scores.
 
@@ -37,6 +41,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +52,7 @@ from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.codes import write_png
 from membrane_py.events import Event
 from membrane_py.predict.evaluate import EvaluateJob, run_evaluation
-from membrane_py.train.checkpoint import load_checkpoint
+from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint, starter_path
 from membrane_py.train.config import TrainJob
 from membrane_py.train.device import device_description, pick_device
 from membrane_py.train.trainer import run_training
@@ -58,13 +63,14 @@ ISBI, FIB = DATA / "isbi2012", DATA / "fib25_sample2"
 FIB_GT = FIB / "groundtruth.h5.gz"
 ISBI_TRAIN, ISBI_TEST, ISBI_FINETUNE = range(0, 15), range(15, 20), range(0, 3)
 FIB_TRAIN, FIB_TEST = range(0, 200), range(200, 250)
-#: the starter's training run: epochs x patches per epoch (batch 8, 128^2), 448 iterations,
-#: what about 45 minutes of a 2-core CPU shared with seven other jobs reach
-EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 8, 448, 8, 128
+#: the starter's training run: epochs x patches per epoch (batch 8, 128^2), 160 iterations,
+#: what about 45 minutes of a 2-core CPU shared with seven other busy jobs reach (load
+#: average about 20: 0.5 patches/s)
+EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 4, 320, 8, 128
 #: fine-tuning iterations (batch 8, 256^2 patches, the `membrane train` defaults) that 2
-#: minutes of an idle 2-core CPU reach: bench/train.py measured 2.9 patches/s for the
-#: depth-4 / 16-filter network there (docs/training.md), 120 s x 2.9 / 8 = 44
-FINETUNE_ITERATIONS = 44
+#: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py trained the depth-4 /
+#: 16-filter network for about 300 such iterations in 10 minutes there (docs/training.md)
+FINETUNE_ITERATIONS = 60
 
 
 def log_event(event: Event) -> None:
@@ -122,7 +128,7 @@ def starter_job(work: Path) -> TrainJob:
     return TrainJob(
         image_dir=str(work / "data" / "images"), label_dir=str(work / "data" / "labels"),
         label_format="classes", out_dir=str(work / "run"), name="membranes_starter",
-        patch_size=PATCH, patches_per_epoch=PATCHES_PER_EPOCH, val_patches=64,
+        patch_size=PATCH, patches_per_epoch=PATCHES_PER_EPOCH, val_patches=32,
         val_fraction=0.05, augment=AugmentConfig.from_names(["all"]), depth=4, base_filters=16,
         epochs=EPOCHS, batch_size=BATCH, lr=1e-3, schedule="cosine", loss="weighted_ce",
         device="cpu", seed=0, log_every=20, best_metric="val_loss",
@@ -142,6 +148,7 @@ def train(args) -> dict:
     load_before = load_average()
     result = run_training(job, progress=log_event)
     return {"bench": "train_starter", "step": "train", "job": str(work / "starter_job.json"),
+            **ship(result.best_path, Path(args.ship)),
             "checkpoint": str(result.best_path), "last": str(result.last_path),
             "device": result.device, "torch_threads": torch.get_num_threads(),
             "stage_seconds": round(stage_seconds, 1), "train_seconds": round(result.seconds),
@@ -150,6 +157,17 @@ def train(args) -> dict:
             "size_bytes": result.best_path.stat().st_size,
             "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
                         for h in result.history]}
+
+
+def ship(checkpoint: str | Path, out: Path) -> dict:
+    """Write ``checkpoint`` as the package's starter model: without the optimizer state and
+    with float16 weights (the network loads them into float32), which quarters the file."""
+    ck = load_checkpoint(checkpoint)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ck.state_dict.items()}
+    save_checkpoint(out, replace(ck, state_dict=half, optimizer=None, scheduler=None,
+                                 weights_sha256=""))
+    return {"shipped": str(out), "from": str(checkpoint), "size_bytes": out.stat().st_size,
+            "weights": "float16"}
 
 
 def evaluate(checkpoint: str, images: Path, labels: Path, label_format: str, out: Path,
@@ -211,9 +229,12 @@ def evaluate_all(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("train", "evaluate"))
+    ap.add_argument("step", choices=("train", "ship", "evaluate"))
     ap.add_argument("--work", required=True, help="folder for staged data, runs and pictures")
-    ap.add_argument("--checkpoint", default="starter", help="evaluate: checkpoint to score")
+    ap.add_argument("--checkpoint", default="starter", help="ship: the trained checkpoint; "
+                    "evaluate: the checkpoint to score")
+    ap.add_argument("--ship", default=str(starter_path()), help="train, ship: where the "
+                    "starter model goes (default: the package's)")
     ap.add_argument("--finetune-iterations", type=int, default=FINETUNE_ITERATIONS)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -223,7 +244,10 @@ def main() -> None:
         print(json.dumps({"bench": "train_starter", "skipped": f"data not found: {missing}"}))
         return
     torch.set_num_threads(args.threads)
-    out = train(args) if args.step == "train" else evaluate_all(args)
+    if args.step == "ship":
+        out = ship(args.checkpoint, Path(args.ship))
+    else:
+        out = train(args) if args.step == "train" else evaluate_all(args)
     print(json.dumps(out))
 
 
