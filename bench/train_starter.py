@@ -38,6 +38,7 @@ docs/training.md "Starter model" for its time and scores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -50,7 +51,7 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.groundtruth import GtJob, run_gt
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.codes import write_png
-from membrane_py.events import Event
+from membrane_py.events import Cancelled, CancelToken, Event
 from membrane_py.predict.evaluate import EvaluateJob, run_evaluation
 from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint, starter_path
 from membrane_py.train.config import TrainJob
@@ -146,17 +147,29 @@ def train(args) -> dict:
     job = starter_job(work)
     (work / "starter_job.json").write_text(job.to_json() + "\n")
     load_before = load_average()
-    result = run_training(job, progress=log_event)
+    cancel = CancelToken()
+
+    def progress(event: Event) -> None:
+        log_event(event)
+        if (args.stop_after_epoch and event.kind == "metric" and event.message == "epoch"
+                and event.data["epoch"] >= args.stop_after_epoch):
+            cancel.cancel()  # the trainer stops before the next iteration, epoch saved
+
+    t = time.perf_counter()
+    with contextlib.suppress(Cancelled):  # --stop-after-epoch
+        run_training(job, progress=progress, cancel=cancel)
+    seconds = time.perf_counter() - t
+    best = load_checkpoint(job.best_path)
     return {"bench": "train_starter", "step": "train", "job": str(work / "starter_job.json"),
-            **ship(result.best_path, Path(args.ship)),
-            "checkpoint": str(result.best_path), "last": str(result.last_path),
-            "device": result.device, "torch_threads": torch.get_num_threads(),
-            "stage_seconds": round(stage_seconds, 1), "train_seconds": round(result.seconds),
-            "iterations": EPOCHS * (PATCHES_PER_EPOCH // BATCH),
+            **ship(job.best_path, Path(args.ship)),
+            "checkpoint": str(job.best_path), "best": best.best,
+            "device": device_description(pick_device(job.device)),
+            "torch_threads": torch.get_num_threads(),
+            "stage_seconds": round(stage_seconds, 1), "train_seconds": round(seconds),
+            "iterations": len(best.history) * (PATCHES_PER_EPOCH // BATCH),
             "load_average_before": load_before, "load_average_after": load_average(),
-            "size_bytes": result.best_path.stat().st_size,
             "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
-                        for h in result.history]}
+                        for h in best.history]}
 
 
 def ship(checkpoint: str | Path, out: Path) -> dict:
@@ -240,6 +253,8 @@ def main() -> None:
     ap.add_argument("--finetune-iterations", type=int, default=FINETUNE_ITERATIONS)
     ap.add_argument("--runs", default="starter,finetuned,scratch", type=lambda t: t.split(","),
                     help="evaluate: which of starter (unchanged), finetuned, scratch")
+    ap.add_argument("--stop-after-epoch", type=int, default=None, help="train: stop the "
+                    f"{EPOCHS}-epoch run (cosine schedule) after this epoch and ship its best")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
