@@ -28,10 +28,10 @@ as many iterations.
 ``membrane_py/models/weights/membranes_starter.pt`` without its optimizer state and with
 float16 weights (loaded into float32; the scores are those of the shipped file).
 
-Recorded run (``train``, defaults): 2-core CPU shared with seven other jobs; see
-docs/training.md "Starter model" for its time and scores.
+Recorded run: ``train --stop-after-epoch 2`` on a 2-core CPU shared with seven other jobs
+(the epochs took 10 and 20 minutes); see docs/training.md "Starter model" for its scores.
 
-    python bench/train_starter.py train --work /tmp/starter
+    python bench/train_starter.py train --work /tmp/starter --stop-after-epoch 2
     python bench/train_starter.py evaluate --work /tmp/starter_eval
 """
 
@@ -65,8 +65,8 @@ FIB_GT = FIB / "groundtruth.h5.gz"
 ISBI_TRAIN, ISBI_TEST, ISBI_FINETUNE = range(0, 15), range(15, 20), range(0, 3)
 FIB_TRAIN, FIB_TEST = range(0, 200), range(200, 250)
 #: the starter's training run: epochs x patches per epoch (batch 8, 128^2), 160 iterations,
-#: what about 45 minutes of a 2-core CPU shared with seven other busy jobs reach (load
-#: average about 20: 0.5 patches/s)
+#: sized for about 45 minutes of a 2-core CPU shared with seven busy jobs; the recorded run
+#: (--stop-after-epoch 2) stopped after 80 iterations, 30 minutes at load average 20 to 40
 EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 4, 320, 8, 128
 #: fine-tuning iterations (batch 8, 256^2 patches, the `membrane train` defaults) that 2
 #: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py trained the depth-4 /
