@@ -71,7 +71,8 @@ EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 4, 320, 8, 128
 #: fine-tuning iterations (batch 8, 256^2 patches, the `membrane train` defaults) that 2
 #: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py trained the depth-4 /
 #: 16-filter network for about 300 such iterations in 10 minutes there (docs/training.md)
-FINETUNE_ITERATIONS = 60
+IDLE_ITERATIONS_PER_MINUTE = 30
+FINETUNE_ITERATIONS = 2 * IDLE_ITERATIONS_PER_MINUTE
 
 
 def log_event(event: Event) -> None:
@@ -233,7 +234,8 @@ def evaluate_all(args) -> dict:
             "torch_threads": torch.get_num_threads(),
             "finetune": {"data": "isbi2012 00-02", "iterations": args.finetune_iterations,
                          "batch": 8, "patch": 256, "augmentations": "flips, rot90",
-                         "equivalent": "2 minutes of an idle 2-core CPU (FINETUNE_ITERATIONS)",
+                         "idle_cpu_minutes": round(args.finetune_iterations
+                                                  / IDLE_ITERATIONS_PER_MINUTE, 2),
                          "scratch": "the same iterations from a fresh network"},
             "evaluation": "membrane evaluate: whole sections, watershed at threshold 0.5, mean "
                           "V_rand (1 = perfect) and pixel error",
