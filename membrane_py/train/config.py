@@ -44,9 +44,9 @@ class TrainJob(JobSpec):
     training time: the epoch in progress ends early, is validated and saved.
 
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
-    count gets a new output layer, everything else is loaded), ``starter`` the shipped starter
-    membrane model, ``auto`` the starter when it fits the job and otherwise none, None none
-    (from scratch); ``transfer_mode`` picks which
+    count gets a new output layer, everything else is loaded): a path, ``starter`` (the
+    shipped starter membrane model), ``auto`` (the starter when it fits the job, else
+    nothing: :meth:`with_pretrained`) or None (from scratch); ``transfer_mode`` picks which
     weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
     encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`). ``episodic``
     lists earlier data sets, ``{"images": dir, "labels": dir}`` plus an optional
