@@ -170,6 +170,9 @@ def test_invalid_inputs_disable_run_with_a_message_that_says_what_to_fix(
     type_into(qtbot, predict.f["checkpoint"], tmp_path / "missing.pt")
     assert not predict.run_button.isEnabled()
     assert "does not exist" in predict.message.text()
+    type_into(qtbot, predict.f["checkpoint"], "")  # empty: the shipped starter model
+    assert "network" not in predict.message.text()
+    assert predict.message.text().startswith("connect to VAST")  # the next thing missing
 
 
 def test_bundled_server_starts_on_a_chosen_volume_and_connects(qtbot, window, tmp_path,

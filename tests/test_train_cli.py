@@ -146,7 +146,8 @@ def test_defaults_weighted_ce_device_size_and_named_augmentations(data, tmp_path
     r = cli("train", "--images", data / "em", "--labels", tmp_path / "gt", "--out",
             tmp_path / "run", "--patch-size", "32", "--patches-per-epoch", "4", "--val-patches",
             "2", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
-            "--augmentations", "blur,motion_blur,equalize,intensity,elastic", "--save-job", job)
+            "--augmentations", "blur,motion_blur,equalize,intensity,elastic", "--save-job", job,
+            "--pretrained", "none")  # a new network (by default the starter model's, if it fits)
     assert r.exit_code == 0, r.output
     spec = json.loads(job.read_text())
     assert spec["loss"] == "weighted_ce" and spec["depth"] is None

@@ -11,7 +11,8 @@ from membrane_py.cli.render import execute
 
 
 def export_onnx(
-    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt)"),
+    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt) or 'starter' (the "
+                                  "shipped membrane model)"),
     out: Path = typer.Argument(..., help="the ONNX model to write (.onnx)"),
     opset: int = typer.Option(17, help="ONNX opset version"),
     check: bool = typer.Option(True, help="run onnx.checker and compare ONNX Runtime with "

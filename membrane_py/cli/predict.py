@@ -22,8 +22,9 @@ from membrane_py.vastapi.address import DEFAULT_VAST
 
 
 def predict(
-    checkpoint: Path = typer.Argument(None, help="trained checkpoint (.pt) or .onnx model "
-                                      "(or give --model)"),
+    checkpoint: Path = typer.Argument(None, help="trained checkpoint (.pt), .onnx model or "
+                                      "'starter' (the membrane model shipped with membrane-py); "
+                                      "or give --model"),
     model: list[Path] = typer.Option(None, help="a model to run (repeatable): several models "
                                      "share each read chunk, each writing into OUT/<model "
                                      "file name without extension>/"),

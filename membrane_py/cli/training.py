@@ -96,8 +96,11 @@ def train(
                                "repeated at prediction (default off, or as the pretrained "
                                "network)"),
     resume: Path = typer.Option(None, help="continue an interrupted run from its _last.pt"),
-    pretrained: Path = typer.Option(None, help="start from this checkpoint (transfer learning; "
-                                    "a different class count gets a new output layer)"),
+    pretrained: str = typer.Option("auto", help="start from this checkpoint (transfer "
+                                   "learning; a different class count gets a new output layer), "
+                                   "'starter' (the shipped membrane model), 'auto' (the starter "
+                                   "when the network fits it, else from scratch) or 'none' "
+                                   "(from scratch)"),
     transfer_mode: str = typer.Option("continuous", help="with --pretrained: continuous (all "
                                       "weights), last_layer, freeze_encoder or leaky"),
     leaky_ratio: float = typer.Option(0.1, help="leaky mode: encoder lr = ratio x lr"),
@@ -147,14 +150,18 @@ def train(
             voxel_size=list(voxel_size[::-1]) if voxel_size else None,
             transfer_mode=transfer_mode, leaky_ratio=leaky_ratio, frozen_bn=frozen_bn,
             episodic=[parse_episodic(e) for e in episodic or []], episodic_ratio=episodic_ratio)
-        cfg = finetune_config(pretrained, **options) if pretrained else TrainJob(**options)
+        if pretrained.lower() in ("auto", "none"):
+            cfg = TrainJob(**options, pretrained=None if pretrained.lower() == "none" else "auto")
+        else:
+            cfg = finetune_config(pretrained, **options)
     except (ValueError, OSError) as e:
         raise fail(one_line(e)) from None
     execute(cfg, save_job)
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt) or an .onnx model"),
+    checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt), an .onnx model or "
+                                      "'starter' (the shipped membrane model)"),
     images: list[Path] = typer.Argument(..., help="EM image files to predict"),
     labels: list[Path] = typer.Option(None, "--label", help="label file per image (repeat)"),
     label_dir: Path = typer.Option(None, help="folder of labels matched to images by name"),

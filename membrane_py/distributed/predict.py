@@ -28,7 +28,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
@@ -209,6 +208,7 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
     from membrane_py.distributed.cluster import connect
     from membrane_py.distributed.model import ModelFile
     from membrane_py.infer.engine import load_predictor
+    from membrane_py.train.checkpoint import model_path
 
     if job.scheduler is None:
         raise SpecError("predict_on_cluster needs a job with a scheduler (e.g. 'local')")
@@ -216,13 +216,14 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
     with ExitStack() as stack:
         # the client needs only the class names and the weights digest: PyTorch on the CPU
         # gives both without exporting to ONNX or touching a GPU
-        onnx = Path(job.checkpoint).suffix.lower() == ".onnx"
-        model_info = load_predictor(job.checkpoint, backend="onnx" if onnx else "torch",
+        path = model_path(job.checkpoint)
+        onnx = path.suffix.lower() == ".onnx"
+        model_info = load_predictor(path, backend="onnx" if onnx else "torch",
                                     device="cpu", threads=1)
         prepared = prepare_run(job, stack, model_info, progress)
         client = stack.enter_context(connect(job.scheduler))
-        data = Path(job.checkpoint).read_bytes()
-        plugin = ModelFile(data, Path(job.checkpoint).suffix)
+        data = path.read_bytes()
+        plugin = ModelFile(data, path.suffix)
         client.register_plugin(plugin, name=plugin.name)
         # the scheduler keeps the bytes for workers that join later; release them after
         stack.callback(client.unregister_worker_plugin, plugin.name)

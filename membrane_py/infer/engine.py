@@ -27,7 +27,7 @@ import numpy as np
 from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.infer.precision import resolve_precision
 from membrane_py.infer.tiling import BLENDS, Stitcher, TileGrid, plan_axis
-from membrane_py.train.checkpoint import Checkpoint, load_checkpoint
+from membrane_py.train.checkpoint import Checkpoint, load_checkpoint, model_path
 from membrane_py.train.device import pick_device
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -231,7 +231,8 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
                    compile: bool = False, threads: int | None = None, tta: int = 1,
                    precision: str = "auto",
                    calibration: Callable[[], np.ndarray] | None = None) -> TiledPredictor:
-    """A predictor for a checkpoint (``.pt`` path or :class:`Checkpoint`) or an ``.onnx`` file.
+    """A predictor for a checkpoint (``.pt`` path, ``"starter"`` or :class:`Checkpoint`) or an
+    ``.onnx`` file.
 
     ``backend``: ``torch``, ``onnx`` (ONNX Runtime; a checkpoint is exported in memory) or
     ``auto`` (ONNX Runtime for ``.onnx`` files and on the CPU, where it measured 1.3-1.5x
@@ -251,7 +252,9 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     config = EngineConfig(tile=tile, margin=margin, overlap=overlap, blend=blend,
                           batch_size=batch_size, tta=tta)
-    is_onnx = isinstance(model, str | Path) and Path(model).suffix.lower() == ".onnx"
+    if isinstance(model, str | Path):
+        model = model_path(model)
+    is_onnx = isinstance(model, Path) and model.suffix.lower() == ".onnx"
     device_type = pick_device(device).type
     fixed = "onnx" if is_onnx else backend if backend != "auto" else None
     ck = None if is_onnx else _checkpoint(model)

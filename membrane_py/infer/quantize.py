@@ -8,13 +8,15 @@ activation ranges fitted to other data clip or waste the 8 bits.
 
 :func:`cached_int8` keeps the quantised model next to its checkpoint as
 ``<stem>.int8-<sha256[:16]>.onnx``, keyed by the weights' digest, so a volume is calibrated
-once and every later run (a resumed one too) uses the same int8 model. The first
+once and every later run (a resumed one too) uses the same int8 model (the starter model's,
+and that of a checkpoint in a read-only folder, in the user cache instead). The first
 calibration wins: delete the file to calibrate again on other EM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -93,9 +95,16 @@ def _quantize_file(model: bytes, reader: object) -> onnx.ModelProto:
 
 
 def int8_cache_path(checkpoint: str | Path, sha256: str) -> Path:
-    """Where :func:`cached_int8` keeps the int8 model of ``checkpoint``."""
-    path = Path(checkpoint)
-    return path.with_name(f"{path.stem}.int8-{sha256[:16]}.onnx")
+    """Where :func:`cached_int8` keeps the int8 model of ``checkpoint``: next to it, or in
+    the user cache for the shipped starter model and folders this user cannot write."""
+    from membrane_py.train.checkpoint import model_path, starter_path
+    from membrane_py.volumes.hdf5 import cache_dir
+
+    path = model_path(checkpoint)
+    name = f"{path.stem}.int8-{sha256[:16]}.onnx"
+    if path == starter_path() or not os.access(path.parent, os.W_OK):
+        return cache_dir().parent / "int8" / name
+    return path.with_name(name)
 
 
 def cached_int8(fp32: Callable[[], bytes], batches: Callable[[], list[np.ndarray]],

@@ -68,7 +68,10 @@ class PredictTab(JobTab):
         super().__init__(controller, settings, parent)
         self.vast = None  # the Connect tab's VastState
         f = self.add_form(Form(), "Network and data")
-        f.add("checkpoint", PathEdit("file", "Networks (*.pt *.onnx)"), "Network")
+        f.add("checkpoint", PathEdit("file", "Networks (*.pt *.onnx)",
+                                     placeholder="the starter membrane model"), "Network",
+              "a trained .pt or .onnx; empty (or 'starter'): the membrane model shipped with "
+              "membrane-py")
         f.add("source", PathEdit("file", placeholder="the connected VAST"), "Source",
               "empty: the VAST of the Connect tab; else a volume file, folder or 'synthetic'")
         f.add("layer", combo([]), "Image layer", "the VAST layer holding the EM")
@@ -119,12 +122,21 @@ class PredictTab(JobTab):
         self.f["mip"].setMaximum(max(state.n_mips - 1, 0) if state.connected else 16)
         self.revalidate()
 
+    def _network(self) -> str:
+        """The chosen network file, or the shipped starter model's name when empty."""
+        from membrane_py.train.checkpoint import STARTER
+
+        return self.f.value("checkpoint") or STARTER
+
     def _address(self) -> str:
         return self.vast.address if self.vast is not None and self.vast.connected else ""
 
     def problem(self) -> str | None:
         f, o = self.f, self.o
-        msg = need_file(f.value("checkpoint"), "network", (".pt", ".onnx"))
+        from membrane_py.train.checkpoint import STARTER
+
+        network = self._network()
+        msg = None if network == STARTER else need_file(network, "network", (".pt", ".onnx"))
         if msg is None and not f.value("source") and not self._address():
             msg = "connect to VAST in the Connect tab first, or choose a volume as the source"
         if msg is None and not f.value("source") and f["layer"].count() == 0:
@@ -149,7 +161,7 @@ class PredictTab(JobTab):
         source = f.value("source") or self._address()
         layer = f["layer"].currentData()
         job = PredictJob(
-            checkpoint=f.value("checkpoint"), source=source, out=o.value("out"),
+            checkpoint=self._network(), source=source, out=o.value("out"),
             layer=int(layer) if layer is not None and not f.value("source") else 0,
             vast=self._address() or None, backend=a.value("backend"), device=a.value("device"),
             mip=f.value("mip"), region=region_spec(f), layer_name=o.value("layer_name"),

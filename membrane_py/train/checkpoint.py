@@ -11,6 +11,10 @@ serialisation of the weights (:func:`tensors_sha256`), and :func:`load_checkpoin
 so a file damaged in transfer or storage fails loudly instead of predicting garbage.
 Checkpoints written before the digest existed load unchecked. Every reason a file cannot be
 used becomes one :class:`CheckpointError` whose message names the file and the fix.
+
+The name ``starter`` (:data:`STARTER`) stands for the membrane model shipped inside the
+package (recipe: bench/train_starter.py) wherever a checkpoint path is taken;
+:func:`model_path` turns it into the file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,19 @@ VERSION = 1
 DIGEST_KEY = "weights_sha256"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
+#: the model name that means the starter membrane model shipped with the package
+STARTER = "starter"
+
+
+def starter_path() -> Path:
+    """The shipped starter membrane model (package data, found from any install)."""
+    return Path(str(files("membrane_py.models") / "weights" / "membranes_starter.pt"))
+
+
+def model_path(model: str | Path) -> Path:
+    """The file of a model argument: :data:`STARTER` is the shipped starter model, anything
+    else a path. The one place that name is resolved."""
+    return starter_path() if str(model) == STARTER else Path(model)
 
 
 class CheckpointError(ValueError):
@@ -198,9 +216,9 @@ def _is_text(head: bytes) -> bool:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (safe: ``weights_only=True``) and
-    check its weights against the stored digest. Raises :class:`CheckpointError` for any
-    file that is damaged or not a membrane-py checkpoint."""
-    path = Path(path)
+    check its weights against the stored digest; ``path`` may be :data:`STARTER`. Raises
+    :class:`CheckpointError` for any file that is damaged or not a membrane-py checkpoint."""
+    path = model_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -12,6 +12,7 @@ from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.jobs.spec import JobSpec
 from membrane_py.models.unet import ARCHS, ARCHS_3D, UNetConfig
+from membrane_py.train.checkpoint import STARTER, load_checkpoint, model_path
 from membrane_py.train.transfer_modes import FROZEN_BN, TRANSFER_MODES
 from membrane_py.volumes.base import check_voxel_size
 
@@ -24,6 +25,9 @@ SCHEDULES = ("none", "step", "cosine")
 #: instead of 31 M weights) 2.6 to 4 times as fast (bench/train.py); GPUs take the big one
 DEFAULT_ARCH = {"cuda": (5, 32), "cpu": (4, 16), "mps": (4, 16)}
 TARGETS = ("classes", "affinities")
+#: ``TrainJob.pretrained`` value that starts from the starter model when it fits the job
+#: (:meth:`TrainJob.with_pretrained`), else from scratch; ``membrane train``'s default
+AUTO_PRETRAINED = "auto"
 # validation metric used to keep the best checkpoint -> True when higher is better
 BEST_METRICS = {"val_loss": False, "val_pixel_error": False, "val_miou": True, "val_v_rand": True,
                 "val_v_info": True, "val_section_v_rand": True}
@@ -53,7 +57,9 @@ class TrainJob(JobSpec):
     checkpoint records the settled values.
 
     Transfer learning: ``pretrained`` names the checkpoint to start from (a different class
-    count gets a new output layer, everything else is loaded); ``transfer_mode`` picks which
+    count gets a new output layer, everything else is loaded): a path, ``starter`` (the
+    shipped starter membrane model), ``auto`` (the starter when it fits the job, else
+    nothing: :meth:`with_pretrained`) or None (from scratch); ``transfer_mode`` picks which
     weights train (``continuous``, ``last_layer``, ``freeze_encoder`` or ``leaky`` with the
     encoder at ``leaky_ratio`` x ``lr``; see :mod:`membrane_py.train.transfer_modes`);
     ``frozen_bn`` says whether the frozen parts' batch norm keeps the pretrained statistics
@@ -196,6 +202,46 @@ class TrainJob(JobSpec):
             depth, filters = source["depth"], source["base_filters"]
         return replace(self, depth=self.depth or depth,
                                    base_filters=self.base_filters or filters)
+
+    def with_pretrained(self, device_type: str) -> tuple[TrainJob, str]:
+        """This job with ``pretrained="auto"`` settled, and the line that says how (empty for
+        any other value): the starter model when it has the architecture this job trains on
+        ``device_type`` (class count aside: a new output layer), its input channels and its
+        preprocessing, else None (from scratch). A resumed run keeps its own weights."""
+        if self.pretrained != AUTO_PRETRAINED:
+            return self, ""
+        if self.resume:
+            return replace(self, pretrained=None), ""
+        why = self._starter_misfit(device_type)
+        if why is None:
+            return replace(self, pretrained=STARTER), (
+                f"fine-tuning the starter membrane model ({model_path(STARTER).name}); "
+                "--pretrained none trains from scratch")
+        if self.transfer_mode != "continuous":
+            raise ValueError(f"transfer_mode {self.transfer_mode!r} needs a pretrained network "
+                             f"and the starter model does not fit: {why}; pass --pretrained")
+        return replace(self, pretrained=None), f"training from scratch: {why}"
+
+    def _starter_misfit(self, device_type: str) -> str | None:
+        """Why the starter model cannot start this job, or None when it can."""
+        if not model_path(STARTER).is_file():
+            return f"the starter model {model_path(STARTER)} is missing from this install"
+        starter = load_checkpoint(STARTER)
+        net = starter.model_config
+        if self.target != starter.target:
+            return f"the starter model predicts {starter.target}, this job {self.target}"
+        mine = self.with_architecture(device_type).model_config(net.n_classes)
+        if mine != net:
+            def text(c: UNetConfig) -> str:
+                return (f"{c.arch} of depth {c.depth}, {c.base_filters} filters, {c.norm} norm, "
+                        f"{c.in_channels} input channel(s)")
+
+            return (f"the starter model ({text(net)}) differs from this job's network "
+                    f"({text(mine)}); --pretrained starter takes the starter's")
+        if self.preprocess_config != starter.preprocess_config:
+            return (f"the starter model preprocesses as {starter.preprocess_config}, this job "
+                    f"as {self.preprocess_config}")
+        return None
 
     def model_config(self, n_classes: int) -> UNetConfig:
         if self.depth is None or self.base_filters is None:

@@ -38,8 +38,14 @@ from membrane_py.events import (
 )
 from membrane_py.jobs.spec import Result
 from membrane_py.models import UNet, build_model
-from membrane_py.train.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
-from membrane_py.train.config import BEST_METRICS, TrainJob
+from membrane_py.train.checkpoint import (
+    Checkpoint,
+    file_sha256,
+    load_checkpoint,
+    model_path,
+    save_checkpoint,
+)
+from membrane_py.train.config import AUTO_PRETRAINED, BEST_METRICS, TrainJob
 from membrane_py.train.device import (
     autocast,
     device_description,
@@ -206,7 +212,7 @@ def _start_from(model: UNet, parent: Checkpoint, cfg: TrainJob,
                          f"not {mine.to_dict()}; match depth, filters and normalisation to it")
     new_head = load_backbone(model, parent.state_dict)
     return {
-        "parent": str(cfg.pretrained), "parent_sha256": file_sha256(cfg.pretrained),
+        "parent": str(cfg.pretrained), "parent_sha256": file_sha256(model_path(cfg.pretrained)),
         "mode": cfg.transfer_mode,
         "leaky_ratio": cfg.leaky_ratio if cfg.transfer_mode == "leaky" else None,
         "frozen_bn": cfg.frozen_bn if frozen_parts(cfg.transfer_mode) else None,
@@ -269,6 +275,9 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     if cfg.episodic and len(cfg.episodic) != len(memory):
         raise ValueError(f"cfg.episodic names {len(cfg.episodic)} data sets but {len(memory)} "
                          "memory datasets were given (run_training builds them from the folders)")
+    cfg, start_note = cfg.with_pretrained(device.type)
+    if start_note:
+        report(progress, Event.log(start_note, "train"))
     resumed = load_checkpoint(cfg.resume) if cfg.resume else None
     parent = load_checkpoint(cfg.pretrained) if cfg.pretrained and resumed is None else None
     source = resumed or parent
@@ -545,7 +554,7 @@ def run_training(cfg: TrainJob, progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> TrainResult:
     """The whole job: read and split the data, train, write checkpoints and logs."""
     if cfg.target == "affinities":
-        if cfg.episodic or cfg.pretrained:
+        if cfg.episodic or cfg.pretrained not in (None, AUTO_PRETRAINED):
             raise ValueError("affinity training does not take episodic data or a pretrained "
                              "membrane network; leave them empty")
         train, val = affinity_datasets(cfg)
