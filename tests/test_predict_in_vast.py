@@ -162,3 +162,16 @@ def test_load_refreshes_as_tiles_land_and_reruns_reuse_the_layer(tmp_path, serve
     descriptor = (tmp_path / "p" / "probability.vsvi").read_bytes()
     assert entry["sha256"] == hashlib.sha256(descriptor).hexdigest()  # loaded anew
     assert b'"TargetVoxelSizeZnm": 30.0' in descriptor
+
+
+def test_a_refused_load_names_the_servers_allow_load_option(tmp_path, checkpoint):
+    """A server that may not read the output folder: one line naming --allow-load, exit 2."""
+    with start_server(SPEC, state_dir=tmp_path / "state") as srv:
+        result = CliRunner().invoke(app, [
+            "predict", str(checkpoint), "--source", f"vast://{srv.host}:{srv.port}",
+            "--out", str(tmp_path / "p"), "--load", "--tile", "128", "--chunk", "128,128,2",
+            "--box", "0,127,0,127,0,1"])
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "error 32" in last and f"--allow-load {tmp_path / 'p'}" in last
+    assert "Traceback" not in result.output

@@ -74,25 +74,28 @@ class UNetConfig:
         return cls(in_channels=in_channels, n_classes=n_classes, depth=4, base_filters=16)
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     return nn.Identity()
 
 
 class _DoubleConv(nn.Sequential):
-    """(3x3 conv, norm, ReLU) twice, 'same' padding."""
+    """(3x3 conv, norm, ReLU) twice, 'same' padding; ``dims`` 3 makes the convolutions
+    3x3x3 (the 3D U-Net's)."""
 
-    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0,
+                 dims: int = 2) -> None:
         bias = norm == "none"
+        conv, drop = (nn.Conv2d, nn.Dropout2d) if dims == 2 else (nn.Conv3d, nn.Dropout3d)
         layers: list[nn.Module] = []
         for c in (cin, cout):
-            layers += [nn.Conv2d(c, cout, 3, padding=1, bias=bias), _norm(norm, cout),
+            layers += [conv(c, cout, 3, padding=1, bias=bias), _norm(norm, cout, dims),
                        nn.ReLU(inplace=True)]
         if dropout > 0:
-            layers.append(nn.Dropout2d(dropout))
+            layers.append(drop(dropout))
         super().__init__(*layers)
 
 

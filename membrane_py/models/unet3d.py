@@ -15,29 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from membrane_py.models.unet import UNetConfig
-
-
-def _norm3d(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm3d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    return nn.Identity()
-
-
-class _DoubleConv3d(nn.Sequential):
-    """(3x3x3 conv, norm, ReLU) twice, 'same' padding."""
-
-    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
-        bias = norm == "none"
-        layers: list[nn.Module] = []
-        for c in (cin, cout):
-            layers += [nn.Conv3d(c, cout, 3, padding=1, bias=bias), _norm3d(norm, cout),
-                       nn.ReLU(inplace=True)]
-        if dropout > 0:
-            layers.append(nn.Dropout3d(dropout))
-        super().__init__(*layers)
+from membrane_py.models.unet import UNetConfig, _DoubleConv
 
 
 class UNet3D(nn.Module):
@@ -55,15 +33,15 @@ class UNet3D(nn.Module):
         cin = cfg.in_channels
         for i, w in enumerate(widths[:-1]):
             drop = cfg.dropout if i == cfg.depth - 1 else 0.0
-            self.down.append(_DoubleConv3d(cin, w, cfg.norm, drop))
+            self.down.append(_DoubleConv(cin, w, cfg.norm, drop, dims=3))
             cin = w
         self.pool = nn.MaxPool3d(2)
-        self.bridge = _DoubleConv3d(cin, widths[-1], cfg.norm, cfg.dropout)
+        self.bridge = _DoubleConv(cin, widths[-1], cfg.norm, cfg.dropout, dims=3)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for w_hi, w_lo in zip(widths[:0:-1], widths[-2::-1], strict=True):
             self.up.append(nn.ConvTranspose3d(w_hi, w_lo, 2, stride=2))
-            self.up_conv.append(_DoubleConv3d(2 * w_lo, w_lo, cfg.norm))
+            self.up_conv.append(_DoubleConv(2 * w_lo, w_lo, cfg.norm, dims=3))
         self.head = nn.Conv3d(widths[0], cfg.n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

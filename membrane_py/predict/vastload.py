@@ -68,7 +68,7 @@ def load_or_reuse(client: VastClient, out: str | Path, descriptors: list[Path],
                 nr = None
         reused.append(nr is not None)
         if nr is None:
-            nr = client.load_layer(str(path.resolve()), ref)
+            nr = _load(client, path, ref)
             names = client.get_layer_names()
             loaded[path.name] = {"layer_name": name, "sha256": digest,
                                  "vast_name": names[nr] if nr < len(names) else name}
@@ -84,8 +84,20 @@ def reload_layers(client: VastClient, layers: list[int], descriptors: list[Path]
     out = []
     for nr, path in zip(layers, descriptors, strict=True):
         client.remove_layer(nr)
-        out.append(client.load_layer(str(Path(path).resolve()), nr - 1))
+        out.append(_load(client, Path(path), nr - 1))
     return out
+
+
+def _load(client: VastClient, path: Path, ref: int) -> int:
+    """LOADLAYER of ``path``; a refusal names the usual cause and its fix."""
+    try:
+        return client.load_layer(str(path.resolve()), ref)
+    except VastError as exc:
+        if exc.code != 32:
+            raise
+        raise ValueError(f"VAST could not load {path.resolve()} (error 32): VAST must be able "
+                         f"to read that folder; with `membrane serve`, start it with "
+                         f"--allow-load {path.resolve().parent}") from exc
 
 
 class LayerRefresher:
