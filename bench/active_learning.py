@@ -166,13 +166,15 @@ def score(checkpoint: Path, pool_im, pool_lab, regions, test_im, test_lab,
             "membrane_fraction": float((probs > 0.5).mean())}
 
 
-def suggest(checkpoint: Path, images: list[np.ndarray], taken, args) -> list[tuple[int, int, int]]:
-    """The k top-ranked regions of the pool, never overlapping a labelled one."""
+def suggest(checkpoint: Path, images: list[np.ndarray], taken, args,
+            seed: int) -> list[tuple[int, int, int]]:
+    """The k top-ranked (or, with ``--power``, sampled) regions of the pool, never
+    overlapping a labelled one."""
     predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32",
                                tta=args.tta)
     _, spread = predictor.predict_with_uncertainty(np.stack(images))
     picks = rank_regions(((z, spread[z]) for z in range(len(images))), args.k, args.region,
-                         args.region, 1, avoid=taken)
+                         args.region, 1, avoid=taken, power=args.power, seed=seed)
     return [(z, y, x) for _, z, y, x in picks]
 
 
@@ -194,7 +196,8 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
     for r in range(1, args.rounds + 1):
         for name, arm in arms.items():
             taken = arm["regions"]
-            new = (suggest(arm["checkpoint"], pool_im, taken, args) if name == "suggested"
+            new = (suggest(arm["checkpoint"], pool_im, taken, args, seed * 100 + r)
+                   if name == "suggested"
                    else random_regions(rng, POOL, shape, args.region, args.k, taken))
             taken += new
             arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out, f"{name}{r}",
@@ -225,6 +228,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
                     "probability; 2..8: by the spread between that many flips/rotations")
+    ap.add_argument("--power", type=float, default=None, help="sample the suggestions with "
+                    "probability proportional to score ** power instead of the greedy top-k")
     ap.add_argument("--class-weights", choices=("initial", "per-round"), default="initial",
                     help="initial: weighted_ce weights from the initial regions, the same for "
                     "every fine-tuning of both arms; per-round: from each arm's labels so far")
@@ -250,7 +255,8 @@ def main() -> None:
         "initial_sections": "00-09", "held_out_sections": "15-19",
         "metric": "V_rand (higher is better), watershed as membrane evaluate at the threshold "
                   "picked on each network's labelled regions",
-        "ranking": f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy",
+        "ranking": (f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy")
+                   + (f", sampled with power {args.power}" if args.power else ", top-k"),
         "class_weights": args.class_weights,
         "mean_v_rand_by_round": mean,
         "mean_v_rand_at_0.5_by_round": mean_of("v_rand_at_0.5"),
