@@ -29,8 +29,7 @@ watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_sc
 V_rand at the fixed threshold 0.5 and at the best threshold over 0.1 .. 0.9 for the held-out
 sections (the ISBI 2012 challenge's convention; it shows what a network learned apart from
 how its probabilities happen to sit around a threshold) are reported too. ``--seeds`` repeats
-it all (initial
-regions, random picks, training order)::
+it all (initial regions, random picks, training order)::
 
     python bench/active_learning.py --rounds 2 --seeds 2   # the defaults
 """
