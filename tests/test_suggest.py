@@ -71,6 +71,30 @@ def test_ranking_spreads_over_sections_and_avoids_annotated_regions():
         rank_regions([(0, u)], 1, 256, spacing=16)
 
 
+def test_sampled_ranking_picks_in_proportion_to_score_power_and_keeps_the_rules():
+    # two sections, each one flat map: section 0 scores 0.8, section 1 scores 0.2
+    maps = [(0, np.full((16, 16), 0.8, np.float32)), (1, np.full((16, 16), 0.2, np.float32))]
+    firsts = [rank_regions(maps, 1, 16, spacing=16, power=1.0, seed=s)[0][1] for s in range(400)]
+    share = firsts.count(0) / len(firsts)  # expected 0.8 / (0.8 + 0.2)
+    assert 0.72 < share < 0.88
+    steep = [rank_regions(maps, 1, 16, spacing=16, power=8.0, seed=s)[0][1] for s in range(200)]
+    assert steep.count(0) / len(steep) > 0.97  # 0.8**8 / (0.8**8 + 0.2**8) ~ 1
+    assert rank_regions(maps, 2, 16, 16, power=1.0, seed=3) == \
+        rank_regions(maps, 2, 16, 16, power=1.0, seed=3)
+    u = _two_hot_spots()
+    first = rank_regions([(0, u)], 1, 16, spacing=16)[0]
+    for seed in range(5):
+        picks = rank_regions([(0, u)], 4, 16, spacing=16, avoid=[first[1:]], power=1.0,
+                             seed=seed)
+        assert len(picks) == 4
+        for i, a in enumerate(picks):
+            assert abs(a[2] - first[2]) >= 16 or abs(a[3] - first[3]) >= 16
+            for b in picks[i + 1:]:
+                assert abs(a[2] - b[2]) >= 16 or abs(a[3] - b[3]) >= 16
+    with pytest.raises(ValueError, match="power"):
+        rank_regions([(0, u)], 1, 16, spacing=16, power=0.0)
+
+
 def test_window_means_match_a_direct_mean():
     u = np.random.default_rng(0).random((20, 30))
     m = window_means(u, 5)

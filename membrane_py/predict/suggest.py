@@ -91,18 +91,28 @@ def _spread_picks(scores: np.ndarray, k: int, spacing: int) -> Iterator[tuple[fl
 
 def rank_regions(sections: Iterable[tuple[int, np.ndarray]], k: int, side: int,
                  spacing: int, z_spacing: int = 1,
-                 avoid: Iterable[tuple[int, int, int]] = ()) -> list[tuple[float, int, int, int]]:
+                 avoid: Iterable[tuple[int, int, int]] = (), power: float | None = None,
+                 seed: int = 0) -> list[tuple[float, int, int, int]]:
     """The ``k`` most uncertain, well-separated ``side`` x ``side`` regions of a volume.
 
     ``sections`` yields (z, (y, x) uncertainty map); returns (score, z, y, x) with (y, x) the
-    top-left corner in map pixels, best first. A pick suppresses every region closer than
+    top-left corner in map pixels, in pick order. A pick suppresses every region closer than
     ``spacing`` px in both y and x and closer than ``z_spacing`` sections (1: the same
-    section only). Each section offers its ``k`` best regions spread by ``spacing``; the
-    greedy choice runs over all of them. ``avoid`` lists (z, y, x) top-left corners of
-    regions (e.g. annotated already) that no suggestion may overlap.
+    section only). Each section offers its best regions spread by ``spacing`` (``k`` of them,
+    or up to ``8 k`` when sampling); the choice runs over all of them. ``avoid`` lists
+    (z, y, x) top-left corners of regions (e.g. annotated already) that no suggestion may
+    overlap.
+
+    ``power`` None: the greedy top-k. A number: sample the regions without replacement with
+    probability proportional to ``score ** power`` (Gumbel top-k, seeded by ``seed``): the
+    k most uncertain places alone are often of one kind (e.g. the darkest), and a network
+    fine-tuned on them drifts; sampling keeps the preference for uncertainty but spreads the
+    picks over more kinds of place. Large powers approach the greedy top-k.
     """
     if k < 1 or side < 1 or spacing < 1 or z_spacing < 1:
         raise ValueError("k, side, spacing and z_spacing must be >= 1")
+    if power is not None and not power > 0:
+        raise ValueError(f"power must be > 0 (or None for the greedy top-k), got {power}")
     candidates: list[tuple[float, int, int, int]] = []
     avoid = list(avoid)
     for z, u in sections:
@@ -112,8 +122,14 @@ def rank_regions(sections: Iterable[tuple[int, np.ndarray]], k: int, side: int,
         scores = window_means(u, side)
         for _, y, x in (a for a in avoid if a[0] == z):
             _blank(scores, y, x, side)
-        candidates += [(s, z, y, x) for s, y, x in _spread_picks(scores, k, spacing)]
-    candidates.sort(key=lambda c: -c[0])
+        offered = k if power is None else 8 * k
+        candidates += [(s, z, y, x) for s, y, x in _spread_picks(scores, offered, spacing)]
+    if power is None:
+        candidates.sort(key=lambda c: -c[0])
+    else:
+        gumbel = np.random.default_rng(seed).gumbel(size=len(candidates))
+        keys = power * np.log(np.maximum([c[0] for c in candidates], 1e-12)) + gumbel
+        candidates = [candidates[i] for i in np.argsort(-keys, kind="stable")]
     picks: list[tuple[float, int, int, int]] = []
     for c in candidates:
         if all(abs(c[1] - p[1]) >= z_spacing or abs(c[2] - p[2]) >= spacing
