@@ -64,9 +64,10 @@ ISBI, FIB = DATA / "isbi2012", DATA / "fib25_sample2"
 FIB_GT = FIB / "groundtruth.h5.gz"
 ISBI_TRAIN, ISBI_TEST, ISBI_FINETUNE = range(0, 15), range(15, 20), range(0, 3)
 FIB_TRAIN, FIB_TEST = range(0, 200), range(200, 250)
-#: the starter's training run: epochs x patches per epoch (batch 8, 128^2), 1200 iterations,
-#: about 15 minutes of a 2-core CPU with bf16 autocast (docs/training.md, "Starter model")
-EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 30, 320, 8, 128
+#: the starter's training run: epochs x patches per epoch (batch 8, 128^2), 160 iterations,
+#: sized for about 45 minutes of a 2-core CPU shared with seven busy jobs; the recorded run
+#: (--stop-after-epoch 2) stopped after 80 iterations, 30 minutes at load average 20 to 40
+EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 4, 320, 8, 128
 #: fine-tuning iterations (batch 8, 256^2 patches, the `membrane train` defaults) that 2
 #: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py trained the depth-4 /
 #: 16-filter network for about 300 such iterations in 10 minutes there (docs/training.md)
@@ -132,7 +133,7 @@ def starter_job(work: Path) -> TrainJob:
         patch_size=PATCH, patches_per_epoch=PATCHES_PER_EPOCH, val_patches=32,
         val_fraction=0.05, augment=AugmentConfig.from_names(["all"]), depth=4, base_filters=16,
         epochs=EPOCHS, batch_size=BATCH, lr=1e-3, schedule="cosine", loss="weighted_ce",
-        device="cpu", seed=0, log_every=20, best_metric="auto",
+        device="cpu", seed=0, log_every=20, best_metric="val_loss",
         # mixed 4, 8 and 10 nm pixels (module docstring); recorded as the middle, 8 nm
         voxel_size=[30.0, 8.0, 8.0])
 
