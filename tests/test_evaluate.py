@@ -101,3 +101,21 @@ def test_cli_evaluate_names_a_missing_or_unreadable_image(tmp_path, ckpt):
                                      str(tmp_path / "ev")])
         assert r.exit_code == 2 and expect in r.output and str(image) in r.output
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_folder_of_images_stands_for_its_images(tmp_path, ckpt):
+    """`membrane evaluate MODEL em/ --label-dir gt/` pairs every image of em/ with its label."""
+    from membrane_py.predict.evaluate import EvaluateJob, run_evaluation
+
+    syn = make_synthetic((2, 64, 64), seed=3)
+    (tmp_path / "em").mkdir()
+    (tmp_path / "gt").mkdir()
+    for z in range(2):
+        cv2.imwrite(str(tmp_path / "em" / f"s{z}.png"), syn.em[z])
+        cv2.imwrite(str(tmp_path / "gt" / f"s{z}.png"),
+                    np.where(syn.membranes[z] == 2, 255, 0).astype(np.uint8))
+    job = EvaluateJob(checkpoint=str(ckpt), images=[str(tmp_path / "em")],
+                      label_dir=str(tmp_path / "gt"), label_format="codes",
+                      out=str(tmp_path / "o"))
+    rows = run_evaluation(job).rows
+    assert [r["image"] for r in rows] == ["s0.png", "s1.png", "mean"]

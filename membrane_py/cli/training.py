@@ -162,7 +162,7 @@ def train(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="a trained checkpoint (.pt), an .onnx model or "
                                       "'starter' (the shipped membrane model)"),
-    images: list[Path] = typer.Argument(..., help="EM image files to predict"),
+    images: list[Path] = typer.Argument(..., help="EM image files (or folders of them) to predict"),
     labels: list[Path] = typer.Option(None, "--label", help="label file per image (repeat)"),
     label_dir: Path = typer.Option(None, help="folder of labels matched to images by name"),
     label_format: str = LABEL_FORMAT,

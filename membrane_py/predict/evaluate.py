@@ -204,6 +204,13 @@ class EvaluateJob(JobSpec):
             raise ValueError("give labels either file by file or as a folder (label_dir), "
                              "not both")
 
+    def image_files(self) -> list[str]:
+        """The images, a folder among them standing for the images it holds."""
+        from membrane_py.augment import labels as L
+
+        return [str(f) for p in self.images
+                for f in (L.list_images(p) if Path(p).is_dir() else [p])]
+
     def label_files(self) -> list[str] | None:
         """One label file per image, or None when the job has no labels."""
         if self.label_dir is None:
@@ -211,9 +218,9 @@ class EvaluateJob(JobSpec):
         from membrane_py.augment import labels as L
         from membrane_py.augment.patches import pair_by_name
 
-        by_image = dict(pair_by_name([Path(p) for p in self.images],
-                                     L.list_images(self.label_dir)))
-        return [str(by_image[Path(p)]) for p in self.images]
+        images = [Path(p) for p in self.image_files()]
+        by_image = dict(pair_by_name(images, L.list_images(self.label_dir)))
+        return [str(by_image[p]) for p in images]
 
 
 @dataclass
@@ -232,7 +239,7 @@ class EvaluateResult(Result):
 def run_evaluation(job: EvaluateJob, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None) -> EvaluateResult:
     """The evaluate job (see :func:`evaluate_images`)."""
-    rows = evaluate_images(job.checkpoint, list(job.images), job.out, labels=job.label_files(),
+    rows = evaluate_images(job.checkpoint, job.image_files(), job.out, labels=job.label_files(),
                            label_format=job.label_format, device=job.device,
                            threshold=job.threshold, method=job.method, tta=job.tta,
                            precision=job.precision, progress=progress,
