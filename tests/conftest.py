@@ -29,3 +29,11 @@ def vast_server(tmp_path_factory):
 
     with start_server(SMALL_SYNTHETIC, state_dir=tmp_path_factory.mktemp("vast_state")) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny randomly initialised U-Net saved as a real checkpoint (prediction tests)."""
+    from tests.predict_support import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")

@@ -10,6 +10,7 @@ import torch
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.models.unet import UNet, UNetConfig
 from membrane_py.train.checkpoint import Checkpoint, save_checkpoint
+from mock_vast_server.launch import start_server
 
 #: a U-Net small enough to predict test volumes in a blink on a shared CPU; its receptive
 #: radius (6 * 2**2 - 2 = 22 px) is below the tests' 32 px context margin
@@ -63,3 +64,10 @@ def synthetic_training_folders(folder: Path, sections: int = 3, side: int = 128,
         cv2.imwrite(str(labels / f"s{z}.png"),
                     np.where(syn.membranes[z] == 2, 0, 255).astype(np.uint8))
     return images, labels
+
+
+def loading_server(spec: str, tmp_path_factory):
+    """A mock VAST server process over ``spec`` that may load layers from anywhere under
+    pytest's temporary folder (where the tests write their predictions)."""
+    return start_server(spec, state_dir=tmp_path_factory.mktemp("state"),
+                        allow_load=[tmp_path_factory.getbasetemp()])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
-from predict_support import folder_bytes, tile_keys, tiny_checkpoint
+from predict_support import folder_bytes, tile_keys
 from typer.testing import CliRunner
 
 from membrane_py.cli import app
@@ -23,11 +23,6 @@ from membrane_py.predict.runner import run_prediction
 
 TILE, MARGIN, CHUNK = 128, 32, [2, 128, 128]  # 8x256x256 volume: 16 blocks, 32 tiles
 ALL_TILES = {(z, r, c) for z in range(8) for r in range(2) for c in range(2)}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

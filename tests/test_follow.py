@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from predict_support import tile_keys, tiny_checkpoint
+from predict_support import loading_server, tile_keys
 
 from membrane_py.events import Cancelled, CancelToken, Event
 from membrane_py.predict.follow import FollowJob, View, displayed_mip, run_follow, view_order
@@ -25,14 +25,8 @@ TILE = 128
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_server(SPEC, state_dir=tmp_path_factory.mktemp("state"),
-                      allow_load=[tmp_path_factory.getbasetemp()]) as srv:
+    with loading_server(SPEC, tmp_path_factory) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 def follow_job(server, checkpoint, out, **kw) -> FollowJob:

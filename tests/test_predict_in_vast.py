@@ -23,7 +23,7 @@ from membrane_py.vastapi.client import VastClient, VastError
 from membrane_py.vastapi.descriptors import format_tile_path
 from membrane_py.volumes.tiles import VsviVolume
 from mock_vast_server.launch import start_server
-from tests.predict_support import tiny_checkpoint
+from tests.predict_support import loading_server
 
 SPEC = "synthetic:6x256x384"
 #: REFRESHLAYERREGION (32) of layer 2, box x 0..99, y 10..19, z 3..4, written by hand from
@@ -36,14 +36,8 @@ EMPTY_SUCCESS = bytes.fromhex("56415354" "0400000000000000" "01000000")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_server(SPEC, state_dir=tmp_path_factory.mktemp("state"),
-                      allow_load=[tmp_path_factory.getbasetemp()]) as srv:
+    with loading_server(SPEC, tmp_path_factory) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 def _recv_frame(sock: socket.socket) -> bytes:

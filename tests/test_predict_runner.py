@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from predict_support import folder_bytes, tile_keys, tiny_checkpoint
+from predict_support import folder_bytes, loading_server, tile_keys, tiny_checkpoint
 
 from membrane_py.codes import classes_to_tile_u8, probability_to_u8, read_png
 from membrane_py.events import Cancelled, CancelToken
@@ -27,7 +27,6 @@ from membrane_py.vastapi.descriptors import read_vsvi
 from membrane_py.volumes.base import downsample_xy
 from membrane_py.volumes.synthetic import make_synthetic
 from membrane_py.volumes.tiles import tile_path
-from mock_vast_server.launch import start_server
 
 SHAPE = (4, 300, 400)  # 3 x 4 tiles of 128 px, with partial edge tiles
 SPEC = f"synthetic:{SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}"
@@ -37,14 +36,8 @@ ALL_TILES = {(z, r, c) for z in range(4) for r in range(3) for c in range(4)}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with start_server(SPEC, state_dir=tmp_path_factory.mktemp("state"),
-                      allow_load=[tmp_path_factory.getbasetemp()]) as srv:
+    with loading_server(SPEC, tmp_path_factory) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from predict_support import folder_bytes, tile_keys, tiny_checkpoint
+from predict_support import folder_bytes, tile_keys
 
 from membrane_py.jobs.channel import DEAD_AFTER_S, address_path
 from membrane_py.jobs.client import WorkerClient, WorkerError
@@ -31,11 +31,6 @@ def server(tmp_path_factory):
     with start_server(f"synthetic:{SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}",
                       state_dir=tmp_path_factory.mktemp("vast_state")) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
