@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from cli_process import CLI
 from predict_support import loading_server, tile_keys
 
 from membrane_py.events import Cancelled, CancelToken, Event
@@ -155,7 +155,7 @@ def test_a_vast_without_refreshlayerregion_gets_the_layer_reloaded(checkpoint, t
 
 def test_ctrl_c_exits_130_and_keeps_what_was_written(server, checkpoint, tmp_path):
     look(server, 100, 100, 3)
-    cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "follow",
+    cmd = [*CLI, "follow",
            str(checkpoint), "--vast", f"vast://{server.host}:{server.port}", "--out",
            str(tmp_path), "--tile", str(TILE), "--context", "32", "--viewport", "256,256",
            "--sections", "3", "--margin", "2", "--no-load", "--max-seconds", "120"]

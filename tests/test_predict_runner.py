@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from cli_process import CLI
 from predict_support import folder_bytes, loading_server, tile_keys, tiny_checkpoint
 
 from membrane_py.codes import classes_to_tile_u8, probability_to_u8, read_png
@@ -203,7 +203,7 @@ def test_cancel_mid_run_then_resume_is_identical(reference, server, checkpoint, 
 
 
 def test_killed_cli_process_restarts_byte_identical(reference, server, checkpoint, tmp_path):
-    cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "predict",
+    cmd = [*CLI, "predict",
            str(checkpoint), "--source", f"vast://{server.host}:{server.port}", "--out",
            str(tmp_path), "--outputs", "probability,classes", "--zarr", "--tile", str(TILE),
            "--chunk", "256,256,2", "--margin", str(MARGIN)]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from cli_process import CLI
 from typer.testing import CliRunner
 
 from membrane_py.cli import app
@@ -183,7 +184,7 @@ def test_ctrl_c_saves_last_checkpoint_and_the_printed_job_resumes(data, tmp_path
     assert r.exit_code == 0, r.output
     out = tmp_path / "run"
     long_epoch = [a if a != "8" else "100000" for a in TINY]  # the epoch never ends by itself
-    cmd = [sys.executable, "-c", "from membrane_py.cli import app; app()", "train", "--images",
+    cmd = [*CLI, "train", "--images",
            str(data / "em"), "--labels", str(tmp_path / "gt"), "--out", str(out), *long_epoch]
     env = {**os.environ, "COLUMNS": "1000"}  # rich wraps at 80 columns otherwise
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tifffile
+from cli_process import CLI
 from predict_support import folder_bytes, tile_keys
 
 from membrane_py.jobs.channel import DEAD_AFTER_S, address_path
@@ -23,7 +23,6 @@ from mock_vast_server.launch import start_server
 
 SHAPE = (4, 300, 400)  # 3 x 4 tiles of 128 px per section
 ALL_TILES = {(z, r, c) for z in range(4) for r in range(3) for c in range(4)}
-CLI = [sys.executable, "-c", "from membrane_py.cli import app; app()"]
 
 
 @pytest.fixture(scope="module")
