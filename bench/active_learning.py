@@ -7,17 +7,19 @@ membrane), with the ground truth standing in for the annotator. A small U-Net st
 unknown, which the loss ignores) and fine-tunes its previous network for the same fixed
 number of iterations on everything it has labelled so far:
 
-- ``suggested``: the k regions ``membrane suggest`` ranks first on the arm's network (by the
+- ``topk``: the k regions ``membrane suggest`` ranks first on the arm's network (by the
   entropy of the membrane probability, or the TTA spread with ``--tta`` > 1;
   :func:`membrane_py.predict.suggest.rank_regions`), never one already labelled;
+- ``sampled``: k regions drawn with probability proportional to that uncertainty to the
+  power ``--power`` (``membrane suggest --sample``), under the same rules;
 - ``random``: k random regions of the same size (so the same area), not overlapping the
   labelled ones.
 
-Both arms train under the same protocol, chosen so that it does not punish an arm for
+Every arm trains under the same protocol, chosen so that it does not punish an arm for
 *which* pixels it labelled (the cause of an earlier, lopsided result; docs/assist.md):
 
 - the ``weighted_ce`` class weights are computed once, from the initial regions, and kept
-  for every fine-tuning of both arms (``--class-weights initial``); recomputing them from
+  for every fine-tuning of every arm (``--class-weights initial``); recomputing them from
   each arm's labels (``per-round``) lowers the membrane weight of an arm whose regions are
   membrane-dense, and its network then marks less membrane;
 - each network's membrane threshold is chosen on its own labelled regions (the best mean
@@ -29,7 +31,11 @@ watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_sc
 V_rand at the fixed threshold 0.5 and at the best threshold over 0.1 .. 0.9 for the held-out
 sections (the ISBI 2012 challenge's convention; it shows what a network learned apart from
 how its probabilities happen to sit around a threshold) are reported too. ``--seeds`` repeats
-it all (initial regions, random picks, training order)::
+it all (initial regions, random picks, training order); the seeds run in parallel processes.
+Training runs as ``membrane train`` would (every augmentation, bf16 autocast where the CPU
+has it; Adam at ``--lr``, 1e-3). Whole-section V_rand after a few dozen iterations on a few squares
+varies a lot from seed to seed, so read the per-seed differences and their spread, not one
+run::
 
     python bench/active_learning.py --rounds 2 --seeds 2   # the defaults
 """
@@ -117,12 +123,13 @@ def train(images: list[np.ndarray], labels: list[np.ndarray], regions, args, out
     cfg = TrainJob(out_dir=str(out), name=name, patch_size=args.patch, batch_size=args.batch,
                    epochs=1, patches_per_epoch=per_epoch, depth=args.depth,
                    base_filters=args.base_filters, lr=args.lr, device="cpu", seed=seed,
-                   voxel_size=[50.0, 4.0, 4.0], log_every=10 ** 6, amp=False,
-                   pretrained=None if parent is None else str(parent), class_weights=weights)
+                   voxel_size=[50.0, 4.0, 4.0], log_every=10 ** 6, amp=args.amp,
+                   pretrained=None if parent is None else str(parent), class_weights=weights,
+                   augment=AugmentConfig() if args.augment == "flips" else AugmentConfig.all_on())
     # unrotated patches (flips and the other augmentations stay): a square region holds few
     # saturated rotated patches, and searching for them costs more than the training step
     ds = OnTheFlyPatchDataset([images[z] for z in zs], labs, args.patch, per_epoch,
-                              cfg.preprocess_config, AugmentConfig(), seed=seed, rotate=False)
+                              cfg.preprocess_config, cfg.augment, seed=seed, rotate=False)
     t = time.perf_counter()
     train_model(ds, None, cfg, n_classes=2)
     log(f"{name}: {iterations} iterations on {len(regions)} regions in "
@@ -170,21 +177,21 @@ def score(checkpoint: Path, pool_im, pool_lab, regions, test_im, test_lab,
             "membrane_fraction": float((probs > 0.5).mean())}
 
 
-def suggest(checkpoint: Path, images: list[np.ndarray], taken, args,
-            seed: int) -> list[tuple[int, int, int]]:
-    """The k top-ranked (or, with ``--power``, sampled) regions of the pool, never
-    overlapping a labelled one."""
+def suggest(checkpoint: Path, images: list[np.ndarray], taken, args, seed: int,
+            power: float | None) -> list[tuple[int, int, int]]:
+    """The k top-ranked (``power`` None) or sampled regions of the pool, never overlapping a
+    labelled one."""
     predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32",
                                tta=args.tta)
     _, spread = predictor.predict_with_uncertainty(np.stack(images))
     picks = rank_regions(((z, spread[z]) for z in range(len(images))), args.k, args.region,
-                         args.region, 1, avoid=taken, power=args.power, seed=seed)
+                         args.region, 1, avoid=taken, power=power, seed=seed)
     return [(z, y, x) for _, z, y, x in picks]
 
 
 def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
     """One simulated annotation history per arm, from the same start; V_rand per round."""
-    torch.set_num_threads(max(args.threads // args.seeds, 1))
+    torch.set_num_threads(threads_per_seed(args))
     pool_im, pool_lab = load(POOL)
     test_im, test_lab = load(HELD_OUT)
     shape = pool_im[0].shape
@@ -196,13 +203,14 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
                 args.initial_iterations, weights)
     score0 = score(ck0, pool_im, pool_lab, start, test_im, test_lab, args.region)
     arms = {a: {"regions": list(start), "checkpoint": ck0, "scores": [score0]}
-            for a in ("suggested", "random")}
+            for a in args.arms}
     for r in range(1, args.rounds + 1):
         for name, arm in arms.items():
             taken = arm["regions"]
-            new = (suggest(arm["checkpoint"], pool_im, taken, args, seed * 100 + r)
-                   if name == "suggested"
-                   else random_regions(rng, POOL, shape, args.region, args.k, taken))
+            new = (random_regions(rng, POOL, shape, args.region, args.k, taken)
+                   if name == "random" else
+                   suggest(arm["checkpoint"], pool_im, taken, args, seed * 100 + r,
+                           args.power if name == "sampled" else None))
             taken += new
             arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out, f"{name}{r}",
                                       seed * 100 + r, arm["checkpoint"], args.iterations,
@@ -214,6 +222,23 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
     return {"seed": seed, "class_weights": weights,
             **{a: {**{key: [round(s[key], 4) for s in v["scores"]] for key in v["scores"][0]},
                    "regions": [list(t) for t in v["regions"]]} for a, v in arms.items()}}
+
+
+def threads_per_seed(args: argparse.Namespace) -> int:
+    return max(args.threads // args.seeds, 1)
+
+
+def compare(runs: list[dict], arm: str, rounds: int) -> dict:
+    """``arm`` against ``random``, per seed, after the last round: mean and spread of the
+    difference in V_rand, and the (seed, round) pairs the arm wins."""
+    final = [run[arm]["v_rand"][-1] - run["random"]["v_rand"][-1] for run in runs]
+    wins = sum(run[arm]["v_rand"][r] > run["random"]["v_rand"][r]
+               for run in runs for r in range(1, rounds + 1))
+    return {"minus_random_final_mean": round(float(np.mean(final)), 4),
+            "minus_random_final_sd": round(float(np.std(final, ddof=1)), 4)
+            if len(final) > 1 else None,
+            "minus_random_final_per_seed": [round(d, 4) for d in final],
+            "wins": f"{wins} of {rounds * len(runs)} (seed, round) pairs"}
 
 
 def main() -> None:
@@ -230,47 +255,52 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                    help="bf16 autocast (auto: where the CPU has it, as membrane train)")
+    ap.add_argument("--augment", choices=("all", "flips"), default="all",
+                    help="training augmentation: all (membrane train's default) or flips")
+    ap.add_argument("--arms", default="topk,sampled,random",
+                    help="which of topk, sampled, random (random is always run)")
     ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
                     "probability; 2..8: by the spread between that many flips/rotations")
-    ap.add_argument("--power", type=float, default=None, help="sample the suggestions with "
-                    "probability proportional to score ** power instead of the greedy top-k")
+    ap.add_argument("--power", type=float, default=1.0, help="the sampled arm: probability "
+                    "proportional to score ** power")
     ap.add_argument("--class-weights", choices=("initial", "per-round"), default="initial",
                     help="initial: weighted_ce weights from the initial regions, the same for "
                     "every fine-tuning of both arms; per-round: from each arm's labels so far")
     ap.add_argument("--threads", type=int, default=2, help="in all: the seeds run in parallel "
                     "processes, each with threads / seeds")
     args = ap.parse_args()
+    args.amp = {"auto": "auto", "on": True, "off": False}[args.amp]
+    args.arms = [a for a in ("topk", "sampled", "random")
+                 if a in args.arms.split(",") or a == "random"]
     if not DATA.is_dir():
         raise SystemExit(f"ISBI 2012 data not found at {DATA}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="al_bench_") as tmp, ProcessPoolExecutor(
-            args.seeds, mp_context=multiprocessing.get_context("fork")) as pool:
+            min(args.seeds, args.threads), mp_context=multiprocessing.get_context("fork")) as pool:
         jobs = [pool.submit(run_seed, seed, args, Path(tmp) / f"seed{seed}")
                 for seed in range(args.seeds)]
         runs = [job.result() for job in jobs]
     def mean_of(key: str) -> dict:
         return {a: [round(float(np.mean([run[a][key][r] for run in runs])), 4)
-                    for r in range(args.rounds + 1)] for a in ("suggested", "random")}
-    mean = mean_of("v_rand")
-    wins = sum(run["suggested"]["v_rand"][r] > run["random"]["v_rand"][r]
-               for run in runs for r in range(1, args.rounds + 1))
+                    for r in range(args.rounds + 1)] for a in args.arms}
     print(json.dumps({
         "bench": "active_learning", "data": "ISBI 2012", "pool_sections": "00-14",
         "initial_sections": "00-09", "held_out_sections": "15-19",
         "metric": "V_rand (higher is better), watershed as membrane evaluate at the threshold "
                   "picked on each network's labelled regions",
-        "ranking": (f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy")
-                   + (f", sampled with power {args.power}" if args.power else ", top-k"),
-        "class_weights": args.class_weights,
-        "mean_v_rand_by_round": mean,
+        "uncertainty": f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy",
+        "sampled_power": args.power, "class_weights": args.class_weights,
+        "mean_v_rand_by_round": mean_of("v_rand"),
         "mean_v_rand_at_0.5_by_round": mean_of("v_rand_at_0.5"),
         "mean_v_rand_best_threshold_by_round": mean_of("v_rand_best"),
         "mean_membrane_fraction_by_round": mean_of("membrane_fraction"),
-        "suggested_minus_random_final": round(mean["suggested"][-1] - mean["random"][-1], 4),
-        "suggested_wins": f"{wins} of {args.rounds * args.seeds} (seed, round) pairs",
+        "against_random": {a: compare(runs, a, args.rounds) for a in args.arms
+                           if a != "random"},
         "runs": runs, "args": vars(args), "seconds": round(time.perf_counter() - t0, 1),
         "load_average": [round(v, 2) for v in os.getloadavg()],
-        "torch_threads_per_seed": max(args.threads // args.seeds, 1),
+        "torch_threads_per_seed": threads_per_seed(args),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }))
 

@@ -44,6 +44,9 @@ def test_suggest_tab_lists_suggestions_and_jumps_vast_there(qtbot, controller, v
     tab.r["size"].setValue(64)
     tab.r["out"].setText(str(tmp_path / "out"))
     qtbot.waitUntil(tab.run_button.isEnabled, timeout=10_000)
+    assert tab.build_spec().sample_power == 1.0  # sampled by default
+    tab.r["sample"].setValue(0.0)
+    assert tab.build_spec().sample_power is None  # "off": the most uncertain regions
     qtbot.mouseClick(tab.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not tab.panel.running, timeout=180_000)
     assert tab.panel.eta.text() == "done", tab.panel.status.text()

@@ -122,7 +122,7 @@ def sent(vast_server, tmp_path_factory):
     address = f"vast://127.0.0.1:{vast_server.port}"
     job = SuggestJob(checkpoint=str(tiny_checkpoint(folder / "tiny.pt")), source=address,
                      out=str(folder / "out"), k=5, size=64, z_spacing=1, tta=1, device="cpu",
-                     vast=address, box=[0, 255, 0, 255, 0, 3])
+                     vast=address, box=[0, 255, 0, 255, 0, 3], sample_power=None)
     return job, run_suggest(job)
 
 
@@ -167,7 +167,7 @@ def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     _, result = sent
     ok = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
                                   str(tmp_path / "cli"), "-k", "2", "--size", "64",
-                                  "--z-spacing", "1", "--box", "0,255,0,255,0,3"])
+                                  "--z-spacing", "1", "--box", "0,255,0,255,0,3", "--top-k"])
     assert ok.exit_code == 0, ok.output
     assert read_suggestions(tmp_path / "cli" / "suggestions.csv") == result.suggestions[:2]
     bad = CliRunner().invoke(app, ["suggest", "--out", str(tmp_path / "x")])
@@ -176,3 +176,25 @@ def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     big = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
                                    str(tmp_path / "y"), "--size", "1024"])
     assert big.exit_code != 0 and "--size" in big.output and "Traceback" not in big.output
+
+
+def test_suggest_cli_samples_by_uncertainty_power_with_a_seed(sent, tmp_path):
+    _, result = sent
+    args = ["suggest", "--map", result.uncertainty, "-k", "3", "--size", "64", "--z-spacing",
+            "1", "--box", "0,255,0,255,0,3", "--sample", "1"]
+
+    def ranked(name: str, *extra: str) -> list:
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+        return read_suggestions(tmp_path / name / "suggestions.csv")
+
+    first, again = ranked("a", "--seed", "1"), ranked("b", "--seed", "1")
+    assert first == again and len(first) == 3  # seeded: the same draw
+    plain = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0, plain.output  # the default: --sample 1 --seed 0
+    assert read_suggestions(tmp_path / "plain" / "suggestions.csv") == ranked("s0", "--seed", "0")
+    draws = {tuple((s.x, s.y, s.z) for s in ranked(f"s{seed}", "--seed", str(seed)))
+             for seed in range(2, 6)}
+    assert len(draws) > 1  # sampled, not the fixed top-k every time
+    bad = CliRunner().invoke(app, [*args[:-1], "0", "--out", str(tmp_path / "z")])
+    assert bad.exit_code != 0 and "--sample" in bad.output and "Traceback" not in bad.output

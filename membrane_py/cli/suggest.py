@@ -28,6 +28,12 @@ def suggest(
     spacing: int = typer.Option(None, help="suggestions are at least this far apart in x or "
                                 "y (mip-0 px; default: --size)..."),
     z_spacing: int = typer.Option(3, help="...or this many sections apart"),
+    sample: float = typer.Option(1.0, help="draw the regions at random with probability "
+                                 "proportional to uncertainty^SAMPLE: more kinds of place "
+                                 "than the most uncertain alone (larger: closer to --top-k)"),
+    top_k: bool = typer.Option(False, "--top-k", help="take the most uncertain regions "
+                               "instead of sampling"),
+    seed: int = typer.Option(0, help="the random seed of the sampling"),
     tta: int = typer.Option(4, help="uncertainty = spread between this many flips/rotations "
                             "(2..8); 1: the entropy of the membrane probability (faster)"),
     mip: int = typer.Option(0, help="mip level to predict at"),
@@ -50,8 +56,8 @@ def suggest(
         SuggestJob, checkpoint=None if checkpoint is None else str(checkpoint),
         uncertainty=None if map is None else str(map), source=source, layer=layer,
         out=str(out), box=box_option(box), k=k, size=size, spacing=spacing,
-        z_spacing=z_spacing, tta=tta, mip=mip, backend=backend, device=device, vast=vast,
-        anno_layer=anno_layer, load_in_vast=load)
+        z_spacing=z_spacing, sample_power=None if top_k else sample, seed=seed, tta=tta, mip=mip,
+        backend=backend, device=device, vast=vast, anno_layer=anno_layer, load_in_vast=load)
     execute(spec, save_job)
 
 

@@ -195,7 +195,11 @@ class SuggestJob(JobSpec):
     it ranks an uncertainty layer written before (its ``.vsvi`` or any volume) instead.
     ``box`` (mip 0, VAST's inclusive ``minx, maxx, miny, maxy, minz, maxz``) limits both.
     ``size``: side of a region, mip-0 px; ``spacing`` (default ``size``) and ``z_spacing``:
-    how far apart suggestions are at least (x or y px, or sections). ``vast``: the VAST to
+    how far apart suggestions are at least (x or y px, or sections). ``sample_power`` P
+    (default 1) draws the regions at random with probability proportional to
+    uncertainty^P (seeded by ``seed``; :func:`rank_regions`), which spreads them over more
+    kinds of place and taught a network more than the most uncertain ones did
+    (docs/assist.md); None takes the most uncertain regions. ``vast``: the VAST to
     send the suggestions to, as a skeleton in annotation layer ``anno_layer`` (default: a
     layer named :data:`ANNO_NAME`, made when missing). ``load_in_vast`` also loads the
     predicted layers into that VAST.
@@ -213,6 +217,8 @@ class SuggestJob(JobSpec):
     size: int = 256
     spacing: int | None = None
     z_spacing: int = 3
+    sample_power: float | None = 1.0
+    seed: int = 0
     tta: int = 4
     mip: int = 0
     backend: str = "auto"
@@ -230,6 +236,9 @@ class SuggestJob(JobSpec):
                   (self.spacing is None or self.spacing >= 1,
                    f"spacing must be >= 1 px, got {self.spacing}"),
                   (self.z_spacing >= 1, f"z_spacing must be >= 1 section, got {self.z_spacing}"),
+                  (self.sample_power is None or self.sample_power > 0,
+                   f"sample_power (--sample) must be > 0 (--top-k: the most uncertain); got "
+                   f"{self.sample_power}"),
                   (self.vast is not None or not self.load_in_vast,
                    "load_in_vast needs the VAST address (vast / --vast)")]
         for ok, msg in checks:
@@ -283,7 +292,8 @@ def scored_mip(volume: VolumeSource, size: int) -> int:
 
 def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
                 z_spacing: int, progress: ProgressCallback | None = None,
-                cancel: CancelToken | None = None) -> list[Suggestion]:
+                cancel: CancelToken | None = None, power: float | None = None,
+                seed: int = 0) -> list[Suggestion]:
     """:func:`rank_regions` over a uint8 uncertainty volume (probability-coded, 0 missing)
     inside mip-0 ``box``; returns mip-0 suggestions."""
     if min(box.y1 - box.y0, box.x1 - box.x0) < size:
@@ -302,7 +312,8 @@ def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
                                             f"ranking section {z}"))
             yield z, u8_to_probability(plane[0], missing=0.0)
 
-    picks = rank_regions(sections(), k, side, max(math.ceil(spacing / f), 1), z_spacing)
+    picks = rank_regions(sections(), k, side, max(math.ceil(spacing / f), 1), z_spacing,
+                         power=power, seed=seed)
     return [Suggestion(rank=i + 1, x=(region.x0 + x) * f + size // 2,
                        y=(region.y0 + y) * f + size // 2, z=z, size=size, score=round(s, 6))
             for i, (s, z, y, x) in enumerate(picks)]
@@ -327,7 +338,7 @@ def run_suggest(job: SuggestJob, progress: ProgressCallback | None = None,
         if job.box is not None:
             box = box_in_volume(job.box, volume.shape)[0]
         suggestions = rank_volume(volume, box, job.k, job.size, job.spacing or job.size,
-                                  job.z_spacing, progress, cancel)
+                                  job.z_spacing, progress, cancel, job.sample_power, job.seed)
     csv_path = write_suggestions(Path(job.out) / "suggestions.csv", suggestions).resolve()
     report(progress, Event.artifact(csv_path, TASK, "suggestions CSV"))
     layer = obj = None

@@ -10,7 +10,17 @@ from PySide6.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from membrane_py.tabs.job_tab import JobTab
 from membrane_py.tabs.regions import fill_layers
-from membrane_py.tabs.widgets import Form, PathEdit, check, combo, need_file, need_out, spin
+from membrane_py.tabs.widgets import (
+    Form,
+    PathEdit,
+    auto_spin,
+    check,
+    combo,
+    dspin,
+    need_file,
+    need_out,
+    spin,
+)
 from membrane_py.vastapi.address import DEFAULT_VAST
 
 #: the annotation layer choice that means "the 'membrane-py suggestions' layer"
@@ -41,6 +51,9 @@ class SuggestTab(JobTab):
         r.add("size", spin(256, 2, 65536, suffix=" px"), "Region side", "mip-0 pixels")
         r.add("z_spacing", spin(3, 1, 100000), "Sections apart",
               "suggestions on nearer sections are at least one region side apart in x or y")
+        r.add("sample", auto_spin(dspin(1.0, 0.0, 100.0, 0.5, 2), "off"), "Sampling power",
+              "P > 0: drawn at random with probability proportional to uncertainty^P (more "
+              "kinds of place); off: the most uncertain regions")
         r.add("out", PathEdit("out"), "Write to", "the predicted layers and suggestions.csv")
         r.add("send", check(True), "Send to VAST as a skeleton",
               "one node per suggestion, in rank order")
@@ -95,7 +108,8 @@ class SuggestTab(JobTab):
             source=f.value("source") or self._address() or DEFAULT_VAST,
             layer=int(layer) if layer is not None and not f.value("source") else 0,
             tta=f.value("tta"), k=r.value("k"), size=r.value("size"),
-            z_spacing=r.value("z_spacing"), out=r.value("out"),
+            z_spacing=r.value("z_spacing"), sample_power=r.value("sample") or None,
+            out=r.value("out"),
             vast=self._address() if r.value("send") else None,
             anno_layer=None if anno in (None, OWN_LAYER) else int(anno))
 

@@ -12,6 +12,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -127,9 +128,9 @@ def spin(value: int, lo: int = 0, hi: int = 1_000_000, step: int = 1, suffix: st
     return box
 
 
-def auto_spin(box: QSpinBox) -> QSpinBox:
-    """``box`` showing "auto" at its minimum (0), which the tab passes on as None."""
-    box.setSpecialValueText("auto")
+def auto_spin(box: QAbstractSpinBox, text: str = "auto") -> QAbstractSpinBox:
+    """``box`` showing ``text`` at its minimum (0), which the tab passes on as None."""
+    box.setSpecialValueText(text)
     return box
 
 
