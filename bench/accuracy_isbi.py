@@ -8,12 +8,21 @@ sections 15-19 after every epoch (:mod:`membrane_py.train.section_validation`), 
 the best checkpoint and its membrane threshold; each cell is scored on sections 15-19 with
 ``membrane evaluate``'s watershed and V_rand at the checkpoint's own threshold, without
 test-time augmentation (that is the best epoch's whole-section validation score: the same
-engine, sections and threshold) and with each further ``--tta``. Next to it the last epoch's
+engine, sections and threshold) and with each further ``--tta``; ``v_rand_tta1_adapt_bn``
+with the batch norm adapted to the sections first (``--adapt-bn``). Next to it the last epoch's
 patch V_rand (what validation reported before whole sections), to show how far patches
 flatter a network. Cells run in the order given (losses outer, architectures inner) until
 ``--max-minutes`` is spent; cells that no longer fit are listed as skipped.
 
-    python bench/accuracy_isbi.py --iterations 300   # about 10 minutes per cell, quiet CPU
+    python bench/accuracy_isbi.py --iterations 850   # about 10 minutes per cell, quiet CPU
+
+``--minutes M`` trains each cell for M minutes instead, with ``membrane train``'s own
+defaults (10 epochs of 1024 patches, the run stopping when the budget is spent), and
+``--pretrained auto`` starts from the starter model as ``membrane train`` does by default
+(the starter saw ISBI 00-14 and FIB-25, never sections 15-19): together they measure what a
+user gets from the defaults in M minutes of this machine (meaningful on a quiet machine)::
+
+    python bench/accuracy_isbi.py --minutes 10 --pretrained auto --losses weighted_ce --archs unet
 """
 
 from __future__ import annotations
@@ -42,8 +51,9 @@ from membrane_py.train.trainer import train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 #: iterations of batch 8 that 10 minutes of a quiet 2-core CPU train with depth 4 / 16
-#: filters: the 2026-11-23 run of this benchmark (``--budget-minutes 10``) reached about 300
-QUIET_10_MINUTES = 300
+#: filters: about 300 in fp32 (2026-11-23), 812-887 with bf16 autocast and channels-last,
+#: the defaults since (``--minutes 10``, 2026-12-01)
+QUIET_10_MINUTES = 850
 
 
 def load(sections: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -52,26 +62,37 @@ def load(sections: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, convert_labels(raw, "isbi")[0]
 
 
-def score(checkpoint: Path, images, labels, tta: int, threshold: float) -> float:
-    """Mean V_rand over the sections at ``threshold`` (fp32)."""
-    predictor = load_predictor(checkpoint, precision="fp32", tta=tta)
+def score(checkpoint: Path, images, labels, tta: int, threshold: float,
+          adapt_bn: bool = False) -> float:
+    """Mean V_rand over the sections at ``threshold`` (fp32; ``adapt_bn``: the batch norm
+    adapted to the sections first, as ``--adapt-bn``)."""
+    predictor = load_predictor(checkpoint, precision="fp32", tta=tta,
+                               adapt_bn=(lambda: images) if adapt_bn else None)
     return float(np.mean([membrane_scores(predictor.predict(im[None])[0, 1], gt,
                                           threshold)["v_rand"]
                           for im, gt in zip(images, labels, strict=True)]))
 
 
-def run_cell(args, loss: str, arch: str, data, out: Path) -> dict:
+#: ``--augments`` choices: the augmentation of the training patches
+AUGMENTS = {"flips": AugmentConfig(), "all": AugmentConfig.all_on()}
+
+
+def run_cell(args, loss: str, arch: str, augment: str, data, out: Path) -> dict:
     train_im, train_lab, val_im, val_lab = data
     per_epoch = args.iterations // args.epochs
-    cfg = TrainJob(out_dir=str(out), name=f"{loss}_{arch}", patch_size=args.patch,
-                   batch_size=args.batch, epochs=args.epochs,
-                   patches_per_epoch=per_epoch * args.batch, depth=args.depth,
-                   base_filters=args.base_filters, lr=args.lr, loss=loss, arch=arch,
-                   device=args.device, voxel_size=[50.0, 4.0, 4.0], log_every=5,
-                   val_patches=args.val_patches)
+    budget = (dict(epochs=TrainJob.epochs, patches_per_epoch=TrainJob.patches_per_epoch,
+                   minutes=args.minutes) if args.minutes else
+              dict(epochs=args.epochs, patches_per_epoch=per_epoch * args.batch))
+    pretrained = None if args.pretrained == "none" else args.pretrained
+    cfg = TrainJob(out_dir=str(out), name=f"{loss}_{arch}_{augment}", patch_size=args.patch,
+                   batch_size=args.batch, depth=args.depth, base_filters=args.base_filters,
+                   lr=args.lr, loss=loss, arch=arch, device=args.device,
+                   voxel_size=[50.0, 4.0, 4.0], log_every=5, val_patches=args.val_patches,
+                   pretrained=pretrained, augment=AUGMENTS[augment], **budget)
+    per_epoch = cfg.patches_per_epoch // args.batch
     pre = cfg.preprocess_config
     train_ds = OnTheFlyPatchDataset(train_im, train_lab, args.patch, cfg.patches_per_epoch,
-                                    pre, AugmentConfig(), seed=0)
+                                    pre, cfg.augment, seed=0)
     val_ds = OnTheFlyPatchDataset(val_im, val_lab, args.patch, cfg.val_patches, pre, None,
                                   seed=1, rotate=False)
     t0 = time.perf_counter()
@@ -81,9 +102,12 @@ def run_cell(args, loss: str, arch: str, data, out: Path) -> dict:
     ck = load_checkpoint(res.best_path)
     best = res.history[ck.epoch - 1]
     last = res.history[-1]
+    iterations = int(sum(h.get("iterations", per_epoch) for h in res.history))
     cell = {
-        "loss": loss, "arch": arch, "iterations": per_epoch * args.epochs,
-        "epochs": args.epochs, "best_epoch": ck.epoch, "threshold": ck.threshold,
+        "loss": loss, "arch": arch, "augment": augment, "iterations": iterations,
+        "started_from": ck.lineage.get("parent") or "scratch",
+        "lr": ck.train_config["lr"], "epochs": len(res.history), "best_epoch": ck.epoch,
+        "threshold": ck.threshold,
         "section_v_rand_validation": round(best["val_section_v_rand"], 4),
         "patch_v_rand_last_epoch": round(last["val_v_rand"], 4),
         "section_v_rand_last_epoch": round(last["val_section_v_rand"], 4),
@@ -93,9 +117,11 @@ def run_cell(args, loss: str, arch: str, data, out: Path) -> dict:
         "seconds_per_iteration": round(float(np.sum([h["seconds"] for h in res.history])
                                              - np.sum([h["val_section_seconds"]
                                                        for h in res.history]))
-                                       / (per_epoch * args.epochs), 2),
+                                       / iterations, 2),
     }
     cell["v_rand_tta1"] = cell["section_v_rand_validation"]
+    cell["v_rand_tta1_adapt_bn"] = round(score(res.best_path, val_im, val_lab, 1, ck.threshold,
+                                               adapt_bn=True), 4)
     for tta in (t for t in args.tta if t > 1):
         t1 = time.perf_counter()
         cell[f"v_rand_tta{tta}"] = round(score(res.best_path, val_im, val_lab, tta,
@@ -110,12 +136,21 @@ def main() -> None:
                     help=f"training iterations per cell ({QUIET_10_MINUTES}: about 10 minutes "
                     "of a quiet 2-core CPU)")
     ap.add_argument("--epochs", type=int, default=2, help="validations per cell")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="train each cell for this many minutes with membrane train's epochs "
+                    "and patches per epoch (in place of --iterations / --epochs)")
+    ap.add_argument("--pretrained", default="none",
+                    help="none (from scratch), auto (the starter model when it fits, as "
+                    "membrane train) or a checkpoint")
     ap.add_argument("--val-patches", type=int, default=16)
     ap.add_argument("--max-minutes", type=float, default=25.0,
                     help="start no further cell after this (a started cell finishes)")
     ap.add_argument("--losses", default="weighted_ce,ce")
     ap.add_argument("--archs", default="unet,resunet")
     ap.add_argument("--tta", default="1,8")
+    ap.add_argument("--augments", default="flips",
+                    help="training augmentations to compare: flips (flips and rot90) and/or "
+                    "all (every augmentation, AugmentConfig.all_on)")
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--depth", type=int, default=4)
@@ -136,16 +171,17 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     table, skipped = [], []
-    for loss in args.losses.split(","):
-        for arch in args.archs.split(","):
-            if time.perf_counter() - t0 > 60 * args.max_minutes:
-                skipped.append({"loss": loss, "arch": arch})
-            else:
-                table.append(run_cell(args, loss, arch, data, out))
+    cells = [(loss, arch, aug) for loss in args.losses.split(",")
+             for arch in args.archs.split(",") for aug in args.augments.split(",")]
+    for loss, arch, aug in cells:
+        if time.perf_counter() - t0 > 60 * args.max_minutes:
+            skipped.append({"loss": loss, "arch": arch, "augment": aug})
+        else:
+            table.append(run_cell(args, loss, arch, aug, data, out))
     default = table[0]
     print(json.dumps({
         "bench": "accuracy_isbi", "train_sections": "00-14", "validation_sections": "15-19",
-        "run": {"loss": default["loss"], "arch": default["arch"],
+        "run": {"loss": default["loss"], "arch": default["arch"], "augment": default["augment"],
                 "patch_v_rand": default["patch_v_rand_last_epoch"],
                 "section_v_rand": default["section_v_rand_last_epoch"]},
         "table": table, "skipped_by_time": skipped,
@@ -153,7 +189,9 @@ def main() -> None:
                    "(chosen by whole-section V_rand), predicted whole with N flips/rotations, "
                    "threshold = the checkpoint's own (membrane_scores: pixels below are "
                    "seeds, grown back by watershed, as membrane evaluate)",
-        "iterations_per_cell": args.iterations, "quiet_10_minute_iterations": QUIET_10_MINUTES,
+        "iterations_per_cell": None if args.minutes else args.iterations,
+        "minutes_per_cell": args.minutes, "pretrained": args.pretrained,
+        "quiet_10_minute_iterations": QUIET_10_MINUTES,
         "model": {"depth": args.depth, "base_filters": args.base_filters}, "patch": args.patch,
         "batch": args.batch, "lr": args.lr, "device": device_description(pick_device(args.device)),
         "load_average_before": [round(v, 2) for v in load_before],

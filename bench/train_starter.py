@@ -69,9 +69,10 @@ FIB_TRAIN, FIB_TEST = range(0, 200), range(200, 250)
 #: (--stop-after-epoch 2) stopped after 80 iterations, 30 minutes at load average 20 to 40
 EPOCHS, PATCHES_PER_EPOCH, BATCH, PATCH = 4, 320, 8, 128
 #: fine-tuning iterations (batch 8, 256^2 patches, the `membrane train` defaults) that 2
-#: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py trained the depth-4 /
-#: 16-filter network for about 300 such iterations in 10 minutes there (docs/training.md)
-IDLE_ITERATIONS_PER_MINUTE = 30
+#: minutes of an idle 2-core CPU reach: bench/accuracy_isbi.py --minutes 10 trained the
+#: depth-4 / 16-filter network for 812-887 such iterations in 10 minutes there (bf16
+#: autocast; docs/training.md)
+IDLE_ITERATIONS_PER_MINUTE = 85
 FINETUNE_ITERATIONS = 2 * IDLE_ITERATIONS_PER_MINUTE
 
 
@@ -215,7 +216,7 @@ def evaluate_all(args) -> dict:
     t0 = time.perf_counter()
     load = load_average()
     table = {"starter": scores("starter", checkpoint)} if "starter" in args.runs else {}
-    # the `membrane train` defaults (flips and rot90, batch 8, 256^2 patches), one epoch
+    # the `membrane train` defaults (every augmentation, batch 8, 256^2 patches), one epoch
     common = dict(image_dir=str(tune[0]), label_dir=str(tune[1]), label_format="classes",
                   out_dir=str(work / "runs"), epochs=1, device=args.device, val_fraction=0.0,
                   patches_per_epoch=args.finetune_iterations * 8, batch_size=8,
@@ -233,7 +234,7 @@ def evaluate_all(args) -> dict:
             "device": device_description(pick_device(args.device)),
             "torch_threads": torch.get_num_threads(),
             "finetune": {"data": "isbi2012 00-02", "iterations": args.finetune_iterations,
-                         "batch": 8, "patch": 256, "augmentations": "flips, rot90",
+                         "batch": 8, "patch": 256, "augmentations": "all (the default)",
                          "idle_cpu_minutes": round(args.finetune_iterations
                                                   / IDLE_ITERATIONS_PER_MINUTE, 2),
                          "scratch": "the same iterations from a fresh network"},

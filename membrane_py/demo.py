@@ -91,7 +91,7 @@ def train_demo_model(cfg: DemoConfig, progress: ProgressCallback | None = None) 
     train_cfg = TrainJob(out_dir=str(cfg.out.resolve() / "model"), name="demo_unet",
                             class_names=["non-membrane", "membrane"], depth=cfg.depth,
                             base_filters=cfg.base_filters, patch_size=cfg.patch_size, epochs=1,
-                            batch_size=cfg.batch_size, lr=cfg.lr,
+                            batch_size=cfg.batch_size, lr=cfg.lr, augment=None,
                             voxel_size=list(data.voxel_size))
     return train_model(patches, None, train_cfg, n_classes=2, progress=progress).best_path
 

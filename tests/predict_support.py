@@ -18,11 +18,12 @@ TINY = UNetConfig(depth=2, base_filters=4, norm="none")
 _TILE = re.compile(r"mip(\d+)/Sect_(\d+)/sect_\d+_r(\d+)_c(\d+)\.png$")
 
 
-def tiny_checkpoint(path: Path, class_names: list[str] | None = None, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, class_names: list[str] | None = None, seed: int = 0,
+                    norm: str = "none") -> Path:
     """Save a randomly initialised tiny U-Net as a real checkpoint."""
     names = class_names or ["non-membrane", "membrane"]
     torch.manual_seed(seed)
-    cfg = UNetConfig(**{**TINY.to_dict(), "n_classes": len(names)})
+    cfg = UNetConfig(**{**TINY.to_dict(), "n_classes": len(names), "norm": norm})
     net = UNet(cfg)
     return save_checkpoint(path, Checkpoint(state_dict=net.state_dict(), model=cfg.to_dict(),
                                             class_names=names,

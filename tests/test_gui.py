@@ -428,6 +428,9 @@ def test_predict_a_box_from_vast_shows_tiles_and_equals_the_cli(
     assert "written" in tab.speed.text() and "MB/s" in tab.speed.text()
     run_like_the_cli(tab.build_spec(), tmp_path, out=str(tmp_path / "cli"))
     assert same_files(tmp_path / "pred", tmp_path / "cli") >= 8  # 8 sections, pyramid too
+    assert not tab.build_spec().adapt_bn
+    tab.a["adapt_bn"].setChecked(True)
+    assert tab.build_spec().adapt_bn  # the checkbox reaches the job
 
 
 def test_follow_vast_view_toggle_predicts_around_the_view_until_cancelled(

@@ -140,14 +140,13 @@ def test_unpaired_folders_list_what_they_hold_and_gt_names_after_the_em(data, tm
     assert r.exit_code == 2 and "holds 2 images" in r.output and "has 3 sections" in r.output
 
 
-def test_defaults_weighted_ce_device_size_and_named_augmentations(data, tmp_path):
+def test_defaults_weighted_ce_device_size_and_every_augmentation(data, tmp_path):
     r = cli("gt", "membrane", data / "ids", tmp_path / "gt")
     assert r.exit_code == 0, r.output
     job = tmp_path / "job.json"
     r = cli("train", "--images", data / "em", "--labels", tmp_path / "gt", "--out",
             tmp_path / "run", "--patch-size", "32", "--patches-per-epoch", "4", "--val-patches",
-            "2", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
-            "--augmentations", "blur,motion_blur,equalize,intensity,elastic", "--save-job", job,
+            "2", "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--save-job", job,
             "--pretrained", "none")  # a new network (by default the starter model's, if it fits)
     assert r.exit_code == 0, r.output
     spec = json.loads(job.read_text())
@@ -162,6 +161,17 @@ def test_defaults_weighted_ce_device_size_and_named_augmentations(data, tmp_path
     assert ck.train_config["loss"] == "weighted_ce" and len(ck.train_config["class_weights"]) == 2
     r = train(data, tmp_path / "gt", tmp_path / "run", "--augmentations", "blurr")
     assert r.exit_code == 2 and "unknown augmentation 'blurr'" in r.output
+    r = train(data, tmp_path / "gt", tmp_path / "run2", "--augmentations", "none,blur")
+    assert r.exit_code == 2 and "'none' cannot be combined" in r.output
+    r = train(data, tmp_path / "gt", tmp_path / "run2", "--augmentations", "intensity",
+              "--save-job", job)  # named ones only
+    assert r.exit_code == 0, r.output
+    aug = json.loads(job.read_text())["augment"]
+    assert aug["brightness"] > 0 and aug["blur_prob"] == aug["elastic_prob"] == 0 and aug["flip"]
+    r = train(data, tmp_path / "gt", tmp_path / "run3", "--augmentations", "none",
+              "--no-augment", "--save-job", job)
+    assert r.exit_code == 0, r.output
+    assert json.loads(job.read_text())["augment"] is None
 
 
 def test_minutes_budget_stops_cleanly_and_saves(data, tmp_path):

@@ -9,10 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
-from membrane_py.augment.preprocess import PreprocessConfig, preprocess
 from membrane_py.cli import app
 from membrane_py.codes import write_png
 from membrane_py.jobs import load_job
@@ -22,32 +20,9 @@ from membrane_py.train.device import cpu_has_bf16
 from membrane_py.train.execution import prefetched, resolve_execution
 from membrane_py.train.trainer import train_model
 from membrane_py.volumes.synthetic import make_synthetic
+from tests.train_support import PATCH, SectionPatches
 
-PATCH = 64
 CPU = torch.device("cpu")
-
-
-class SyntheticPatches(Dataset):
-    """Deterministic crops of synthetic EM sections with their membrane labels."""
-
-    n_classes = 2
-
-    def __init__(self, length: int, seed: int) -> None:
-        syn = make_synthetic((3, 128, 128), seed=0)
-        self.em, self.lab = syn.em, syn.membranes.astype(np.int64)
-        self.length, self.seed = length, seed
-        self.preprocess = PreprocessConfig()
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, i):
-        rng = np.random.default_rng([self.seed, i])
-        z = rng.integers(len(self.em))
-        y, x = rng.integers(0, 128 - PATCH, 2)
-        img = preprocess(self.em[z, y:y + PATCH, x:x + PATCH], self.preprocess)
-        return torch.from_numpy(img[None]), torch.from_numpy(self.lab[z, y:y + PATCH,
-                                                                      x:x + PATCH].copy())
 
 
 OFF = dict(amp=False, channels_last=False, prefetch=False, compile=False)
@@ -66,7 +41,7 @@ def test_each_toggle_trains_with_finite_falling_loss(tmp_path, toggle):
                    batch_size=4, epochs=4, lr=3e-3, log_every=1, seed=1, device="cpu",
                    **{**OFF, **toggle})
     threads = torch.get_num_threads()
-    res = train_model(SyntheticPatches(16, 0), None, cfg, progress=events.append)
+    res = train_model(SectionPatches([0, 1, 2], 16, 0), None, cfg, progress=events.append)
     losses = [e.data["loss"] for e in events if e.kind == "metric" and e.message == "iteration"]
     assert len(losses) == 16 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4])
@@ -96,7 +71,7 @@ def test_training_on_a_cpu_without_bf16_warns_and_records_fp32(tmp_path):
     events = []
     cfg = TrainJob(out_dir=str(tmp_path), name="t", depth=2, base_filters=4, patch_size=PATCH,
                    batch_size=4, epochs=1, device="cpu", amp=True)
-    res = train_model(SyntheticPatches(4, 0), None, cfg, progress=events.append)
+    res = train_model(SectionPatches([0, 1, 2], 4, 0), None, cfg, progress=events.append)
     assert any(e.kind == "warning" and "trains in fp32" in e.message for e in events)
     assert load_checkpoint(res.last_path).train_config["amp"] is False
 

@@ -58,11 +58,13 @@ class AugmentConfig:
     @classmethod
     def from_names(cls, names: list[str], flips: bool = True) -> AugmentConfig:
         """Flips and rot90 (when ``flips``) plus the named :data:`AUGMENTATIONS` (``all`` for
-        every one) at the strengths of :meth:`all_on`."""
-        unknown = sorted(set(names) - {*AUGMENTATIONS, "all"})
+        every one, ``none`` for none) at the strengths of :meth:`all_on`."""
+        unknown = sorted(set(names) - {*AUGMENTATIONS, "all", "none"})
         if unknown:
             raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from "
-                             f"{', '.join(AUGMENTATIONS)} or all")
+                             f"{', '.join(AUGMENTATIONS)}, all or none")
+        if "none" in names and len(set(names)) > 1:
+            raise ValueError("augmentations: 'none' cannot be combined with others")
         on = set(AUGMENTATIONS) if "all" in names else set(names)
         full = cls.all_on()
         return cls(

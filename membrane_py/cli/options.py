@@ -24,9 +24,16 @@ LABEL_FORMAT = typer.Option(
     "or isbi (0 = membrane, 255 = interior)")
 MAX_CLASSES = typer.Option(16, min=2, help="refuse labels with more classes than this (more "
                            "usually means instance ids or a wrong --label-format)")
-AUGMENTATIONS = typer.Option(None, help="extra augmentations, comma-separated: blur, "
-                             "motion_blur, equalize, intensity (brightness, contrast, gamma), "
-                             "elastic, or all")
+_AUGMENTATION_NAMES = ("blur, motion_blur, equalize, intensity (brightness, contrast, gamma), "
+                       "elastic")
+AUGMENTATIONS = typer.Option(None, help=f"extra augmentations, comma-separated: "
+                             f"{_AUGMENTATION_NAMES}, or all")
+#: training's default is every augmentation (docs/training.md says why)
+TRAIN_AUGMENTATIONS = typer.Option("all", help=f"extra augmentations, comma-separated: "
+                                   f"{_AUGMENTATION_NAMES}, all (the default) or none")
+ADAPT_BN = typer.Option(False, "--adapt-bn", help="re-estimate the network's batch-norm "
+                        "statistics on the EM being predicted first (no labels needed; helps "
+                        "networks fine-tuned on few sections, docs/prediction.md)")
 SAVE_JOB = typer.Option(None, help="also write the job spec as JSON here (run it again with "
                         "`membrane run FILE`)")
 
@@ -85,6 +92,6 @@ def augment_option(flips: bool, names: str | None):
     from membrane_py.augment.transforms import AugmentConfig
 
     chosen = [n.strip() for n in names.split(",") if n.strip()] if names else []
-    if not flips and not chosen:
+    if not flips and chosen in ([], ["none"]):
         return None
     return _parsed(AugmentConfig.from_names, chosen, flips)

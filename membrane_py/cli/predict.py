@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from membrane_py.cli.options import (
+    ADAPT_BN,
     BOX,
     CLIP,
     POINT,
@@ -81,6 +82,7 @@ def predict(
                                   "for networks of >= 32 filters; else fp32)"),
     calibration: str = typer.Option(None, help="int8: calibrate on this EM (image folder or "
                                     "volume) instead of the volume being predicted"),
+    adapt_bn: bool = ADAPT_BN,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""
@@ -104,7 +106,8 @@ def predict(
         skip_blank=skip_blank, blank_entropy=blank_entropy, overwrite=overwrite,
         chunk=ints_option(chunk, 3, "--chunk")[::-1], margin=margin, tile=tile,
         voxel_size=list(voxel_size) if voxel_size else None, scheduler=scheduler, tta=tta,
-        uncertainty=uncertainty, precision=precision, calibration=calibration)
+        uncertainty=uncertainty, precision=precision, calibration=calibration,
+        adapt_bn=adapt_bn)
     execute(spec, save_job)
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from membrane_py.cli.options import (
-    AUGMENTATIONS,
+    ADAPT_BN,
     LABEL_FORMAT,
     MAX_CLASSES,
     SAVE_JOB,
+    TRAIN_AUGMENTATIONS,
     augment_option,
     floats_option,
     ints_option,
@@ -36,7 +37,7 @@ def train(
                                      "(V_rand over membrane thresholds) every epoch, at most; "
                                      "0 = patches only"),
     augment: bool = typer.Option(True, help="flip / rot90 augmentation of training patches"),
-    augmentations: str = AUGMENTATIONS,
+    augmentations: str = TRAIN_AUGMENTATIONS,
     target: str = typer.Option("classes", help="classes (membranes, organelles) or affinities "
                                "(neighbour affinities for 3D neurons; --images and --labels are "
                                "then volumes, e.g. em.tif and bodies.h5:stack)"),
@@ -174,6 +175,7 @@ def evaluate(
     tta: int = typer.Option(1, help="test-time augmentation: flips/rotations averaged (1..8)"),
     precision: str = typer.Option("auto", help="fp32, bf16, int8 (calibrated on the first "
                                   "image) or auto, as predict"),
+    adapt_bn: bool = ADAPT_BN,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict sample images, write prediction / probability / overlay PNGs and, with labels,
@@ -187,7 +189,8 @@ def evaluate(
         EvaluateJob, checkpoint=str(checkpoint), images=[str(p) for p in images], out=str(out),
         labels=[str(p) for p in labels] if labels else None,
         label_dir=str(label_dir) if label_dir else None, label_format=label_format,
-        device=device, threshold=threshold, method=method, tta=tta, precision=precision),
+        device=device, threshold=threshold, method=method, tta=tta, precision=precision,
+        adapt_bn=adapt_bn),
         save_job)
     rows = result.rows
     if rows:

@@ -212,6 +212,9 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
 
     if job.scheduler is None:
         raise SpecError("predict_on_cluster needs a job with a scheduler (e.g. 'local')")
+    if job.adapt_bn:
+        raise SpecError("adapt_bn does not run on a Dask cluster yet: predict without "
+                        "--scheduler, or without --adapt-bn")
     start = time.perf_counter()
     with ExitStack() as stack:
         # the client needs only the class names and the weights digest: PyTorch on the CPU

@@ -17,7 +17,7 @@ Without augmentation the uncertainty is the binary entropy of the probabilities
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -230,7 +230,9 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
                    overlap: int = 0, blend: str = "none", batch_size: int | None = None,
                    compile: bool = False, threads: int | None = None, tta: int = 1,
                    precision: str = "auto",
-                   calibration: Callable[[], np.ndarray] | None = None) -> TiledPredictor:
+                   calibration: Callable[[], np.ndarray] | None = None,
+                   adapt_bn: Callable[[], Iterable[np.ndarray]] | None = None
+                   ) -> TiledPredictor:
     """A predictor for a checkpoint (``.pt`` path, ``"starter"`` or :class:`Checkpoint`) or an
     ``.onnx`` file.
 
@@ -244,7 +246,10 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     volume to predict), and keeps it next to a checkpoint file
     (:mod:`membrane_py.infer.quantize`). ``tta``: test-time augmentation, see
     :class:`EngineConfig` (class networks only: flips and rotations would move affinity
-    channels). ``threads`` caps the CPU threads of the ONNX Runtime session (PyTorch's are
+    channels). ``adapt_bn``: sample EM, uint8 (y, x) sections or patches of the volume to
+    predict, on which the batch-norm statistics are re-estimated first
+    (:mod:`membrane_py.infer.batchnorm`; checkpoints only). ``threads`` caps the CPU threads
+    of the ONNX Runtime session (PyTorch's are
     process-wide: ``torch.set_num_threads``). See :class:`EngineConfig` for the tiling
     arguments.
     """
@@ -258,6 +263,14 @@ def load_predictor(model: str | Path | Checkpoint, backend: str = "auto",
     device_type = pick_device(device).type
     fixed = "onnx" if is_onnx else backend if backend != "auto" else None
     ck = None if is_onnx else _checkpoint(model)
+    if adapt_bn is not None:
+        if ck is None:
+            raise ValueError("batch-norm adaptation needs the .pt checkpoint (an ONNX export "
+                             "has its batch norm folded into the convolutions)")
+        from membrane_py.infer.batchnorm import adapt_batch_norm
+
+        ck = adapt_batch_norm(ck, adapt_bn())
+        model = ck  # an in-memory network: an int8 model of it is not cached
     if ck is not None and ck.model_config.arch == "unet3d":
         raise ValueError("a 3D U-Net (arch unet3d) predicts cubes, not 2D tiles: use "
                          "membrane_py.infer.cubes.predict_cubes")

@@ -89,7 +89,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
                     labels: list[str | Path] | None = None, label_format: str = "auto",
                     device: str = "auto", threshold: float | None = None,
                     method: str = "watershed",
-                    tta: int = 1, precision: str = "auto",
+                    tta: int = 1, precision: str = "auto", adapt_bn: bool = False,
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
@@ -101,13 +101,17 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     for the others. ``threshold``: pixels below it are cell interior in the segmentation the
     ISBI scores use; None takes the model's own (chosen by whole-section validation in
     training), else :data:`DEFAULT_THRESHOLD`. ``tta`` and ``precision`` are the engine's
-    (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image."""
+    (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image.
+    ``adapt_bn`` re-estimates the batch-norm statistics on the images first
+    (:mod:`membrane_py.infer.batchnorm`)."""
     from membrane_py.augment import labels as L
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
     predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
-                               calibration=lambda: L.read_image(images[0])[None])
+                               calibration=lambda: L.read_image(images[0])[None],
+                               adapt_bn=(lambda: (L.read_image(p) for p in images))
+                               if adapt_bn else None)
     threshold, source = pick_threshold(threshold, predictor.threshold)
     names = predictor.class_names
     k = predictor.n_classes
@@ -176,8 +180,9 @@ class EvaluateJob(JobSpec):
     """Evaluate ``checkpoint`` (``.pt`` or ``.onnx``) on EM ``images``, writing pictures and,
     with labels, metrics to ``out``. Labels come from ``labels`` (one file per image, in
     order) or from ``label_dir`` (paired with the images by file name). ``threshold``:
-    None takes the model's (see :func:`evaluate_images`). ``tta`` and
-    ``precision`` are the engine's, as in prediction (int8 calibrates on the first image)."""
+    None takes the model's (see :func:`evaluate_images`). ``tta``, ``precision`` and
+    ``adapt_bn`` are the engine's, as in prediction (int8 calibrates on the first image; the
+    batch norm adapts to all the images)."""
 
     kind: ClassVar[str] = "evaluate"
     checkpoint: str
@@ -191,6 +196,7 @@ class EvaluateJob(JobSpec):
     method: str = "watershed"
     tta: int = 1
     precision: str = "auto"
+    adapt_bn: bool = False
 
     def __post_init__(self) -> None:
         if not self.images:
@@ -242,7 +248,7 @@ def run_evaluation(job: EvaluateJob, progress: ProgressCallback | None = None,
     rows = evaluate_images(job.checkpoint, job.image_files(), job.out, labels=job.label_files(),
                            label_format=job.label_format, device=job.device,
                            threshold=job.threshold, method=job.method, tta=job.tta,
-                           precision=job.precision, progress=progress,
-                           cancel=cancel)
+                           precision=job.precision, adapt_bn=job.adapt_bn,
+                           progress=progress, cancel=cancel)
     report(progress, Event.artifact(job.out, "evaluate", "evaluation pictures"))
     return EvaluateResult(Path(job.out), rows)

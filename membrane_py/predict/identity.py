@@ -13,7 +13,7 @@ VAST the layer number and name) and shape,
 and ``mip``, ``outputs``, ``prob_class``, ``tile``, ``chunk``, ``margin``, ``backend``,
 ``device`` (precision differs between devices), ``skip_blank`` and ``blank_entropy``, and,
 when not at their defaults (so folders written before they existed still resume),
-``tta``, ``uncertainty``, ``precision`` and ``calibration``. Not
+``tta``, ``uncertainty``, ``precision``, ``calibration`` and ``adapt_bn``. Not
 part of it: options that change what is done but not the pixels (region, prefetch, pyramid,
 zarr, load_in_vast, layer_name, vast).
 
@@ -43,7 +43,8 @@ IDENTITY_FILE = "job_identity.json"
 FORMAT = "membrane-py-job-identity"
 VERSION = 1
 #: pixel-deciding job fields added later, with the defaults that leave pixels as before
-_NEW_FIELDS = {"tta": 1, "uncertainty": False, "precision": "auto", "calibration": None}
+_NEW_FIELDS = {"tta": 1, "uncertainty": False, "precision": "auto", "calibration": None,
+               "adapt_bn": False}
 
 
 class JobMismatchError(ValueError):

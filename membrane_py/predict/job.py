@@ -103,7 +103,9 @@ class PredictJob(JobSpec):
     probabilities (:meth:`~membrane_py.infer.engine.TiledPredictor.predict_with_uncertainty`).
     ``precision`` is ``fp32``, ``bf16``, ``int8`` or ``auto``
     (:mod:`membrane_py.infer.precision`); ``int8`` calibrates on patches of the volume
-    itself, or of the volume or image folder ``calibration`` names.
+    itself, or of the volume or image folder ``calibration`` names. ``adapt_bn`` re-estimates
+    the network's batch-norm statistics on 32 patches of that same EM before predicting
+    (:mod:`membrane_py.infer.batchnorm`; .pt checkpoints with batch norm).
     """
 
     kind: ClassVar[str] = "predict"
@@ -136,6 +138,7 @@ class PredictJob(JobSpec):
     uncertainty: bool = False
     precision: str = "auto"
     calibration: str | None = None
+    adapt_bn: bool = False
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)

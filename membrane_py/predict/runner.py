@@ -96,11 +96,15 @@ def open_em(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient
     return volume, client
 
 
+#: EM patches (256^2) the batch norm adapts to with ``adapt_bn``
+ADAPT_PATCHES = 32
+
+
 def calibration_em(job: PredictJob, volume: VolumeSource, n: int = 8, side: int = 256,
                    seed: int = 0) -> np.ndarray:
     """(n, side, side) uint8 EM patches, not blank, at random places of the job's
     ``calibration`` volume or image folder, else of ``volume`` itself (at the job's mip);
-    what int8 quantisation calibrates on."""
+    what int8 quantisation calibrates on and batch-norm adaptation adapts to."""
     with ExitStack() as stack:
         if job.calibration is not None:
             volume = stack.enter_context(open_source(job.calibration))
@@ -328,14 +332,19 @@ def load_job_predictor(job: PredictJob, model: str | Path | None = None,
                        volume: VolumeSource | None = None) -> Predictor:
     """The job's network (``model``: a local copy of ``job.checkpoint``) as the runners use
     it: one engine tile per chunk section, no engine margin (the runner reads the context),
-    the job's test-time augmentation and precision (int8 calibrates on ``volume``)."""
+    the job's test-time augmentation and precision (int8 calibrates on ``volume``, and
+    ``adapt_bn`` adapts the batch norm to it)."""
     from membrane_py.infer.engine import load_predictor
 
+    if job.adapt_bn and volume is None:
+        raise ValueError("adapt_bn needs the volume to adapt to")
     return load_predictor(job.checkpoint if model is None else model, backend=job.backend,
                           device=job.device, tile=max(job.chunk[1:]) + 2 * job.margin,
                           margin=0, threads=threads, tta=job.tta, precision=job.precision,
                           calibration=None if volume is None else
-                          lambda: calibration_em(job, volume))
+                          lambda: calibration_em(job, volume),
+                          adapt_bn=(lambda: calibration_em(job, volume, n=ADAPT_PATCHES))
+                          if job.adapt_bn else None)
 
 
 @dataclass

@@ -109,8 +109,9 @@ class TrainTab(JobTab):
         a.add("val_patches", spin(128, 0, 10**6), "Validation patches")
         a.add("augment", check(True), "Flips and rotations")
         for name in AUGMENTATIONS:
-            a.add(f"aug_{name}", check(False), name.replace("_", " ").capitalize(),
-                  "augmentation applied on the fly to training patches")
+            a.add(f"aug_{name}", check(True), name.replace("_", " ").capitalize(),
+                  "augmentation applied on the fly to training patches (all on by default: "
+                  "networks trained on a few sections generalise better)")
         a.add("shuffle", check(True), "Shuffle every epoch")
         a.add("best_metric", combo(list(BEST_METRIC_CHOICES)), "Keep best by")
         a.add("log_every", spin(10, 1, 100000), "Plot loss every (iterations)")

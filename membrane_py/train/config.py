@@ -46,9 +46,11 @@ class TrainJob(JobSpec):
     into training and validation is by image; up to ``val_sections`` whole validation images
     are predicted and scored each epoch (:mod:`membrane_py.train.section_validation`), and
     ``best_metric`` ``auto`` keeps the checkpoint with the best whole-section V_rand (the
-    validation loss when there are no whole sections). ``augment`` (None = none) is applied
-    to training patches. ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of
-    the device (or the checkpoint resumed); the checkpoint records what was used. ``minutes``
+    validation loss when there are no whole sections). ``augment`` (None = none) is applied to
+    training patches; the default is every augmentation (:meth:`AugmentConfig.all_on`): a
+    network fine-tuned on a few sections with flips alone fails on other sections.
+    ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of the device (or the
+    checkpoint resumed); the checkpoint records what was used. ``minutes``
     bounds the training time: the epoch in progress ends early, is validated and saved.
 
     Execution: ``amp`` (bf16 autocast), ``channels_last``, ``prefetch`` (a data-loading
@@ -91,7 +93,7 @@ class TrainJob(JobSpec):
     val_fraction: float = 0.3
     #: whole validation sections predicted and scored every epoch (at most; 0 = patches only)
     val_sections: int = 8
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig.all_on)
     # target and input
     target: str = "classes"
     context: int = 0
