@@ -245,6 +245,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run are first-seed .. first-seed + seeds - 1 (to add seeds to "
+                    "an earlier run)")
     ap.add_argument("--k", type=int, default=4, help="regions added per round")
     ap.add_argument("--initial", type=int, default=4, help="random regions to start from")
     ap.add_argument("--region", type=int, default=128, help="side of a region, px")
@@ -280,7 +283,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="al_bench_") as tmp, ProcessPoolExecutor(
             min(args.seeds, args.threads), mp_context=multiprocessing.get_context("fork")) as pool:
         jobs = [pool.submit(run_seed, seed, args, Path(tmp) / f"seed{seed}")
-                for seed in range(args.seeds)]
+                for seed in range(args.first_seed, args.first_seed + args.seeds)]
         runs = [job.result() for job in jobs]
     def mean_of(key: str) -> dict:
         return {a: [round(float(np.mean([run[a][key][r] for run in runs])), 4)

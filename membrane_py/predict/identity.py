@@ -98,7 +98,8 @@ def _differences(old: dict, new: dict, old_checkpoint: str, new_checkpoint: str)
     """One phrase per differing field; the model is named by file and short digest."""
     diffs = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        default = _NEW_FIELDS.get(key)  # a later field is recorded only when not its default
+        a, b = old.get(key, default), new.get(key, default)
         if a == b:
             continue
         if key == "model":
