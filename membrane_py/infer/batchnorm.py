@@ -40,8 +40,11 @@ def adapt_batch_norm(ck: Checkpoint, em: Iterable[np.ndarray]) -> Checkpoint:
     if not has_batch_norm(ck):
         raise ValueError("this network has no batch normalisation to adapt (norm "
                          f"{ck.model_config.norm!r}); predict without adapt_bn")
+    if ck.model_config.in_channels != 1:
+        raise ValueError("batch-norm adaptation feeds single sections; this network reads "
+                         f"{ck.model_config.in_channels} (2.5D): predict without adapt_bn")
     net = ck.build_model()
-    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # a cumulative average over the passes
