@@ -1,15 +1,17 @@
 """ISBI 2012 accuracy: train on sections 00-14, score sections 15-19 (one JSON object).
 
-A table over loss x architecture x test-time augmentation. Every cell trains the same
+A table over loss x architecture x augmentation x learning-rate schedule, each scored with
+and without test-time augmentation. Every cell trains the same
 fixed number of iterations (a budget in iterations, not minutes, so the table does not
 depend on how busy the machine is) with the CPU defaults of ``membrane train`` otherwise
 (depth 4, 16 filters, 256^2 patches, batch 8, Adam 1e-3). Validation runs on the whole
 sections 15-19 after every epoch (:mod:`membrane_py.train.section_validation`), which picks
-the best checkpoint and its membrane threshold; each cell is scored on sections 15-19 with
-``membrane evaluate``'s watershed and V_rand at the checkpoint's own threshold, without
-test-time augmentation (that is the best epoch's whole-section validation score: the same
-engine, sections and threshold) and with each further ``--tta``; ``v_rand_tta1_adapt_bn``
-with the batch norm adapted to the sections first (``--adapt-bn``). Next to it the last epoch's
+the best checkpoint, its membrane threshold and whether prediction adapts its batch norm to
+the EM (validation scores both ways, ``section_v_rand_plain`` / ``_adapted``); each cell is
+scored on sections 15-19 with ``membrane evaluate``'s watershed and V_rand at the
+checkpoint's own threshold and way, without test-time augmentation (that is the best epoch's
+whole-section validation score: the same engine, sections and threshold) and with each
+further ``--tta``. Next to it the last epoch's
 patch V_rand (what validation reported before whole sections), to show how far patches
 flatter a network. Cells run in the order given (losses outer, architectures inner) until
 ``--max-minutes`` is spent; cells that no longer fit are listed as skipped.
@@ -41,6 +43,7 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.labels import convert_labels
 from membrane_py.augment.transforms import AugmentConfig
+from membrane_py.infer.batchnorm import ADAPT_PATCHES, crops, settle_adapt_bn
 from membrane_py.infer.engine import load_predictor
 from membrane_py.train.checkpoint import load_checkpoint
 from membrane_py.train.config import TrainJob
@@ -62,12 +65,12 @@ def load(sections: range) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, convert_labels(raw, "isbi")[0]
 
 
-def score(checkpoint: Path, images, labels, tta: int, threshold: float,
-          adapt_bn: bool = False) -> float:
-    """Mean V_rand over the sections at ``threshold`` (fp32; ``adapt_bn``: the batch norm
-    adapted to the sections first, as ``--adapt-bn``)."""
+def score(checkpoint: Path, images, labels, tta: int, threshold: float) -> float:
+    """Mean V_rand over the sections at ``threshold`` (fp32), the batch norm adapted to crops
+    of the sections when the checkpoint asks for it (as predict and evaluate by default)."""
+    adapt = settle_adapt_bn(None, checkpoint)
     predictor = load_predictor(checkpoint, precision="fp32", tta=tta,
-                               adapt_bn=(lambda: images) if adapt_bn else None)
+                               adapt_bn=(lambda: crops(images, ADAPT_PATCHES)) if adapt else None)
     return float(np.mean([membrane_scores(predictor.predict(im[None])[0, 1], gt,
                                           threshold)["v_rand"]
                           for im, gt in zip(images, labels, strict=True)]))
@@ -77,14 +80,15 @@ def score(checkpoint: Path, images, labels, tta: int, threshold: float,
 AUGMENTS = {"flips": AugmentConfig(), "all": AugmentConfig.all_on()}
 
 
-def run_cell(args, loss: str, arch: str, augment: str, data, out: Path) -> dict:
+def run_cell(args, loss: str, arch: str, augment: str, schedule: str, data, out: Path) -> dict:
     train_im, train_lab, val_im, val_lab = data
     per_epoch = args.iterations // args.epochs
     budget = (dict(epochs=TrainJob.epochs, patches_per_epoch=TrainJob.patches_per_epoch,
                    minutes=args.minutes) if args.minutes else
               dict(epochs=args.epochs, patches_per_epoch=per_epoch * args.batch))
     pretrained = None if args.pretrained == "none" else args.pretrained
-    cfg = TrainJob(out_dir=str(out), name=f"{loss}_{arch}_{augment}", patch_size=args.patch,
+    cfg = TrainJob(out_dir=str(out), name=f"{loss}_{arch}_{augment}_{schedule}",
+                   patch_size=args.patch, schedule=schedule,
                    batch_size=args.batch, depth=args.depth, base_filters=args.base_filters,
                    lr=args.lr, loss=loss, arch=arch, device=args.device,
                    voxel_size=[50.0, 4.0, 4.0], log_every=5, val_patches=args.val_patches,
@@ -104,7 +108,8 @@ def run_cell(args, loss: str, arch: str, augment: str, data, out: Path) -> dict:
     last = res.history[-1]
     iterations = int(sum(h.get("iterations", per_epoch) for h in res.history))
     cell = {
-        "loss": loss, "arch": arch, "augment": augment, "iterations": iterations,
+        "loss": loss, "arch": arch, "augment": augment, "schedule": schedule,
+        "iterations": iterations,
         "started_from": ck.lineage.get("parent") or "scratch",
         "lr": ck.train_config["lr"], "epochs": len(res.history), "best_epoch": ck.epoch,
         "threshold": ck.threshold,
@@ -120,8 +125,9 @@ def run_cell(args, loss: str, arch: str, augment: str, data, out: Path) -> dict:
                                        / iterations, 2),
     }
     cell["v_rand_tta1"] = cell["section_v_rand_validation"]
-    cell["v_rand_tta1_adapt_bn"] = round(score(res.best_path, val_im, val_lab, 1, ck.threshold,
-                                               adapt_bn=True), 4)
+    cell["adapt_bn"] = ck.adapt_bn
+    for way in ("plain", "adapted"):
+        cell[f"section_v_rand_{way}"] = round(best[f"val_section_v_rand_{way}"], 4)
     for tta in (t for t in args.tta if t > 1):
         t1 = time.perf_counter()
         cell[f"v_rand_tta{tta}"] = round(score(res.best_path, val_im, val_lab, tta,
@@ -151,6 +157,8 @@ def main() -> None:
     ap.add_argument("--augments", default="flips",
                     help="training augmentations to compare: flips (flips and rot90) and/or "
                     "all (every augmentation, AugmentConfig.all_on)")
+    ap.add_argument("--schedules", default=TrainJob.schedule,
+                    help="learning-rate schedules to compare (none, step, cosine)")
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--depth", type=int, default=4)
@@ -171,13 +179,14 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     table, skipped = [], []
-    cells = [(loss, arch, aug) for loss in args.losses.split(",")
-             for arch in args.archs.split(",") for aug in args.augments.split(",")]
-    for loss, arch, aug in cells:
+    cells = [(loss, arch, aug, sched) for loss in args.losses.split(",")
+             for arch in args.archs.split(",") for aug in args.augments.split(",")
+             for sched in args.schedules.split(",")]
+    for loss, arch, aug, sched in cells:
         if time.perf_counter() - t0 > 60 * args.max_minutes:
-            skipped.append({"loss": loss, "arch": arch, "augment": aug})
+            skipped.append({"loss": loss, "arch": arch, "augment": aug, "schedule": sched})
         else:
-            table.append(run_cell(args, loss, arch, aug, data, out))
+            table.append(run_cell(args, loss, arch, aug, sched, data, out))
     default = table[0]
     print(json.dumps({
         "bench": "accuracy_isbi", "train_sections": "00-14", "validation_sections": "15-19",

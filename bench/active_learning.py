@@ -22,15 +22,21 @@ Every arm trains under the same protocol, chosen so that it does not punish an a
   for every fine-tuning of every arm (``--class-weights initial``); recomputing them from
   each arm's labels (``per-round``) lowers the membrane weight of an arm whose regions are
   membrane-dense, and its network then marks less membrane;
-- each network's membrane threshold is chosen on its own labelled regions (the best mean
-  V_rand of those squares over 0.1 .. 0.9), as an annotator would tune it on what they
-  annotated, never on the held-out sections.
+- each network's membrane threshold, and whether prediction adapts its batch norm to the EM
+  it predicts, are chosen on its own labelled regions (the best mean V_rand of those
+  squares over 0.1 .. 0.9, plain and with the batch norm adapted to the labelled sections),
+  as an annotator would tune them on what they annotated and as training's whole-section
+  validation chooses them for ``membrane predict``'s default; never on the held-out
+  sections.
 
-Each network is scored on the held-out sections 15-19 with V_rand after that threshold +
-watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_scores`); the
-V_rand at the fixed threshold 0.5 and at the best threshold over 0.1 .. 0.9 for the held-out
-sections (the ISBI 2012 challenge's convention; it shows what a network learned apart from
-how its probabilities happen to sit around a threshold) are reported too. ``--seeds`` repeats
+Each network is scored on the held-out sections 15-19 with V_rand after that threshold and
+way + watershed as ``membrane evaluate`` (:func:`membrane_py.train.metrics.membrane_scores`;
+adapted networks adapted to the held-out sections, as ``membrane predict`` adapts to the
+volume it predicts). Also reported: plain at its own picked threshold (``v_rand_plain``, the
+metric before 2026-12-02), the V_rand at the fixed threshold 0.5 and at the best threshold
+over 0.1 .. 0.9 for the held-out sections (the ISBI 2012 challenge's convention; it shows
+what a network learned apart from how its probabilities happen to sit around a threshold),
+and adapted at its picked and best thresholds. ``--seeds`` repeats
 it all (initial regions, random picks, training order); the seeds run in parallel processes.
 Training runs as ``membrane train`` would (every augmentation, bf16 autocast where the CPU
 has it; Adam at ``--lr``, 1e-3). Whole-section V_rand after a few dozen iterations on a few squares
@@ -59,6 +65,7 @@ from membrane_py.augment import labels as L
 from membrane_py.augment.dataset import OnTheFlyPatchDataset
 from membrane_py.augment.labels import convert_labels
 from membrane_py.augment.transforms import AugmentConfig
+from membrane_py.infer.batchnorm import ADAPT_PATCHES, crops
 from membrane_py.infer.engine import load_predictor
 from membrane_py.predict.suggest import rank_regions
 from membrane_py.train.config import TrainJob
@@ -143,9 +150,10 @@ def log(message: str) -> None:
 
 def membrane(checkpoint: Path, images: list[np.ndarray], adapt_bn: bool = False) -> np.ndarray:
     """The (z, y, x) membrane probability of a stack (``adapt_bn``: with the batch norm
-    adapted to the stack first, as ``--adapt-bn``)."""
+    adapted to crops of the stack first, as ``membrane predict --adapt-bn``)."""
     predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32",
-                               adapt_bn=(lambda: images) if adapt_bn else None)
+                               adapt_bn=(lambda: crops(images, ADAPT_PATCHES))
+                               if adapt_bn else None)
     return predictor.predict(np.stack(images))[:, 1]
 
 
@@ -155,30 +163,39 @@ def v_rand(probs: np.ndarray, labels: list[np.ndarray], threshold: float) -> flo
 
 
 def pick_threshold(checkpoint: Path, images: list[np.ndarray], labels: list[np.ndarray],
-                   regions, side: int) -> float:
+                   regions, side: int, adapt_bn: bool) -> tuple[float, float]:
     """The threshold of :data:`THRESHOLDS` with the best mean V_rand over the labelled
-    ``regions`` (training data only)."""
+    ``regions`` (training data only; ``adapt_bn``: the batch norm adapted to the labelled
+    sections), and that V_rand."""
     zs = sorted({z for z, _, _ in regions})
-    probs = dict(zip(zs, membrane(checkpoint, [images[z] for z in zs]), strict=True))
-    crops = [(probs[z][y:y + side, x:x + side], labels[z][y:y + side, x:x + side])
-             for z, y, x in regions]
-    means = [np.mean([membrane_scores(p, gt, t)["v_rand"] for p, gt in crops])
+    probs = dict(zip(zs, membrane(checkpoint, [images[z] for z in zs], adapt_bn), strict=True))
+    squares = [(probs[z][y:y + side, x:x + side], labels[z][y:y + side, x:x + side])
+               for z, y, x in regions]
+    means = [np.mean([membrane_scores(p, gt, t)["v_rand"] for p, gt in squares])
              for t in THRESHOLDS]
-    return float(THRESHOLDS[int(np.argmax(means))])
+    best = int(np.argmax(means))
+    return float(THRESHOLDS[best]), float(means[best])
 
 
 def score(checkpoint: Path, pool_im, pool_lab, regions, test_im, test_lab,
           side: int) -> dict:
-    """Held-out V_rand at the threshold picked on the labelled regions, at 0.5, and at the
-    best threshold for the held-out sections (as the ISBI 2012 challenge scored); the same
-    two again with the batch norm adapted to the held-out sections (``--adapt-bn``)."""
-    t = pick_threshold(checkpoint, pool_im, pool_lab, regions, side)
+    """Held-out V_rand as the user would predict: threshold and way (plain, or the batch
+    norm adapted to the EM) picked on the labelled regions, as training's validation picks
+    them (:func:`membrane_py.train.section_validation.best_section_scores`); then plain at
+    the threshold picked for it, at 0.5 and at the best threshold for the held-out sections
+    (as the ISBI 2012 challenge scored), and adapted at its own picked and best thresholds."""
+    t_plain, on_plain = pick_threshold(checkpoint, pool_im, pool_lab, regions, side, False)
+    t_adapt, on_adapt = pick_threshold(checkpoint, pool_im, pool_lab, regions, side, True)
     probs = membrane(checkpoint, test_im)
     adapted = membrane(checkpoint, test_im, adapt_bn=True)
-    return {"v_rand": v_rand(probs, test_lab, t), "threshold": t,
-            "v_rand_at_0.5": v_rand(probs, test_lab, 0.5),
+    plain = v_rand(probs, test_lab, t_plain)
+    adapt = v_rand(adapted, test_lab, t_adapt)
+    chosen = on_adapt > on_plain
+    return {"v_rand": adapt if chosen else plain, "adapt_bn": float(chosen),
+            "threshold": t_adapt if chosen else t_plain,
+            "v_rand_plain": plain, "v_rand_at_0.5": v_rand(probs, test_lab, 0.5),
             "v_rand_best": max(v_rand(probs, test_lab, b) for b in THRESHOLDS),
-            "v_rand_adapt_bn": v_rand(adapted, test_lab, t),
+            "v_rand_adapt_bn": adapt,
             "v_rand_adapt_bn_best": max(v_rand(adapted, test_lab, b) for b in THRESHOLDS),
             "membrane_fraction": float((probs > 0.5).mean())}
 
@@ -298,10 +315,13 @@ def main() -> None:
         "bench": "active_learning", "data": "ISBI 2012", "pool_sections": "00-14",
         "initial_sections": "00-09", "held_out_sections": "15-19",
         "metric": "V_rand (higher is better), watershed as membrane evaluate at the threshold "
-                  "picked on each network's labelled regions",
+                  "and way (plain or batch norm adapted) picked on each network's labelled "
+                  "regions",
         "uncertainty": f"TTA spread, tta {args.tta}" if args.tta > 1 else "entropy",
         "sampled_power": args.power, "class_weights": args.class_weights,
         "mean_v_rand_by_round": mean_of("v_rand"),
+        "share_adapted_by_round": mean_of("adapt_bn"),
+        "mean_v_rand_plain_by_round": mean_of("v_rand_plain"),
         "mean_v_rand_at_0.5_by_round": mean_of("v_rand_at_0.5"),
         "mean_v_rand_best_threshold_by_round": mean_of("v_rand_best"),
         "mean_v_rand_adapt_bn_by_round": mean_of("v_rand_adapt_bn"),

@@ -5,6 +5,7 @@ mixes adapted and plain tiles, and misuse ends in one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,12 +16,12 @@ from typer.testing import CliRunner
 from membrane_py.augment.preprocess import preprocess
 from membrane_py.cli import app
 from membrane_py.codes import write_png
-from membrane_py.infer.batchnorm import adapt_batch_norm
+from membrane_py.infer.batchnorm import adapt_batch_norm, settle_adapt_bn
 from membrane_py.infer.engine import load_predictor
 from membrane_py.predict.identity import IDENTITY_FILE, JobMismatchError
 from membrane_py.predict.job import PredictJob
 from membrane_py.predict.runner import run_prediction
-from membrane_py.train.checkpoint import load_checkpoint
+from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint
 from membrane_py.volumes.synthetic import make_synthetic
 
 
@@ -89,11 +90,43 @@ def test_misuse_ends_in_one_line(bn_model, em, tmp_path):
     assert r.exit_code == 0, r.output
     with pytest.raises(ValueError, match="needs the .pt checkpoint"):
         load_predictor(tmp_path / "m.onnx", adapt_bn=lambda: em)
-    r = CliRunner().invoke(app, ["predict", str(bn_model), "--source", "synthetic:2x96x96",
-                                 "--out", str(tmp_path / "dask"), "--scheduler", "local",
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "m.onnx"), "--source",
+                                 "synthetic:2x96x96", "--out", str(tmp_path / "o"),
                                  "--adapt-bn"])
     assert r.exit_code != 0 and "Traceback" not in r.output
-    assert "--adapt-bn" in r.output and len(r.output.strip().splitlines()) == 1
+    assert ".pt checkpoint" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_network_that_validated_better_adapted_is_adapted_by_default(bn_model, tmp_path):
+    """The checkpoint's choice (set by whole-section validation) is the default of predict,
+    on one process and on a Dask cluster alike; --no-adapt-bn overrides it."""
+    asks = tmp_path / "asks.pt"
+    save_checkpoint(asks, replace(load_checkpoint(bn_model), adapt_bn=True))
+    args = ["predict", str(asks), "--source", "synthetic:2x96x96", "--chunk", "64,64,2",
+            "--tile", "64", "--margin", "16", "--device", "cpu"]
+
+    def run(out, *more):
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / out), *more])
+        assert r.exit_code == 0, r.output
+        return json.loads((tmp_path / out / IDENTITY_FILE).read_text())["pixels"]
+
+    assert run("default")["adapt_bn"] is True
+    assert run("asked", "--adapt-bn")["adapt_bn"] is True
+    assert "adapt_bn" not in run("plain", "--no-adapt-bn")  # the plain default, unrecorded
+    assert same_files(tmp_path / "default", tmp_path / "asked") > 0
+    assert not same_files(tmp_path / "default", tmp_path / "plain")
+    assert run("dask", "--scheduler", "local:1")["adapt_bn"] is True
+    assert same_files(tmp_path / "default", tmp_path / "dask") > 0
+    assert settle_adapt_bn(None, bn_model) is False and settle_adapt_bn(True, bn_model)
+
+
+def same_files(a, b) -> int:
+    """How many tile files the folders share, when every one of them is byte-identical
+    (0 when any differs)."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    same = all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    return len(names) if same else 0
 
 
 def test_evaluate_adapts_to_the_images(bn_model, em, tmp_path):
@@ -104,6 +137,8 @@ def test_evaluate_adapts_to_the_images(bn_model, em, tmp_path):
     plain = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain")])
     adapted = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "adapted"), "--adapt-bn"])
     assert plain.exit_code == adapted.exit_code == 0, plain.output + adapted.output
+    assert "batch norm adapted to these images (asked)" in adapted.output
+    assert "batch norm adapted" not in plain.output
     a = (tmp_path / "plain" / "s0_probability.png").read_bytes()
     b = (tmp_path / "adapted" / "s0_probability.png").read_bytes()
     assert a != b

@@ -428,9 +428,9 @@ def test_predict_a_box_from_vast_shows_tiles_and_equals_the_cli(
     assert "written" in tab.speed.text() and "MB/s" in tab.speed.text()
     run_like_the_cli(tab.build_spec(), tmp_path, out=str(tmp_path / "cli"))
     assert same_files(tmp_path / "pred", tmp_path / "cli") >= 8  # 8 sections, pyramid too
-    assert not tab.build_spec().adapt_bn
-    tab.a["adapt_bn"].setChecked(True)
-    assert tab.build_spec().adapt_bn  # the checkbox reaches the job
+    assert tab.build_spec().adapt_bn is None  # the network decides
+    tab.a["adapt_bn"].setCurrentIndex(tab.a["adapt_bn"].findData("on"))
+    assert tab.build_spec().adapt_bn is True  # the choice reaches the job
 
 
 def test_follow_vast_view_toggle_predicts_around_the_view_until_cancelled(
@@ -447,8 +447,10 @@ def test_follow_vast_view_toggle_predicts_around_the_view_until_cancelled(
     tab.f["follow"].setChecked(True)
     assert tab.build_spec().kind == "follow"
     click(qtbot, tab.run_button)
-    qtbot.waitUntil(lambda: tab.tiles_shown >= 1, timeout=JOB_TIMEOUT_MS)
-    assert "wrote section" in tab.speed.text() and "tiles written" in tab.speed.text()
+    # the tile and the progress line that counts it arrive as two events
+    qtbot.waitUntil(lambda: tab.tiles_shown >= 1 and "wrote section" in tab.speed.text(),
+                    timeout=JOB_TIMEOUT_MS)
+    assert "tiles written" in tab.speed.text()
     click(qtbot, tab.panel.cancel)
     wait_finished(qtbot, tab, timeout=30_000)
     assert tab.panel.eta.text() == "cancelled"

@@ -23,8 +23,8 @@ from membrane_py.train.config import TrainJob
 from membrane_py.train.section_validation import (
     THRESHOLDS,
     Sections,
+    best_section_scores,
     pick_sections,
-    section_scores,
     whole_sections,
 )
 from membrane_py.train.trainer import run_training, split_by_image
@@ -57,10 +57,15 @@ def test_sections_are_scored_per_threshold_and_pick_checkpoint_and_threshold(tra
     for record in result.history:
         assert record["val_section_threshold"] in THRESHOLDS
         assert 0.0 <= record["val_section_v_rand"] <= 1.0 and "val_v_rand" in record
+        # scored as it is and with the batch norm adapted: the better way counts
+        plain, adapted = record["val_section_v_rand_plain"], record["val_section_v_rand_adapted"]
+        assert record["val_section_v_rand"] == max(plain, adapted)
+        assert record["val_section_adapt_bn"] == (adapted > plain)
     ck = load_checkpoint(result.best_path)
     best = max(result.history, key=lambda r: r["val_section_v_rand"])
     assert ck.best["metric"] == "val_section_v_rand" and ck.epoch == best["epoch"]
     assert ck.threshold == best["val_section_threshold"] == result.threshold
+    assert ck.adapt_bn == best["val_section_adapt_bn"] == result.adapt_bn
     assert torch.load(result.best_path, weights_only=True)["threshold"] == ck.threshold
     assert f"membrane threshold {ck.threshold:g}" in result.summary()
     logged = [e.message for e in events if e.kind == "log"]
@@ -74,8 +79,9 @@ def test_sections_are_scored_per_threshold_and_pick_checkpoint_and_threshold(tra
     label_files = [labels / files[i].name for i in val]
     gt = L.convert_labels([L.decode_label_image(L.read_image(p)) for p in label_files],
                           "isbi")[0]
-    score = section_scores(ck.build_model(), Sections(val_images, gt), ck.preprocess_config,
-                           torch.device("cpu"))
+    score = best_section_scores(ck.build_model(), Sections(val_images, gt),
+                                ck.preprocess_config, torch.device("cpu"))
+    assert score.adapt_bn == ck.adapt_bn
     assert list(score.by_threshold) == list(THRESHOLDS) and score.n_sections == 2
     assert score.v_rand == max(score.by_threshold.values())
     assert score.by_threshold[score.threshold] == score.v_rand
@@ -86,6 +92,8 @@ def test_sections_are_scored_per_threshold_and_pick_checkpoint_and_threshold(tra
                            labels=label_files, label_format="isbi", device="cpu",
                            progress=said.append)
     assert any(f"membrane threshold {ck.threshold:g} (the model's" in e.message for e in said)
+    # evaluate adapts the batch norm by default exactly when the network validated so
+    assert any("validated better so" in e.message for e in said) == ck.adapt_bn
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == rows
     assert rows[-1]["v_rand"] == pytest.approx(score.v_rand, abs=0.02)
 

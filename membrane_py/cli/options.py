@@ -31,9 +31,10 @@ AUGMENTATIONS = typer.Option(None, help=f"extra augmentations, comma-separated: 
 #: training's default is every augmentation (docs/training.md says why)
 TRAIN_AUGMENTATIONS = typer.Option("all", help=f"extra augmentations, comma-separated: "
                                    f"{_AUGMENTATION_NAMES}, all (the default) or none")
-ADAPT_BN = typer.Option(False, "--adapt-bn", help="re-estimate the network's batch-norm "
-                        "statistics on the EM being predicted first (no labels needed; helps "
-                        "networks fine-tuned on few sections, docs/prediction.md)")
+ADAPT_BN = typer.Option(None, "--adapt-bn/--no-adapt-bn", help="re-estimate the network's "
+                        "batch-norm statistics on the EM being predicted first (no labels "
+                        "needed); default: when the network validated better so in training "
+                        "(docs/prediction.md)", show_default=False)
 SAVE_JOB = typer.Option(None, help="also write the job spec as JSON here (run it again with "
                         "`membrane run FILE`)")
 

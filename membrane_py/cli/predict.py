@@ -82,7 +82,7 @@ def predict(
                                   "for networks of >= 32 filters; else fp32)"),
     calibration: str = typer.Option(None, help="int8: calibrate on this EM (image folder or "
                                     "volume) instead of the volume being predicted"),
-    adapt_bn: bool = ADAPT_BN,
+    adapt_bn: bool | None = ADAPT_BN,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict membranes (or any trained classes) and write VAST tiles plus a .vsvi."""

@@ -175,7 +175,7 @@ def evaluate(
     tta: int = typer.Option(1, help="test-time augmentation: flips/rotations averaged (1..8)"),
     precision: str = typer.Option("auto", help="fp32, bf16, int8 (calibrated on the first "
                                   "image) or auto, as predict"),
-    adapt_bn: bool = ADAPT_BN,
+    adapt_bn: bool | None = ADAPT_BN,
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Predict sample images, write prediction / probability / overlay PNGs and, with labels,

@@ -23,11 +23,13 @@ the scheduler at once, and cancelling stops within one poll.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
@@ -52,6 +54,8 @@ from membrane_py.volumes.blocks import Block, TileKey, TilePlan, read_chunks
 
 if TYPE_CHECKING:
     from distributed import Client, Future
+
+    from membrane_py.train.checkpoint import Checkpoint
 
 #: how often a failing task is retried before the run fails with its error
 RETRIES = 3
@@ -207,25 +211,25 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
     was written stays and a rerun continues from there."""
     from membrane_py.distributed.cluster import connect
     from membrane_py.distributed.model import ModelFile
+    from membrane_py.infer.batchnorm import settle_adapt_bn
     from membrane_py.infer.engine import load_predictor
     from membrane_py.train.checkpoint import model_path
 
     if job.scheduler is None:
         raise SpecError("predict_on_cluster needs a job with a scheduler (e.g. 'local')")
-    if job.adapt_bn:
-        raise SpecError("adapt_bn does not run on a Dask cluster yet: predict without "
-                        "--scheduler, or without --adapt-bn")
     start = time.perf_counter()
+    job = replace(job, adapt_bn=settle_adapt_bn(job.adapt_bn, job.checkpoint))
     with ExitStack() as stack:
         # the client needs only the class names and the weights digest: PyTorch on the CPU
         # gives both without exporting to ONNX or touching a GPU
         path = model_path(job.checkpoint)
+        model, data = (adapted_checkpoint(job) if job.adapt_bn
+                       else (path, path.read_bytes()))
         onnx = path.suffix.lower() == ".onnx"
-        model_info = load_predictor(path, backend="onnx" if onnx else "torch",
+        model_info = load_predictor(model, backend="onnx" if onnx else "torch",
                                     device="cpu", threads=1)
         prepared = prepare_run(job, stack, model_info, progress)
         client = stack.enter_context(connect(job.scheduler))
-        data = path.read_bytes()
         plugin = ModelFile(data, path.suffix)
         client.register_plugin(plugin, name=plugin.name)
         # the scheduler keeps the bytes for workers that join later; release them after
@@ -234,7 +238,9 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
         report(progress, Event.log(f"Dask cluster at {client.scheduler.address}: {workers} "
                                    f"worker(s), network shipped once to each", TASK))
         volume = prepared.volume
-        info = RunInfo(job.to_json(), plugin.sha256, prepared.predictor.model_sha256,
+        # the workers run the shipped network as it is (adapted here when asked)
+        info = RunInfo(replace(job, adapt_bn=False).to_json(), plugin.sha256,
+                       prepared.predictor.model_sha256,
                        tuple(volume.shape), tuple(prepared.writer.voxel_size),
                        tuple(prepared.predictor.class_names))
         tally = Tally(prepared.plan.n_tiles, progress)
@@ -246,6 +252,22 @@ def predict_on_cluster(job: PredictJob, progress: ProgressCallback | None = None
                 prepared.refresher.flush()
         prepared.writer.remove_temporaries()  # of workers killed mid-write
     return finish_run(prepared, tally, start, progress)
+
+
+def adapted_checkpoint(job: PredictJob) -> tuple[Checkpoint, bytes]:
+    """The job's network with its batch norm adapted to the job's EM, as the single-process
+    runner adapts it (the same patches, so the same tiles), and the bytes of its file for
+    the workers."""
+    from membrane_py.infer.batchnorm import ADAPT_PATCHES, adapt_batch_norm
+    from membrane_py.predict.runner import calibration_em
+    from membrane_py.train.checkpoint import load_checkpoint, save_checkpoint
+
+    with ExitStack() as stack:
+        volume, _ = open_em(job, stack)
+        ck = adapt_batch_norm(load_checkpoint(job.checkpoint),
+                              calibration_em(job, volume, n=ADAPT_PATCHES))
+    with tempfile.TemporaryDirectory() as tmp:
+        return ck, save_checkpoint(Path(tmp) / "adapted.pt", ck).read_bytes()
 
 
 class _Window:

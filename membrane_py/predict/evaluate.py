@@ -21,6 +21,7 @@ from membrane_py.atomic import write_text_atomic
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.codes import encode_label_png, probability_to_u8, write_png
 from membrane_py.events import CancelToken, Event, ProgressCallback, check_cancel, report
+from membrane_py.infer.batchnorm import ADAPT_PATCHES, crops, settle_adapt_bn
 from membrane_py.infer.engine import TiledPredictor, load_predictor
 from membrane_py.infer.torch_backend import TorchBackend
 from membrane_py.jobs.spec import JobSpec, Result
@@ -89,7 +90,7 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
                     labels: list[str | Path] | None = None, label_format: str = "auto",
                     device: str = "auto", threshold: float | None = None,
                     method: str = "watershed",
-                    tta: int = 1, precision: str = "auto", adapt_bn: bool = False,
+                    tta: int = 1, precision: str = "auto", adapt_bn: bool | None = None,
                     progress: ProgressCallback | None = None,
                     cancel: CancelToken | None = None) -> list[dict]:
     """Predict each image with ``checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` model, run
@@ -102,16 +103,20 @@ def evaluate_images(checkpoint: str | Path, images: list[str | Path], out_dir: s
     ISBI scores use; None takes the model's own (chosen by whole-section validation in
     training), else :data:`DEFAULT_THRESHOLD`. ``tta`` and ``precision`` are the engine's
     (:func:`~membrane_py.infer.engine.load_predictor`); int8 calibrates on the first image.
-    ``adapt_bn`` re-estimates the batch-norm statistics on the images first
-    (:mod:`membrane_py.infer.batchnorm`)."""
+    ``adapt_bn`` re-estimates the batch-norm statistics on crops of the images first
+    (:mod:`membrane_py.infer.batchnorm`); None: when the checkpoint asks for it."""
     from membrane_py.augment import labels as L
 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label files; give one each")
+    adapt = settle_adapt_bn(adapt_bn, checkpoint)
     predictor = load_predictor(checkpoint, device=device, tta=tta, precision=precision,
                                calibration=lambda: L.read_image(images[0])[None],
-                               adapt_bn=(lambda: (L.read_image(p) for p in images))
-                               if adapt_bn else None)
+                               adapt_bn=(lambda: crops([L.read_image(p) for p in images],
+                                                       ADAPT_PATCHES)) if adapt else None)
+    if adapt:
+        why = "asked" if adapt_bn else "the network validated better so in training"
+        report(progress, Event.log(f"batch norm adapted to these images ({why})", "evaluate"))
     threshold, source = pick_threshold(threshold, predictor.threshold)
     names = predictor.class_names
     k = predictor.n_classes
@@ -182,7 +187,7 @@ class EvaluateJob(JobSpec):
     order) or from ``label_dir`` (paired with the images by file name). ``threshold``:
     None takes the model's (see :func:`evaluate_images`). ``tta``, ``precision`` and
     ``adapt_bn`` are the engine's, as in prediction (int8 calibrates on the first image; the
-    batch norm adapts to all the images)."""
+    batch norm adapts to crops of all the images; None: when the checkpoint asks for it)."""
 
     kind: ClassVar[str] = "evaluate"
     checkpoint: str
@@ -196,7 +201,7 @@ class EvaluateJob(JobSpec):
     method: str = "watershed"
     tta: int = 1
     precision: str = "auto"
-    adapt_bn: bool = False
+    adapt_bn: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.images:

@@ -105,7 +105,8 @@ class PredictJob(JobSpec):
     (:mod:`membrane_py.infer.precision`); ``int8`` calibrates on patches of the volume
     itself, or of the volume or image folder ``calibration`` names. ``adapt_bn`` re-estimates
     the network's batch-norm statistics on 32 patches of that same EM before predicting
-    (:mod:`membrane_py.infer.batchnorm`; .pt checkpoints with batch norm).
+    (:mod:`membrane_py.infer.batchnorm`; .pt checkpoints with batch norm); None (the
+    default): when the checkpoint asks for it, having validated better so in training.
     """
 
     kind: ClassVar[str] = "predict"
@@ -138,7 +139,7 @@ class PredictJob(JobSpec):
     uncertainty: bool = False
     precision: str = "auto"
     calibration: str | None = None
-    adapt_bn: bool = False
+    adapt_bn: bool | None = None
 
     def __post_init__(self) -> None:
         check_voxel_size(self.voxel_size)

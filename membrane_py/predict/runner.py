@@ -24,6 +24,7 @@ import numpy as np
 
 from membrane_py.events import CancelToken, Event, ProgressCallback, report, warn
 from membrane_py.geometry import Box
+from membrane_py.infer.batchnorm import ADAPT_PATCHES, settle_adapt_bn
 from membrane_py.infer.predictor import Predictor
 from membrane_py.jobs.spec import Result
 from membrane_py.predict.identity import claim_output
@@ -94,10 +95,6 @@ def open_em(job: PredictJob, stack: ExitStack) -> tuple[VolumeSource, VastClient
         raise ValueError(f"mip {job.mip} does not exist: {volume.name} has mip levels "
                          f"0..{volume.n_mips - 1}")
     return volume, client
-
-
-#: EM patches (256^2) the batch norm adapts to with ``adapt_bn``
-ADAPT_PATCHES = 32
 
 
 def calibration_em(job: PredictJob, volume: VolumeSource, n: int = 8, side: int = 256,
@@ -363,7 +360,10 @@ def prepare_run(job: PredictJob, stack: ExitStack, predictor: Predictor | None =
                 progress: ProgressCallback | None = None) -> Prepared:
     """Open the source, load the network, plan the tiles, claim the output folder (closed
     with ``stack``), write the descriptors and load them into VAST when asked (reusing the
-    layers an earlier run into this folder loaded)."""
+    layers an earlier run into this folder loaded). An ``adapt_bn`` of None is settled by the
+    checkpoint (:func:`~membrane_py.infer.batchnorm.settle_adapt_bn`) before the folder's
+    identity is claimed."""
+    job = replace(job, adapt_bn=settle_adapt_bn(job.adapt_bn, job.checkpoint))
     volume, client = open_em(job, stack)
     if job.load_in_vast and client is None:
         raise ValueError("load_in_vast needs VAST: use a vast:// source or give the VAST "

@@ -100,9 +100,10 @@ class PredictTab(JobTab):
         a.add("margin", spin(64, 0, 1024), "Context margin (px)")
         a.add("skip_blank", check(True), "Skip blank tiles")
         a.add("prefetch", spin(2, 0, 16), "Chunks read ahead")
-        a.add("adapt_bn", check(False), "Adapt batch norm to this EM",
+        a.add("adapt_bn", combo([("as the network validated", "auto"), ("always", "on"),
+                                 ("never", "off")]), "Adapt batch norm to this EM",
               "re-estimate the network's batch-norm statistics on patches of the EM first (no "
-              "labels needed): helps networks fine-tuned on a few sections")
+              "labels needed); by default when the network scored better so in training")
         self.add_fold(a, "Advanced")
         self.f, self.o, self.a = f, o, a
         self.tile_view = ImageView("tiles appear here as they are written")
@@ -173,7 +174,8 @@ class PredictTab(JobTab):
             zarr=o.value("zarr"), load_in_vast=o.value("load_in_vast"),
             skip_blank=a.value("skip_blank"), overwrite=o.value("overwrite"),
             chunk=[a.value("chunk_z"), 1024, 1024], margin=a.value("margin"),
-            prefetch=a.value("prefetch"), adapt_bn=a.value("adapt_bn"))
+            prefetch=a.value("prefetch"),
+            adapt_bn={"auto": None, "on": True, "off": False}[a.value("adapt_bn")])
         if not f.value("follow"):
             return job
         from membrane_py.predict.follow import FollowJob

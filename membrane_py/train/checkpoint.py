@@ -3,8 +3,8 @@
 A checkpoint holds only plain Python types and tensors: the weights, the architecture config,
 class names, the preprocessing prediction must repeat, the mip / voxel size / patch size
 trained at, the training history and config, lineage (what it was fine-tuned from), the
-membrane threshold chosen by whole-section validation, and the optimizer / scheduler state and
-epoch needed to resume.
+membrane threshold chosen by whole-section validation and whether prediction adapts the batch
+norm by default, and the optimizer / scheduler state and epoch needed to resume.
 
 Integrity: :func:`save_checkpoint` stores ``weights_sha256``, the SHA-256 of a canonical byte
 serialisation of the weights (:func:`tensors_sha256`), and :func:`load_checkpoint` checks it,
@@ -80,6 +80,10 @@ class Checkpoint:
     #: membrane threshold chosen by whole-section validation (the best mean V_rand of
     #: :mod:`membrane_py.train.section_validation`); None: not validated on whole sections
     threshold: float | None = None
+    #: whole-section validation scored this network better with its batch norm adapted to
+    #: the sections (:func:`membrane_py.train.section_validation.best_section_scores`), so
+    #: prediction adapts it to the EM it predicts unless told otherwise
+    adapt_bn: bool = False
     weights_sha256: str = ""  # filled by load_checkpoint (see the module docstring)
 
     def digest(self) -> str:
@@ -168,6 +172,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "optimizer": _plain(ckpt.optimizer), "scheduler": _plain(ckpt.scheduler),
         "best": _plain(ckpt.best),
         "threshold": None if ckpt.threshold is None else float(ckpt.threshold),
+        "adapt_bn": bool(ckpt.adapt_bn),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

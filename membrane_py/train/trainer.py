@@ -58,9 +58,10 @@ from membrane_py.train.execution import prefetched, resolve_execution, settled
 from membrane_py.train.logs import TrainingLog
 from membrane_py.train.losses import affinity_bce, class_weights_from_counts, make_loss
 from membrane_py.train.metrics import class_scores, membrane_scores
+from membrane_py.train.schedule import Schedule
 from membrane_py.train.section_validation import (
     Sections,
-    section_scores,
+    best_section_scores,
     usable_sections,
     whole_sections,
 )
@@ -76,7 +77,8 @@ from membrane_py.train.transfer_modes import (
 class TrainResult(Result):
     """The checkpoints written, the per-epoch history, the device and the time taken;
     ``threshold``: the membrane threshold the best checkpoint records (None without
-    whole-section validation)."""
+    whole-section validation); ``adapt_bn``: whether it validated better with its batch norm
+    adapted to the sections (prediction then adapts by default)."""
 
     best_path: Path
     last_path: Path
@@ -84,10 +86,13 @@ class TrainResult(Result):
     device: str
     seconds: float
     threshold: float | None = None
+    adapt_bn: bool = False
 
     def summary(self) -> str:
         chosen = "" if self.threshold is None else \
             f", membrane threshold {self.threshold:g} by whole-section V_rand"
+        if self.adapt_bn:
+            chosen += "; prediction adapts its batch norm to the EM (it validated better so)"
         return (f"best checkpoint: {self.best_path} (device {self.device}, "
                 f"{self.seconds:.0f} s{chosen})")
 
@@ -126,15 +131,6 @@ def make_optimizer(params, cfg: TrainJob) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
-
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainJob):
-    """Per-epoch schedule: constant, step drop (mEMbrain's 'piecewise') or cosine to 0."""
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, cfg.step_epochs, gamma=cfg.step_factor)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
 
 
 def _count_classes(ds: Dataset, n_classes: int, max_items: int = 64) -> list[int]:
@@ -300,7 +296,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     model.to(device, memory_format=fmt)
     forward = torch.compile(model) if run.compile else model
     opt = make_optimizer(parameter_groups(model, cfg.transfer_mode, cfg.lr, cfg.leaky_ratio), cfg)
-    sched = make_scheduler(opt, cfg)
+    base_lrs = [group["lr"] for group in opt.param_groups]
     first_epoch, history, best = 0, [], {}
     if resumed is not None:
         if resumed.model_config != model_cfg:
@@ -309,8 +305,6 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         model.load_state_dict(resumed.state_dict)
         if resumed.optimizer:
             opt.load_state_dict(resumed.optimizer)
-        if resumed.scheduler:
-            sched.load_state_dict(resumed.scheduler)
         first_epoch, history, best = resumed.epoch, list(resumed.history), dict(resumed.best)
         lineage = resumed.lineage
 
@@ -339,6 +333,9 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
     report(progress, Event.log(f"execution: {run.describe()}", "train"))
     iters = len(loader)
     total = cfg.epochs * iters
+    done = first_epoch * iters
+    budget = 60.0 * cfg.minutes if cfg.minutes else None
+    schedule = Schedule(cfg.schedule, base_lrs, total, budget, cfg.step_epochs, cfg.step_factor)
 
     voxel_size = list(cfg.voxel_size or (1.0, 1.0, 1.0))
     if cfg.voxel_size is None:
@@ -351,8 +348,10 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             preprocess=cfg.preprocess, mip=cfg.mip, voxel_size=voxel_size,
             patch_size=cfg.patch_size, history=history,
             train_config={**cfg.to_dict(), "class_weights": weights}, lineage=lineage,
-            epoch=epoch, optimizer=opt.state_dict(), scheduler=sched.state_dict(), best=best,
-            threshold=history[-1].get("val_section_threshold") if history else None)
+            epoch=epoch, optimizer=opt.state_dict(), best=best,
+            scheduler=schedule.state(done, time.perf_counter() - start),
+            threshold=history[-1].get("val_section_threshold") if history else None,
+            adapt_bn=bool(history and history[-1].get("val_section_adapt_bn")))
 
     deadline = start + 60.0 * cfg.minutes if cfg.minutes else math.inf
     completed = first_epoch
@@ -368,8 +367,10 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             n_iters = 0
             for i, (x, y) in enumerate(prefetched(loader) if run.prefetch else loader):
                 check_cancel(cancel)
-                if i and time.perf_counter() >= deadline:
+                now = time.perf_counter()
+                if i and now >= deadline:
                     break
+                schedule.apply(opt, epoch, epoch * iters + i, now - start)
                 x = x.to(device, non_blocking=True, memory_format=fmt)
                 y = y.to(device, non_blocking=True)
                 with autocast(device, cfg.amp):
@@ -396,12 +397,11 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
                       "lr": opt.param_groups[0]["lr"]}
             if n_iters < iters:
                 record["iterations"] = n_iters
-            sched.step()
             if val_loader is not None:
                 record.update(validate(model, val_loader, loss_fn, device, cfg.amp,
                                         class_names, cfg.target, channels_last))
             if sections is not None:
-                scored = section_scores(model, sections, cfg.preprocess_config, device,
+                scored = best_section_scores(model, sections, cfg.preprocess_config, device,
                                         amp=cfg.amp)
                 record.update(scored.record())
                 log.note(scored.describe())
@@ -411,7 +411,8 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
             improved = _improved(record.get(metric), best, higher_better)
             if improved:
                 best = {"metric": metric, "value": record[metric], "epoch": epoch + 1,
-                        "threshold": record.get("val_section_threshold")}
+                        "threshold": record.get("val_section_threshold"),
+                        "adapt_bn": record.get("val_section_adapt_bn", False)}
             ck = snapshot(epoch + 1)
             save_checkpoint(cfg.last_path, ck)
             completed = epoch + 1
@@ -444,7 +445,7 @@ def train_model(train_ds: Dataset, val_ds: Dataset | None, cfg: TrainJob, *,
         save_checkpoint(cfg.best_path, snapshot(completed))
     report(progress, Event.artifact(cfg.best_path, "train", "best checkpoint"))
     return TrainResult(cfg.best_path, cfg.last_path, history, desc, time.perf_counter() - start,
-                       best.get("threshold"))
+                       best.get("threshold"), bool(best.get("adapt_bn")))
 
 
 def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str = "auto",
