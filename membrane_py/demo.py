@@ -126,7 +126,8 @@ def run_demo(cfg: DemoConfig, progress: ProgressCallback | None = None) -> DemoR
             VastClient(server.host, server.port) as client:
         job = PredictJob(checkpoint=str(checkpoint), source=f"vast://{server.host}:{server.port}",
                          out=str(out / "prediction"), layer_name="membrane-py demo prediction",
-                         load_in_vast=True, chunk=list(cfg.chunk))
+                         load_in_vast=True, chunk=list(cfg.chunk),
+                         overwrite=True)  # the network is new each run: so are the tiles
         result = run_prediction(job, progress)
         descriptor, layer_nr = result.descriptors[0], result.layers[0]
         whole = Box.full(client.get_info().data_size)

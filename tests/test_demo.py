@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
+import numpy as np
+from typer.testing import CliRunner
+
+from membrane_py.cli import app
 from membrane_py.codes import read_png
 from membrane_py.demo import DemoConfig, run_demo
 from membrane_py.vastapi.descriptors import read_vsvi
@@ -35,3 +39,18 @@ def test_small_demo_trains_predicts_loads_and_scores(tmp_path):
     np.testing.assert_array_equal(pic[:, 264:520, 1], prob[:256, :256])
     instances = pic[:, 528:]
     assert len(np.unique(instances.reshape(-1, 3), axis=0)) > 5  # several coloured cells
+
+
+def test_demo_again_replaces_its_own_prediction_and_errors_are_one_line(tmp_path):
+    """Each run trains a new network, so a rerun (or a newer version's) overwrites the tiles
+    the last one left instead of refusing them; a folder it cannot write is one line."""
+    cfg = DemoConfig(out=tmp_path, volume="synthetic:2x256x256", train_shape=(2, 256, 256),
+                     depth=2, base_filters=4, patch_size=64, batch_size=8, iterations=4)
+    first = run_demo(cfg)
+    second = run_demo(replace(cfg, iterations=6))  # other weights, same folder
+    assert second.identical and second.n_tiles == first.n_tiles == 2
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    r = CliRunner().invoke(app, ["demo", "--out", str(blocked / "out")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error:")

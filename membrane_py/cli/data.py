@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.render import Renderer
+from membrane_py.cli.render import EXIT_INTERRUPTED, Renderer, fail, one_line, user_errors
 from mock_vast_server.limits import Limits
 
 _LIMITS = Limits()
@@ -19,8 +19,14 @@ def demo(
     into the server, score) and print where the results are."""
     from membrane_py.demo import DemoConfig, run_demo
 
-    with Renderer() as bar:
-        r = run_demo(DemoConfig(out=out), progress=bar)
+    try:
+        with Renderer() as bar:
+            r = run_demo(DemoConfig(out=out), progress=bar)
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the demo again to start it over",
+                   EXIT_INTERRUPTED) from None
+    except user_errors() as e:
+        raise fail(one_line(e)) from None
     typer.echo(f"trained a small U-Net in {r.train_seconds:.0f} s: {r.checkpoint}")
     typer.echo(f"predicted {r.n_tiles} tiles through the VAST protocol in "
                f"{r.predict_seconds:.0f} s ({r.megabytes:.0f} MB of EM read)")
