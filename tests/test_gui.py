@@ -364,6 +364,10 @@ def test_cancel_a_running_training(qtbot, window, em_folders, tmp_path):
     qtbot.waitUntil(lambda: len(train.points["iter"]) > 0, timeout=JOB_TIMEOUT_MS)
     assert train.iter_curve.getData()[0] is not None  # the curve received points
     assert train.panel.bar.value() > 0 and "ETA" in train.panel.eta.text()
+    # an epoch's row: whole-section validation and whether adapting the batch norm won
+    qtbot.waitUntil(lambda: train.table.rowCount() >= 1, timeout=JOB_TIMEOUT_MS)
+    header = [train.table.horizontalHeaderItem(c).text() for c in range(train.table.columnCount())]
+    assert {"val_section_v_rand", "val_section_adapt_bn"} <= set(header)
     click(qtbot, train.panel.cancel)
     wait_finished(qtbot, train, timeout=30_000)
     assert train.panel.eta.text() == "cancelled"

@@ -26,7 +26,8 @@ from membrane_py.tabs.widgets import (
 
 #: Columns of the metric table, in order, when the epoch events carry them.
 TABLE_KEYS = ("epoch", "train_loss", "val_loss", "val_pixel_error", "val_miou", "val_v_rand",
-              "val_v_info", "val_section_v_rand", "val_section_threshold", "lr", "seconds")
+              "val_v_info", "val_section_v_rand", "val_section_threshold",
+              "val_section_adapt_bn", "lr", "seconds")
 
 
 #: Fields a pretrained network decides (see :func:`~membrane_py.transfer.finetune.
