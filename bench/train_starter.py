@@ -22,7 +22,10 @@ the ``evaluate`` job (same prediction and watershed as ``membrane evaluate``) on
 and FIB-25 sections 200-249, unchanged and after fine-tuning on ISBI 00-02 for a fixed
 number of iterations (``--finetune-iterations``; the default is what 2 minutes of an idle
 2-core CPU reach, see ``FINETUNE_ITERATIONS``), next to a network trained from scratch for
-as many iterations.
+as many iterations. ``finetuned`` trains on all three sections without validation;
+``validated`` as ``membrane train`` does by default, one of the three held out for
+whole-section validation, which decides whether prediction adapts the batch norm (the
+evaluation follows each checkpoint's choice, as ``membrane evaluate`` does).
 
 ``ship`` (also the end of ``train``): the best checkpoint becomes the package's
 ``membrane_py/models/weights/membranes_starter.pt`` without its optimizer state and with
@@ -222,12 +225,15 @@ def evaluate_all(args) -> dict:
                   patches_per_epoch=args.finetune_iterations * 8, batch_size=8,
                   voxel_size=[50.0, 4.0, 4.0])
     runs = {"finetuned": TrainJob(name="finetuned", pretrained=checkpoint, **common),
+            "validated": TrainJob(name="validated", pretrained=checkpoint,
+                                  **{**common, "val_fraction": TrainJob.val_fraction}),
             "scratch": TrainJob(name="scratch", **common)}
     for name in (n for n in runs if n in args.runs):
         t = time.perf_counter()
         result = run_training(runs[name], progress=log_event)
         table[name] = {**scores(name, str(result.best_path)),
-                       "train_seconds": round(time.perf_counter() - t, 1)}
+                       "train_seconds": round(time.perf_counter() - t, 1),
+                       "adapt_bn": load_checkpoint(result.best_path).adapt_bn}
     ck = load_checkpoint(checkpoint)
     return {"bench": "train_starter", "step": "evaluate", "checkpoint": checkpoint,
             "checkpoint_sha256": ck.digest(),
@@ -254,8 +260,9 @@ def main() -> None:
     ap.add_argument("--ship", default=str(starter_path()), help="train, ship: where the "
                     "starter model goes (default: the package's)")
     ap.add_argument("--finetune-iterations", type=int, default=FINETUNE_ITERATIONS)
-    ap.add_argument("--runs", default="starter,finetuned,scratch", type=lambda t: t.split(","),
-                    help="evaluate: which of starter (unchanged), finetuned, scratch")
+    ap.add_argument("--runs", default="starter,finetuned,validated,scratch",
+                    type=lambda t: t.split(","), help="evaluate: which of starter (unchanged), "
+                    "finetuned, validated (the membrane train defaults), scratch")
     ap.add_argument("--stop-after-epoch", type=int, default=None, help="train: stop the "
                     f"{EPOCHS}-epoch run (cosine schedule) after this epoch and ship its best")
     ap.add_argument("--device", default="cpu")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from membrane_py.augment.preprocess import preprocess
 from membrane_py.cli import app
 from membrane_py.codes import write_png
-from membrane_py.infer.batchnorm import adapt_batch_norm, settle_adapt_bn
+from membrane_py.infer.batchnorm import adapt_batch_norm, fit_to_multiple, settle_adapt_bn
 from membrane_py.infer.engine import load_predictor
 from membrane_py.predict.identity import IDENTITY_FILE, JobMismatchError
 from membrane_py.predict.job import PredictJob
@@ -77,6 +77,19 @@ def test_a_folder_never_mixes_adapted_and_plain_tiles(bn_model, tmp_path):
         run_prediction(PredictJob(**job))
     again = run_prediction(PredictJob(**job, adapt_bn=True))
     assert again.tiles_written == 0  # the same job resumes: nothing left to do
+
+
+def test_any_image_size_adapts(bn_model):
+    """Sections whose sides are not multiples of 2 ** depth (FIB-25's 250^2) are cut to one;
+    sides shorter than it are mirrored up to it."""
+    assert fit_to_multiple(np.zeros((250, 250), np.uint8), 16).shape == (240, 240)
+    assert fit_to_multiple(np.arange(6, dtype=np.uint8).reshape(2, 3), 4).shape == (4, 4)
+    ck = load_checkpoint(bn_model)
+    m = ck.model_config.multiple
+    odd = [np.random.default_rng(i).integers(0, 255, (2 * m + 1, 3 * m - 1), np.uint8)
+           for i in range(3)] + [np.full((1, m + 2), v, np.uint8) for v in (90, 110)]
+    adapted = adapt_batch_norm(ck, odd)
+    assert adapted.digest() != ck.digest()
 
 
 def test_misuse_ends_in_one_line(bn_model, em, tmp_path):

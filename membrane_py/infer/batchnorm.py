@@ -37,7 +37,8 @@ def has_batch_norm(ck: Checkpoint) -> bool:
 def adapt_network(net: nn.Module, em: Iterable[np.ndarray], pre: PreprocessConfig) -> nn.Module:
     """Re-estimate, in place, the running statistics of ``net``'s batch-norm layers on ``em``
     (uint8 (y, x) sections or patches, any sizes, preprocessed with ``pre``): the mean over
-    the forward passes of each pass's batch statistics, on the network's device. The weights
+    the forward passes of each pass's batch statistics, on the network's device. Sides are
+    cut to the network's multiple of ``2 ** depth`` (:func:`fit_to_multiple`). The weights
     stay as they were; ``net`` is returned in evaluation mode."""
     layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     if not layers:
@@ -59,6 +60,7 @@ def adapt_network(net: nn.Module, em: Iterable[np.ndarray], pre: PreprocessConfi
         if image.dtype != np.uint8 or image.ndim != 2:
             raise ValueError(f"batch-norm adaptation takes 8-bit (y, x) EM, got {image.dtype} "
                              f"{image.shape}")
+        image = fit_to_multiple(image, net.config.multiple)
         group = groups.setdefault(image.shape, [])
         group.append(preprocess(image, pre))
         if len(group) == BATCH:
@@ -73,6 +75,16 @@ def adapt_network(net: nn.Module, em: Iterable[np.ndarray], pre: PreprocessConfi
     for layer in layers:
         layer.momentum = 0.1  # nn.BatchNorm2d's default, should the network train again
     return net.eval()
+
+
+def fit_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """``image`` cut at the bottom and right to the largest multiple of ``multiple`` (a
+    network's ``2 ** depth``), or mirrored up to ``multiple`` where a side is shorter: only
+    real EM goes into the statistics (FIB-25 sections of 250^2 become 240^2 for depth 4)."""
+    h, w = (max(multiple, n - n % multiple) for n in image.shape)
+    image = image[:h, :w]
+    pad = ((0, h - image.shape[0]), (0, w - image.shape[1]))
+    return np.pad(image, pad, mode="symmetric") if any(p for _, p in pad) else image
 
 
 def adapt_batch_norm(ck: Checkpoint, em: Iterable[np.ndarray]) -> Checkpoint:
