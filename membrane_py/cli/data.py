@@ -18,11 +18,12 @@ def demo(
     """Run the main job on bundled synthetic data (train, serve, predict on the fly, load
     into the server, score) and print where the results are."""
     from membrane_py.demo import DemoConfig, run_demo
+    from membrane_py.events import Cancelled
 
     try:
         with Renderer() as bar:
             r = run_demo(DemoConfig(out=out), progress=bar)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):  # training turns Ctrl-C into Cancelled
         raise fail("interrupted; run the demo again to start it over",
                    EXIT_INTERRUPTED) from None
     except user_errors() as e:
