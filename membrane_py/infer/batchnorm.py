@@ -33,6 +33,11 @@ def has_batch_norm(ck: Checkpoint) -> bool:
     return ck.model_config.norm == "batch"
 
 
+def batch_norm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
+    """The batch-norm layers of a built network (none: nothing to adapt)."""
+    return [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 @torch.no_grad()
 def adapt_network(net: nn.Module, em: Iterable[np.ndarray], pre: PreprocessConfig) -> nn.Module:
     """Re-estimate, in place, the running statistics of ``net``'s batch-norm layers on ``em``
@@ -40,7 +45,7 @@ def adapt_network(net: nn.Module, em: Iterable[np.ndarray], pre: PreprocessConfi
     the forward passes of each pass's batch statistics, on the network's device. Sides are
     cut to the network's multiple of ``2 ** depth`` (:func:`fit_to_multiple`). The weights
     stay as they were; ``net`` is returned in evaluation mode."""
-    layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    layers = batch_norm_layers(net)
     if not layers:
         raise ValueError("this network has no batch normalisation to adapt; predict "
                          "without adapt_bn")

@@ -183,12 +183,15 @@ def best_section_scores(model: UNet, sections: Sections, preprocess: PreprocessC
     """:func:`section_scores` of ``model`` and, when it has batch normalisation, of a copy
     with the batch norm adapted to crops of the sections: the better of the two (ties go
     to the plain network), with the other's V_rand and the time of both."""
-    from torch import nn
-
-    from membrane_py.infer.batchnorm import ADAPT_PATCHES, adapt_network, crops
+    from membrane_py.infer.batchnorm import (
+        ADAPT_PATCHES,
+        adapt_network,
+        batch_norm_layers,
+        crops,
+    )
 
     plain = section_scores(model, sections, preprocess, device, amp=amp)
-    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+    if not batch_norm_layers(model):
         return plain
     start = time.perf_counter()
     net = adapt_network(copy.deepcopy(model), crops(sections.images, ADAPT_PATCHES),
@@ -196,6 +199,5 @@ def best_section_scores(model: UNet, sections: Sections, preprocess: PreprocessC
     adapted = section_scores(net, sections, preprocess, device, amp=amp)
     seconds = plain.seconds + time.perf_counter() - start
     if adapted.v_rand > plain.v_rand:
-        return replace(adapted, adapt_bn=True, other_v_rand=plain.v_rand,
-                                   seconds=seconds)
+        return replace(adapted, adapt_bn=True, other_v_rand=plain.v_rand, seconds=seconds)
     return replace(plain, other_v_rand=adapted.v_rand, seconds=seconds)
