@@ -46,6 +46,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from roofline import matmul_flops  # noqa: E402
+
 from membrane_py.ffn.canvas import FloodFiller, FloodOptions  # noqa: E402
 from membrane_py.ffn.checkpoint import load_ffn  # noqa: E402
 from membrane_py.ffn.predictor import FFNPredictor  # noqa: E402
@@ -155,24 +157,11 @@ def replay_objects(model, budget: int, max_object_steps: int) -> dict:
             "objects_iou_above_0.99": sum(i > 0.99 for i in ious), "per_object": rows}
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
-    reps = 3
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-
-
 def network_speed(model, device, batch: int, reps: int) -> list[dict]:
     rows = []
     flop = fov_flops(model.config)
-    peak = {"fp32": matmul_gflops(device, torch.float32),
-            "bf16": matmul_gflops(device, torch.bfloat16)}
+    peak = {"fp32": matmul_flops(device, torch.float32, 4096) / 1e9,
+            "bf16": matmul_flops(device, torch.bfloat16, 4096) / 1e9}
     for precision in ("fp32", "bf16"):
         for channels_last in (False, True):
             pred = FFNPredictor(model, device, precision, channels_last)
@@ -218,8 +207,20 @@ def crop_run(ckpt, model, device, args, early_stop: bool) -> dict:
         seeds = seeds[np.all((seeds >= lo) & (seeds < lo + side), axis=1)] - lo
     else:  # what `membrane ffn infer --box` does: peaks of the crop's own image
         seeds = peak_seeds(image)
-    seg = filler.segment_all(seeds).astype(np.int64)
+    last = [t]
+
+    def show(event) -> None:  # a line a minute: a full run takes hours on a CPU
+        if time.perf_counter() - last[0] >= 60:
+            last[0] = time.perf_counter()
+            print(f"crop: {event.done} of {event.total} seeds, {event.message}, "
+                  f"{last[0] - t:.0f} s", file=sys.stderr, flush=True)
+
+    seg = filler.segment_all(seeds, progress=show).astype(np.int64)
     seconds = time.perf_counter() - t
+    if args.save:
+        np.savez_compressed(args.save, segmentation=seg.astype(np.uint32),
+                            box_zyx=[box.z0, box.z1, box.y0, box.y1, box.x0, box.x1],
+                            origins=np.array(list(filler.origins.values()), np.int32))
     print(f"crop (early stop {early_stop}): {filler.stats.steps} FOV steps in {seconds:.0f} s",
           file=sys.stderr, flush=True)
     s = filler.stats
@@ -236,7 +237,8 @@ def crop_run(ckpt, model, device, args, early_stop: bool) -> dict:
         "options": {k: v if not isinstance(v, tuple) else list(v)
                     for k, v in vars(options).items()},
         "seeds": int(len(seeds)), "objects": s.objects, "rejected": s.rejected,
-        "stopped_early": s.stopped_early,
+        "stopped_early": s.stopped_early, "restarts": s.restarts,
+        "discarded_fov_steps": s.discarded_steps,
         "fov_steps": s.steps, "network_calls": s.calls, "seconds": round(seconds, 1),
         "network_seconds": round(s.network_s, 1),
         "fov_steps_per_s": round(s.steps / seconds, 3),
@@ -344,7 +346,8 @@ def seeded_region(ckpt, model, device, args) -> dict:
         "published_objects": len(pub_ids), "our_objects": len(ours_ids),
         "our_objects_not_in_published": len(extra),
         "published_fov_steps": sum(origins[k][1] for k in pub_ids),
-        "fov_steps": s.steps, "rejected": s.rejected, "seconds": round(seconds, 1),
+        "fov_steps": s.steps, "rejected": s.rejected, "restarts": s.restarts,
+        "discarded_fov_steps": s.discarded_steps, "seconds": round(seconds, 1),
         "fov_steps_per_s": round(s.steps / seconds, 3),
         "union_voxels": int(union.sum()),
         "agreement_adapted_rand_error": scores(ours[union], pub_u)["adapted_rand_error"],
@@ -367,6 +370,8 @@ def main() -> None:
     ap.add_argument("--region-max-steps", type=int, default=60,
                     help="published objects seeded in the region that took more FOV steps "
                          "are pasted, not regrown (keeps the run affordable on a CPU)")
+    ap.add_argument("--save", type=Path, help="also write the crop's (or --full volume's) "
+                    "segmentation, box and object origins to this .npz")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     ap.add_argument("--channels-last", action="store_true")
@@ -400,8 +405,8 @@ def main() -> None:
     if args.region:
         out["seeded_region"] = seeded_region(ckpt, model, device, args)
     if not args.skip_crop:
-        peak = matmul_gflops(device, torch.bfloat16 if args.precision == "bf16"
-                             else torch.float32)
+        peak = matmul_flops(device, torch.bfloat16 if args.precision == "bf16"
+                            else torch.float32, 4096) / 1e9
         row, seg = crop_run(ckpt, model, device, args, early_stop=True)
         row["gflop_per_s"] = round(row["fov_steps"] * fov_flops(ckpt.config)
                                    / row["seconds"] / 1e9, 1)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roofline import matmul_flops
 
 from membrane_py.augment.preprocess import PreprocessConfig
 from membrane_py.infer.engine import TiledPredictor, load_predictor
@@ -51,22 +52,6 @@ def elapsed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def matmul_flops(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    """FLOP/s of one n x n matmul (after a warm-up), synchronised on CUDA."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    reps = 20 if device.type == "cuda" else 2
-
-    def run() -> None:
-        for _ in range(reps):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    run()
-    return 2 * n**3 * reps / elapsed(run)
 
 
 def rooflines() -> dict[str, float]:

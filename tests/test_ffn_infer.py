@@ -64,6 +64,34 @@ def test_toy_objects_are_segmented(concurrency):
 
 
 
+def leaky_oracle(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """:func:`oracle`, except that a FOV centred in tube 2 also claims tube 1's rim (2 px
+    deep) with the highest logits, so the FOV moves there (a network that oversteps)."""
+    out = oracle(images, masks)
+    ids, depth = images // 100, images % 100
+    c = tuple(s // 2 for s in images.shape[1:])
+    in_tube2 = (ids[(slice(None), *c)] == 2)[:, None, None, None]
+    return np.where(in_tube2 & (ids == 1) & (depth <= 2), 20.0, out).astype(np.float32)
+
+
+def test_objects_grown_side_by_side_match_strict_order():
+    """Tube 2's object, grown beside tube 1's, strays into tube 1, which strict order
+    would have refused since tube 1 is committed first: it is started again, and the
+    result is strict order's."""
+    labels = toy_labels()
+    seeds = np.array([[12, 9, 20], [12, 20, 20]])
+    runs = {}
+    for concurrency in (1, 2):
+        filler = FloodFiller(toy_image(labels), leaky_oracle, FOV, DELTAS,
+                             FloodOptions(min_segment_size=200), concurrency=concurrency)
+        runs[concurrency] = filler.segment_all(seeds), filler.stats
+    (strict, s1), (side, s2) = runs[1], runs[2]
+    assert s1.restarts == 0 and s2.restarts >= 1 and s2.discarded_steps > 0
+    assert s2.calls < s2.steps  # FOVs of the two objects did share network calls
+    assert s1.objects == s2.objects == 2 and np.array_equal(strict, side)
+    assert s2.steps == s1.steps + s2.discarded_steps
+
+
 def test_doomed_objects_stop_early_with_identical_output():
     """With objects growing side by side, one whose seed an earlier object's commit covers
     is stopped at once (it would be rejected at commit anyway): same output, fewer steps."""

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from membrane_py.ffn.checkpoint import FFNCheckpoint, load_ffn, save_ffn
+from membrane_py.ffn.checkpoint import FFNCheckpoint, import_tf_checkpoint, load_ffn, save_ffn
 from membrane_py.ffn.tfbundle import BundleError, read_index, read_tensors
-from membrane_py.ffn.tfimport import import_tf_checkpoint, tf_names
+from membrane_py.ffn.tfimport import tf_names
 from membrane_py.models.ffn import FFN, FFNConfig, fov_flops
 from membrane_py.train.checkpoint import CheckpointError
 

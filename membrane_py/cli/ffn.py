@@ -196,8 +196,7 @@ def import_tf(
     image_stddev: float = typer.Option(33.0, help="the stddev it was trained with"),
 ) -> None:
     """Convert a google/ffn TensorFlow checkpoint into an FFN checkpoint (no TensorFlow)."""
-    from membrane_py.ffn.checkpoint import save_ffn
-    from membrane_py.ffn.tfimport import import_tf_checkpoint
+    from membrane_py.ffn.checkpoint import import_tf_checkpoint, save_ffn
 
     try:
         ckpt = import_tf_checkpoint(checkpoint, _model(depth, features, fov, deltas),

@@ -15,10 +15,14 @@ border for a whole FOV are skipped.
 
 With ``concurrency`` 1 objects are grown strictly one after another, as the reference does.
 With ``concurrency`` N, N objects grow side by side in separate canvases so that each
-network call evaluates N FOVs in one batch (much faster, notably with bf16). Objects are
-still committed in seed order, and a seed that an earlier object covered or came too close
-to is dropped at commit, as it would have been skipped; what differs is that an object does
-not see the objects committed while it was growing, so its extent can differ slightly.
+network call evaluates N FOVs in one batch (much faster where batches are, as on a GPU),
+with the same result as strict order. Objects are committed in seed order; a seed that an
+earlier object covered or came too close to is dropped at commit, as strict order would
+have skipped it. An object reads the segmentation only when it moves (a FOV centre inside
+an earlier object is refused), so it can only have gone astray if a FOV centre it visited
+was claimed by an object committed while it grew: it is then started again from its seed.
+Apart from floating-point differences between batched and single network calls,
+concurrency changes only the speed.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class _Object:
     hi: np.ndarray
     iters: int = 0
     finished: bool = False
+    visited: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +89,8 @@ class FloodStats:
     seeds: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     stopped_early: int = 0  # objects stopped once their rejection was certain
+    restarts: int = 0  # objects started again after an earlier commit claimed their path
+    discarded_steps: int = 0  # FOV steps of those objects thrown away
     network_s: float = 0.0
     total_s: float = 0.0
 
@@ -173,6 +180,26 @@ class FloodFiller:
         queue = FaceMaxQueue(pos, self.deltas, self._t_move)
         return _Object(pos, slot, queue, np.array(pos), np.array(pos))
 
+    def _extent(self, obj: _Object) -> tuple[slice, ...]:
+        """The canvas box every FOV of ``obj`` so far lies in."""
+        return tuple(slice(max(lo - r, 0), hi + r + 1)
+                     for lo, hi, r in zip(obj.lo, obj.hi, self.radius, strict=True))
+
+    def _restart_strayed(self, active: list[_Object]) -> None:
+        """Start again every growing object that visited a FOV centre an object committed
+        since then claims (strict order would have refused it there); objects whose seed
+        is covered are left, as they are rejected at commit anyway."""
+        for i, obj in enumerate(active):
+            if not obj.visited or self._covered(obj.start):
+                continue
+            if not np.any(self.segmentation[tuple(np.array(obj.visited).T)] > 0):
+                continue
+            self._canvases[obj.slot][self._extent(obj)] = np.nan
+            self._free.append(obj.slot)
+            active[i] = self._start(obj.start)
+            self.stats.restarts += 1
+            self.stats.discarded_steps += obj.iters
+
     def _next(self, obj: _Object) -> tuple[int, int, int] | None:
         canvas = self._canvases[obj.slot]
 
@@ -199,14 +226,14 @@ class FloodFiller:
         canvas[sel] = logits
         obj.lo, obj.hi = np.minimum(obj.lo, pos), np.maximum(obj.hi, pos)
         obj.iters += 1
+        obj.visited.append(pos)
         obj.queue.update(logits, pos)
 
     def _commit(self, obj: _Object) -> None:
         """Binarise the finished object into the segmentation (or reject it) and free its
         canvas."""
         canvas = self._canvases[obj.slot]
-        sel = tuple(slice(max(lo - r, 0), hi + r + 1)
-                    for lo, hi, r in zip(obj.lo, obj.hi, self.radius, strict=True))
+        sel = self._extent(obj)
         pos = obj.start
         if self._covered(pos):
             # an object committed meanwhile covers or borders this seed: sequentially it
@@ -279,12 +306,16 @@ class FloodFiller:
                 self.stats.steps += len(requests)
                 for (obj, pos), out in zip(requests, logits, strict=True):
                     self._apply(obj, pos, np.asarray(out, np.float32))
+            committed = False
             while active and active[0].finished:
                 self._commit(active.pop(0))
+                committed = True
                 done_seeds += 1
                 report(progress, Event.progress(task, done_seeds, len(seeds),
                                                 f"{self.stats.objects} objects, "
                                                 f"{self.stats.steps} FOV steps"))
+            if committed:
+                self._restart_strayed(active)
         self.stats.total_s += time.perf_counter() - t0
         report(progress, Event.progress(task, len(seeds), len(seeds),
                                         f"{self.stats.objects} objects, "

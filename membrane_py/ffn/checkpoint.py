@@ -8,7 +8,7 @@ training history and config, its lineage (e.g. imported from a TensorFlow checkp
 the optimiser state and step needed to resume training.
 
 :func:`load_ffn` also accepts a TensorFlow checkpoint (its prefix, ``.index`` or data file)
-and imports it on the fly with :func:`membrane_py.ffn.tfimport.import_tf_checkpoint`.
+and imports it on the fly with :func:`import_tf_checkpoint`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from membrane_py.atomic import atomic_path
+from membrane_py.ffn.tfimport import read_tf_weights
 from membrane_py.models.ffn import FFN, FFNConfig
 from membrane_py.train.checkpoint import (
     DIGEST_KEY,
@@ -81,15 +82,27 @@ def _is_tf_checkpoint(path: Path) -> bool:
             or path.with_name(path.name + ".index").is_file())
 
 
+def import_tf_checkpoint(path: str | Path, config: FFNConfig | None = None, *,
+                         image_mean: float = 128.0, image_stddev: float = 33.0
+                         ) -> FFNCheckpoint:
+    """The TF checkpoint at ``path`` (prefix, ``.index`` or data file) as an FFN checkpoint
+    for a network of ``config`` (default: the reference geometry); ``image_mean`` /
+    ``image_stddev`` are the normalisation it was trained with (the released FIB-25 model:
+    128 and 33)."""
+    config = config or FFNConfig()
+    state, step = read_tf_weights(path, config)
+    return FFNCheckpoint(state_dict=state, model=config.to_dict(), image_mean=image_mean,
+                         image_stddev=image_stddev, step=step,
+                         lineage={"imported_from": str(path), "format": "tensorflow-bundle"})
+
+
 def load_ffn(path: str | Path, config: FFNConfig | None = None) -> FFNCheckpoint:
     """An FFN checkpoint written by :func:`save_ffn`, or a TensorFlow checkpoint imported
     with ``config`` (default: the reference geometry). Raises :class:`CheckpointError` for
     files that are damaged, not FFN checkpoints, or do not fit the configured model."""
     path = Path(path)
     if _is_tf_checkpoint(path):
-        from membrane_py.ffn.tfimport import import_tf_checkpoint
-
-        return import_tf_checkpoint(path, config or FFNConfig())
+        return import_tf_checkpoint(path, config)
     if not path.is_file():
         raise FileNotFoundError(f"FFN checkpoint {path} does not exist")
     try:

@@ -1,4 +1,4 @@
-"""Import of a TensorFlow-1 FFN checkpoint (google/ffn's convstack) into :class:`FFN`.
+"""The weights of a TensorFlow-1 FFN checkpoint (google/ffn's convstack) for :class:`FFN`.
 
 The reference stores each convolution as ``seed_update/<layer>/weights`` with shape
 ``[kz, ky, kx, in, out]`` (tf_slim, NDHWC) and ``seed_update/<layer>/biases``; PyTorch wants
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from membrane_py.ffn.checkpoint import FFNCheckpoint
 from membrane_py.ffn.tfbundle import BundleError, read_index, read_tensors
 from membrane_py.models.ffn import FFN, FFNConfig
 from membrane_py.train.checkpoint import CheckpointError
@@ -33,12 +32,10 @@ def tf_names(model: FFN) -> dict[str, str]:
     return names
 
 
-def import_tf_checkpoint(path: str | Path, config: FFNConfig | None = None, *,
-                         image_mean: float = 128.0, image_stddev: float = 33.0
-                         ) -> FFNCheckpoint:
-    """The TF checkpoint at ``path`` (prefix, ``.index`` or data file) as an FFN checkpoint
-    for a network of ``config``; ``image_mean`` / ``image_stddev`` are the normalisation it
-    was trained with (the released FIB-25 model: 128 and 33)."""
+def read_tf_weights(path: str | Path, config: FFNConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict of a ``config`` network read from the TF checkpoint at ``path``
+    (prefix, ``.index`` or data file) and the checkpoint's global step (0 if it has none).
+    Raises :class:`CheckpointError` when the file is damaged or does not fit ``config``."""
     config = config or FFNConfig()
     model = FFN(config)
     names = tf_names(model)
@@ -67,8 +64,4 @@ def import_tf_checkpoint(path: str | Path, config: FFNConfig | None = None, *,
                                   f"{list(params[key].shape)} ({config})")
         state[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     step = read_tensors(path, ["global_step"]) if "global_step" in entries else {}
-    return FFNCheckpoint(
-        state_dict=state, model=config.to_dict(), image_mean=image_mean,
-        image_stddev=image_stddev,
-        step=int(step["global_step"]) if step else 0,
-        lineage={"imported_from": str(path), "format": "tensorflow-bundle"})
+    return state, int(step["global_step"]) if step else 0
