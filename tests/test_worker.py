@@ -270,3 +270,27 @@ def test_killed_worker_restarts_and_resubmitted_prediction_is_identical(
         assert time.monotonic() - killed_at >= DEAD_AFTER_S / 2  # not at once: by timeout
     finally:
         observer.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="pauses the worker with SIGSTOP")
+def test_a_stalled_worker_is_waited_for_by_the_client_holding_its_process(tmp_path):
+    """A busy machine can stall the worker past the heartbeat tolerance. The client that
+    started it sees its exit at once, so it waits instead of failing the job; a client that
+    only connected can tell a stall from death by silence alone and gives up."""
+    local = WorkerClient.start_local(tmp_path)
+    observer = WorkerClient.connect(local.address_file)
+    pid = local.process.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(DEAD_AFTER_S + 1)
+        assert local.alive() and not observer.alive()
+        os.kill(pid, signal.SIGCONT)
+        assert local.jobs() == []  # answers again
+        deadline = time.monotonic() + 10
+        while not observer.alive():
+            assert time.monotonic() < deadline, "the heartbeat did not come back"
+            time.sleep(0.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        observer.close()
+        local.close(stop_worker=True)

@@ -135,7 +135,7 @@ def infer(
     image_mean: float = typer.Option(None, help="override the checkpoint's mean"),
     image_stddev: float = typer.Option(None, help="override the checkpoint's stddev"),
     concurrency: int = typer.Option(4, min=1, help="objects grown side by side, one batch "
-                                    "per network call (1 = strict reference order)"),
+                                    "per network call; the result is strict order's (1)"),
     subvolume: str = typer.Option(None, help="z,y,x: segment in subvolumes of this core "
                                   "size (less memory), ids reconciled across them"),
     overlap: str = typer.Option("32,32,32", help="z,y,x context around each subvolume"),

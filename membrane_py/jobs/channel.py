@@ -30,6 +30,9 @@ LOG_FILE = "worker.log"
 HEARTBEAT_S = 0.5
 #: a worker silent this long is considered dead (generous: a loaded machine stalls threads)
 DEAD_AFTER_S = 5.0
+#: the same for a worker whose process the client holds: its exit is seen at once, so
+#: silence alone means a stall (a machine busy with other work), given much longer
+STALLED_AFTER_S = 60.0
 #: largest control request or event message accepted (bounds what a peer can make us buffer)
 MAX_MESSAGE_BYTES = 16 * 2**20
 #: terminal event kinds: the worker sends exactly one of them when a job ends

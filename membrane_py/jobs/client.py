@@ -3,8 +3,10 @@
 A :class:`WorkerClient` talks to one worker process over pyzmq: a DEALER for requests
 (each with an id, so a late answer to a timed-out request is recognised and dropped) and a
 SUB for events and heartbeats. No call hangs on a dead worker: requests give up after
-``timeout_s`` or as soon as the heartbeat has been missing for
-:data:`~membrane_py.jobs.channel.DEAD_AFTER_S` seconds, raising :class:`WorkerError`.
+``timeout_s``, as soon as a worker process the client started has exited, or once the
+heartbeat has been missing for :data:`~membrane_py.jobs.channel.DEAD_AFTER_S` seconds
+(:data:`~membrane_py.jobs.channel.STALLED_AFTER_S` while that process still runs, since a
+busy machine can stall it), raising :class:`WorkerError`.
 Events arrive in order per job; a gap (PUB drops messages for a subscriber that does not
 keep up) is filled from the worker's stored events. A client is used from one thread.
 """
@@ -29,6 +31,7 @@ from membrane_py.jobs.channel import (
     DEAD_AFTER_S,
     LOG_FILE,
     MAX_MESSAGE_BYTES,
+    STALLED_AFTER_S,
     TERMINAL,
     address_path,
     default_state_dir,
@@ -162,8 +165,9 @@ class WorkerClient:
 
     def _await_heartbeat(self) -> None:
         self.last_heartbeat = {}
-        deadline = time.monotonic() + DEAD_AFTER_S
+        deadline = time.monotonic() + self._silence_limit()
         while not self.last_heartbeat and time.monotonic() < deadline:
+            self._check_process()
             self._drain(50)
         if not self.last_heartbeat:
             raise WorkerError(f"no heartbeat from the worker at {self.events_url}")
@@ -195,12 +199,17 @@ class WorkerClient:
                 raise WorkerError(message)
             self._drain(0)
             now = time.monotonic()
-            if self.events_url and now - self._last_seen > DEAD_AFTER_S:
+            if self.events_url and now - self._last_seen > self._silence_limit():
                 raise WorkerError(f"the worker stopped answering (no heartbeat for "
                                   f"{now - self._last_seen:.0f} s); restart it")
             if now > deadline:
                 raise WorkerError(f"the worker did not answer {op!r} within "
                                   f"{timeout or self.timeout_s:.0f} s; restart it")
+
+    def _silence_limit(self) -> float:
+        """Seconds without a heartbeat after which the worker counts as gone: longer when
+        its process is ours, whose exit :meth:`_check_process` sees at once."""
+        return DEAD_AFTER_S if self.process is None else STALLED_AFTER_S
 
     def _check_process(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -324,7 +333,7 @@ class WorkerClient:
         if self.process is not None and self.process.poll() is not None:
             return False
         self._drain(0)
-        return time.monotonic() - self._last_seen < DEAD_AFTER_S
+        return time.monotonic() - self._last_seen < self._silence_limit()
 
     # ---- lifecycle ---------------------------------------------------------------------
     def restart(self) -> None:

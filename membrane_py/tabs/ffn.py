@@ -174,7 +174,7 @@ class FFNTab(JobTab):
               "probability the FOV moves at")
         i.add("min_segment_size", spin(1000, 0, 10**9), "Smallest object (voxels)")
         i.add("concurrency", spin(4, 1, 1024), "Objects side by side",
-              "grown together, one batch per network call (1 = the reference's order)")
+              "grown together, one batch per network call; same result as one at a time")
         i.add("precision", combo(list(PRECISIONS)), "Precision")
         i.add("paint", check(False), "Paint into VAST",
               "also paint the objects into a new segmentation layer of the connected VAST")
