@@ -134,8 +134,9 @@ def infer(
     deltas: str = DELTAS,
     image_mean: float = typer.Option(None, help="override the checkpoint's mean"),
     image_stddev: float = typer.Option(None, help="override the checkpoint's stddev"),
-    concurrency: int = typer.Option(4, min=1, help="objects grown side by side, one batch "
-                                    "per network call; the result is strict order's (1)"),
+    concurrency: int = typer.Option(0, min=0, help="objects grown side by side, one batch "
+                                    "per network call, same result as one at a time; 0 = 1 "
+                                    "on a CPU, 8 on a GPU"),
     subvolume: str = typer.Option(None, help="z,y,x: segment in subvolumes of this core "
                                   "size (less memory), ids reconciled across them"),
     overlap: str = typer.Option("32,32,32", help="z,y,x context around each subvolume"),
@@ -151,7 +152,8 @@ def infer(
     shift_mask_scale: int = typer.Option(1, min=1, help="the shift mask's y, x are at "
                                          "1/scale of the image's"),
     precision: str = typer.Option("fp32", help="fp32 or bf16"),
-    channels_last: bool = typer.Option(False, help="channels-last-3d activations"),
+    channels_last: bool = typer.Option(True, help="channels-last-3d activations (faster "
+                                       "on CPUs)"),
     device: str = DEVICE,
     colors: str = typer.Option("ids", help="tiles: ids (R*65536+G*256+B) or palette"),
     paint: str = typer.Option("", help="also paint the objects into a new segmentation "

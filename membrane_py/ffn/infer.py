@@ -37,6 +37,9 @@ from membrane_py.models.ffn import FFNConfig
 from membrane_py.vastapi.address import parse_vast_address
 from membrane_py.volumes.open import open_source, open_volume
 
+#: objects grown side by side on a GPU by default (one FOV per call leaves it mostly idle)
+GPU_CONCURRENCY = 8
+
 
 @dataclass
 class FFNInferJob(JobSpec):
@@ -44,7 +47,8 @@ class FFNInferJob(JobSpec):
     ``.npz`` or a tile folder). ``box``: inclusive mip-0 VAST order, None = everything.
     ``seeds``: mip-0 ``[x, y, z]`` points, None = peak seeds. ``mask``: a volume whose
     non-zero voxels get no FOV centre and no seed. ``concurrency``: objects grown side by
-    side, their FOVs evaluated in one batch (1 = the reference's strict order).
+    side, their FOVs evaluated in one batch, with strict order's result (0: by device, 1
+    on a CPU, where batches do not pay, :data:`GPU_CONCURRENCY` on a GPU).
     ``consensus``: grow the objects again from their seeds in reverse order and keep the
     split consensus of both runs (:mod:`membrane_py.ffn.consensus`; pieces below
     ``consensus_min_size`` dropped). ``shift_mask``: a volume of inter-section shift
@@ -66,7 +70,7 @@ class FFNInferJob(JobSpec):
     model: FFNConfig | None = None  # geometry of a TensorFlow checkpoint (default: reference)
     image_mean: float | None = None  # None = the checkpoint's
     image_stddev: float | None = None
-    concurrency: int = 4
+    concurrency: int = 0
     subvolume: tuple[int, int, int] | None = None  # core z, y, x; None = the box at once
     overlap: tuple[int, int, int] = (32, 32, 32)
     min_overlap: int = 100  # voxels two subvolumes' objects must share to be joined
@@ -77,7 +81,7 @@ class FFNInferJob(JobSpec):
     shift_mask_radius: tuple[int, int, int] | None = None
     shift_mask_scale: int = 1
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     device: str = "auto"
     colors: str = "ids"
     paint: str = ""  # a VAST address to paint the objects into ("" = do not paint)
@@ -90,8 +94,8 @@ class FFNInferJob(JobSpec):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.colors not in COLORINGS:
             raise ValueError(f"colors must be one of {COLORINGS}, got {self.colors!r}")
-        if self.concurrency < 1 or self.mip < 0:
-            raise ValueError("concurrency must be >= 1 and mip >= 0")
+        if self.concurrency < 0 or self.mip < 0:
+            raise ValueError("concurrency must be >= 0 (0 = by device) and mip >= 0")
         if self.subvolume is not None and (min(self.subvolume) < 1 or min(self.overlap) < 0):
             raise ValueError("subvolume sides must be >= 1 and overlaps >= 0")
         if self.subvolume is not None and self.seeds is not None:
@@ -202,8 +206,9 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
     mean = ckpt.image_mean if job.image_mean is None else job.image_mean
     std = ckpt.image_stddev if job.image_stddev is None else job.image_stddev
     image = (raw.astype(np.float32) - np.float32(mean)) / np.float32(std)
-    predictor = FFNPredictor(ckpt.build_model(), pick_device(job.device), job.precision,
-                             job.channels_last)
+    device = pick_device(job.device)
+    predictor = FFNPredictor(ckpt.build_model(), device, job.precision, job.channels_last)
+    concurrency = job.concurrency or (GPU_CONCURRENCY if device.type == "cuda" else 1)
     stats = FloodStats()
     origins: dict[int, tuple[int, int, int]] = {}
 
@@ -214,7 +219,7 @@ def run_ffn_infer(job: FFNInferJob, progress: ProgressCallback | None = None,
 
         def new_filler() -> FloodFiller:  # refuses an image smaller than the FOV
             return FloodFiller(image[sl], predictor, config.fov, config.deltas,
-                               job.options, mask=part_blocked, concurrency=job.concurrency)
+                               job.options, mask=part_blocked, concurrency=concurrency)
 
         def fill(filler: FloodFiller, seeds: np.ndarray, task: str) -> FloodFiller:
             filler.segment_all(seeds, progress, cancel, task)

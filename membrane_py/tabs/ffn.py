@@ -17,6 +17,7 @@ from membrane_py.tabs.widgets import (
     CurvePlot,
     Form,
     PathEdit,
+    auto_spin,
     check,
     combo,
     dspin,
@@ -173,8 +174,9 @@ class FFNTab(JobTab):
         i.add("move_threshold", dspin(0.9, 0.01, 0.99, 0.05, 2), "Move threshold",
               "probability the FOV moves at")
         i.add("min_segment_size", spin(1000, 0, 10**9), "Smallest object (voxels)")
-        i.add("concurrency", spin(4, 1, 1024), "Objects side by side",
-              "grown together, one batch per network call; same result as one at a time")
+        i.add("concurrency", auto_spin(spin(0, 0, 1024)), "Objects side by side",
+              "grown together, one batch per network call; same result as one at a time "
+              "(auto: 1 on a CPU, 8 on a GPU)")
         i.add("precision", combo(list(PRECISIONS)), "Precision")
         i.add("paint", check(False), "Paint into VAST",
               "also paint the objects into a new segmentation layer of the connected VAST")
@@ -189,7 +191,7 @@ class FFNTab(JobTab):
         ia.add("subvolume", QLineEdit(), "Subvolume core (z,y,x)",
                "segment in pieces of this size (less memory); empty = the box at once")
         ia.add("overlap", QLineEdit("32,32,32"), "Subvolume context (z,y,x)")
-        ia.add("channels_last", check(False), "Channels-last activations")
+        ia.add("channels_last", check(True), "Channels-last activations")
         ia.add("device", combo(["auto", "cpu", "cuda"]), "Device")
         ia.add("colors", combo(list(COLORINGS)), "Tile colours",
                "tiles: ids (R*65536+G*256+B) or a palette")
