@@ -12,6 +12,9 @@ number of iterations on everything it has labelled so far:
   :func:`membrane_py.predict.suggest.rank_regions`), never one already labelled;
 - ``sampled``: k regions drawn with probability proportional to that uncertainty to the
   power ``--power`` (``membrane suggest --sample``), under the same rules;
+- ``unstable``: k regions drawn likewise by their share of pixels on which the
+  segmentation's topology hangs (:func:`membrane_py.segment.instability.instability`: cells
+  joined or split depending on the threshold, between 0.3 and 0.7);
 - ``random``: k random regions of the same size (so the same area), not overlapping the
   labelled ones.
 
@@ -68,6 +71,7 @@ from membrane_py.augment.transforms import AugmentConfig
 from membrane_py.infer.batchnorm import ADAPT_PATCHES, crops
 from membrane_py.infer.engine import load_predictor
 from membrane_py.predict.suggest import rank_regions
+from membrane_py.segment.instability import instability
 from membrane_py.train.config import TrainJob
 from membrane_py.train.losses import class_weights_from_counts
 from membrane_py.train.metrics import membrane_scores
@@ -75,6 +79,7 @@ from membrane_py.train.trainer import train_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 POOL, INITIAL_POOL, HELD_OUT = range(0, 15), range(0, 10), range(15, 20)
+ARMS = ("topk", "sampled", "unstable", "random")
 THRESHOLDS = np.round(np.arange(0.1, 0.95, 0.1), 2)
 
 
@@ -201,14 +206,19 @@ def score(checkpoint: Path, pool_im, pool_lab, regions, test_im, test_lab,
 
 
 def suggest(checkpoint: Path, images: list[np.ndarray], taken, args, seed: int,
-            power: float | None) -> list[tuple[int, int, int]]:
-    """The k top-ranked (``power`` None) or sampled regions of the pool, never overlapping a
-    labelled one."""
-    predictor = load_predictor(checkpoint, backend="torch", device="cpu", precision="fp32",
-                               tta=args.tta)
-    _, spread = predictor.predict_with_uncertainty(np.stack(images))
-    picks = rank_regions(((z, spread[z]) for z in range(len(images))), args.k, args.region,
-                         args.region, 1, avoid=taken, power=power, seed=seed)
+            arm: str) -> list[tuple[int, int, int]]:
+    """The k regions of the pool an arm picks, never overlapping a labelled one: ``topk``
+    the most uncertain, ``sampled`` drawn by uncertainty to the power ``args.power``,
+    ``unstable`` drawn likewise by the share of unstable pixels
+    (:func:`membrane_py.segment.instability.instability`)."""
+    if arm == "unstable":
+        scores = [instability(p) for p in membrane(checkpoint, images)]
+    else:
+        predictor = load_predictor(checkpoint, backend="torch", device="cpu",
+                                   precision="fp32", tta=args.tta)
+        scores = list(predictor.predict_with_uncertainty(np.stack(images))[1])
+    picks = rank_regions(enumerate(scores), args.k, args.region, args.region, 1, avoid=taken,
+                         power=None if arm == "topk" else args.power, seed=seed)
     return [(z, y, x) for _, z, y, x in picks]
 
 
@@ -232,8 +242,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
             taken = arm["regions"]
             new = (random_regions(rng, POOL, shape, args.region, args.k, taken)
                    if name == "random" else
-                   suggest(arm["checkpoint"], pool_im, taken, args, seed * 100 + r,
-                           args.power if name == "sampled" else None))
+                   suggest(arm["checkpoint"], pool_im, taken, args, seed * 100 + r, name))
             taken += new
             arm["checkpoint"] = train(pool_im, pool_lab, taken, args, out, f"{name}{r}",
                                       seed * 100 + r, arm["checkpoint"], args.iterations,
@@ -286,11 +295,11 @@ def main() -> None:
     ap.add_argument("--augment", choices=("all", "flips"), default="all",
                     help="training augmentation: all (membrane train's default) or flips")
     ap.add_argument("--arms", default="topk,sampled,random",
-                    help="which of topk, sampled, random (random is always run)")
+                    help="which of topk, sampled, unstable, random (random is always run)")
     ap.add_argument("--tta", type=int, default=1, help="1: rank by the entropy of the membrane "
                     "probability; 2..8: by the spread between that many flips/rotations")
-    ap.add_argument("--power", type=float, default=1.0, help="the sampled arm: probability "
-                    "proportional to score ** power")
+    ap.add_argument("--power", type=float, default=1.0, help="the sampled and unstable arms: "
+                    "probability proportional to score ** power")
     ap.add_argument("--class-weights", choices=("initial", "per-round"), default="initial",
                     help="initial: weighted_ce weights from the initial regions, the same for "
                     "every fine-tuning of both arms; per-round: from each arm's labels so far")
@@ -298,7 +307,7 @@ def main() -> None:
                     "processes, each with threads / seeds")
     args = ap.parse_args()
     args.amp = {"auto": "auto", "on": True, "off": False}[args.amp]
-    args.arms = [a for a in ("topk", "sampled", "random")
+    args.arms = [a for a in ARMS
                  if a in args.arms.split(",") or a == "random"]
     if not DATA.is_dir():
         raise SystemExit(f"ISBI 2012 data not found at {DATA}")

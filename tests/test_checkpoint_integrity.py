@@ -115,6 +115,8 @@ def test_unusable_files_give_one_line_checkpoint_errors(tmp_path):
 def test_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
 
 @pytest.fixture(scope="module")

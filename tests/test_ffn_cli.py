@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tifffile
+from cli_process import CLI
 from typer.testing import CliRunner
 
 from membrane_py.cli import app
@@ -84,6 +88,8 @@ def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
           tmp_path / "small_mask.tif"], "must cover the same volume"),
         (["ffn", "infer", SYNTH, tmp_path / "none.pt", "-o", tmp_path / "x.tif"],
          "does not exist"),
+        (["ffn", "infer", SYNTH, tmp_path, "-o", tmp_path / "x.tif"],
+         "is a folder, not a checkpoint file"),
         (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
           "0,5,0,5,0,5"], "smaller than the FFN field of view"),
         (["ffn", "infer", SYNTH, tiny_checkpoint, "-o", tmp_path / "x.tif", "--box",
@@ -103,6 +109,20 @@ def test_cli_user_mistakes(tiny_checkpoint, tmp_path):
         assert out.exit_code == 2, (args, out.output)
         lines = [line for line in out.output.splitlines() if line.strip()]
         assert len(lines) == 1 and words in lines[0], (args, out.output)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process")
+def test_ctrl_c_says_inference_starts_over(tiny_checkpoint, tmp_path):
+    """FFN inference keeps nothing of an interrupted run: Ctrl-C must not promise a resume."""
+    proc = subprocess.Popen([*CLI, "ffn", "infer", "synthetic:100x256x256:3",
+                             str(tiny_checkpoint), "-o", str(tmp_path / "x.tif"), *TINY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said = [proc.stderr.readline()]  # "N seeds in subvolume ...": the objects grow next
+    proc.send_signal(signal.SIGINT)
+    said.append(proc.stderr.read())
+    assert proc.wait(60) == 130, said
+    assert "keeps no partial result" in said[1] and "continues" not in said[1], said
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_cli_paints_into_vast(tiny_checkpoint, tmp_path, vast_server):

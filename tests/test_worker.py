@@ -225,6 +225,7 @@ def test_cli_jobs_submit_list_watch_cancel(client, server, checkpoint, slow_sour
     assert cancel.returncode == 0 and cancel.stdout.startswith(f"{slow}: ")
     watch = cli("jobs", "watch", slow, "--worker", address)
     assert watch.returncode == 130 and "cancelled" in watch.stderr
+    assert "submitting the job again continues from there" in watch.stderr
     assert client.status(slow).state == "cancelled"
 
     none = cli("jobs", "list", "--worker", str(tmp_path / "elsewhere"))

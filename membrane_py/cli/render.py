@@ -85,6 +85,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, VastError)
 
 
+def rerun_hint(resumes: bool, rerun: str) -> str:
+    """What ``rerun`` (e.g. "rerunning the same command") of an interrupted job does."""
+    if resumes:
+        return f"{rerun} continues from there"
+    return f"this job keeps no partial result; {rerun} starts it over"
+
+
 def execute(spec, save_job: Path | None = None) -> object:
     """Save (optionally) and run ``spec``; print its summary; exit cleanly on errors."""
     from membrane_py.events import Cancelled
@@ -102,9 +109,9 @@ def execute(spec, save_job: Path | None = None) -> object:
             result = run(spec, progress=renderer)
     except (KeyboardInterrupt, Cancelled) as e:
         # a job that knows how it resumes says so in its Cancelled message (train: the job
-        # file that continues from _last.pt); others resume by running the same job again
-        said = str(e) if isinstance(e, Cancelled) else ""
-        hint = said or "rerunning the same command continues from there"
+        # file that continues from _last.pt)
+        hint = str(e) if isinstance(e, Cancelled) else rerun_hint(spec.resumes, "rerunning "
+                                                                  "the same command")
         typer.echo(f"interrupted; done so far: {renderer.finished()}; {hint}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except user_errors() as e:

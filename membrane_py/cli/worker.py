@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from membrane_py.cli.render import EXIT_INTERRUPTED, Renderer, fail, one_line
+from membrane_py.cli.render import EXIT_INTERRUPTED, Renderer, fail, one_line, rerun_hint
 
 jobs_app = typer.Typer(help="Submit, list, watch and cancel jobs of a running `membrane worker`.",
                        no_args_is_help=True)
@@ -120,8 +120,11 @@ def _watch(client, job_id: str) -> None:
     if end.kind == "done":
         typer.echo(end.message)
     elif end.data.get("state") == "cancelled":
-        typer.echo(f"cancelled; done so far: {renderer.finished()}; submitting the job again "
-                   "continues from there", err=True)
+        from membrane_py.jobs.registry import lookup
+
+        resumes = lookup(client.status(job_id).kind)[0].resumes
+        typer.echo(f"cancelled; done so far: {renderer.finished()}; "
+                   f"{rerun_hint(resumes, 'submitting the job again')}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     else:
         raise fail(end.message)

@@ -24,6 +24,7 @@ from membrane_py.models.ffn import FFN, FFNConfig
 from membrane_py.train.checkpoint import (
     DIGEST_KEY,
     CheckpointError,
+    _need_file,
     _plain,
     _unreadable,
     weights_sha256,
@@ -103,8 +104,7 @@ def load_ffn(path: str | Path, config: FFNConfig | None = None) -> FFNCheckpoint
     path = Path(path)
     if _is_tf_checkpoint(path):
         return import_tf_checkpoint(path, config)
-    if not path.is_file():
-        raise FileNotFoundError(f"FFN checkpoint {path} does not exist")
+    _need_file(path, "FFN checkpoint")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch, pickle and zip raise a dozen types for bad bytes

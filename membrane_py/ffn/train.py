@@ -49,6 +49,7 @@ class FFNTrainJob(JobSpec):
     ``ffn-prep`` file (whose box both volumes are read over); the checkpoint is ``output``."""
 
     kind: ClassVar[str] = "ffn-train"
+    resumes: ClassVar[bool] = True
 
     image: str
     labels: str

@@ -138,6 +138,9 @@ class JobSpec:
     """Base of every job spec: JSON values only, ``kind`` names the step."""
 
     kind: ClassVar[str] = ""
+    #: whether running an interrupted job again continues from what it had done (tiles on
+    #: disk, a checkpoint) instead of starting over; the CLI says which after Ctrl-C
+    resumes: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **to_json_value(self)}

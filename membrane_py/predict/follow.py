@@ -112,6 +112,7 @@ class FollowJob(JobSpec):
     """
 
     kind: ClassVar[str] = "follow"
+    resumes: ClassVar[bool] = True
 
     predict: PredictJob
     viewport: list[int] = field(default_factory=lambda: [1920, 1080])

@@ -110,6 +110,7 @@ class PredictJob(JobSpec):
     """
 
     kind: ClassVar[str] = "predict"
+    resumes: ClassVar[bool] = True
 
     checkpoint: str | list[str]
     source: str = DEFAULT_VAST

@@ -206,6 +206,7 @@ class SuggestJob(JobSpec):
     """
 
     kind: ClassVar[str] = "suggest"
+    resumes: ClassVar[bool] = True
 
     checkpoint: str | None = None
     uncertainty: str | None = None

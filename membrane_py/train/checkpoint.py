@@ -188,6 +188,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _need_file(path: Path, what: str) -> None:
+    """Raise one line when ``path`` is missing or a folder (a run folder given for the
+    checkpoint in it is a common slip)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a checkpoint file: pass the "
+                                "checkpoint file in it (.pt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+
+
 def _unreadable(path: Path) -> CheckpointError:
     """Why ``torch.load`` could not read ``path``, judged from the file's first bytes."""
     with open(path, "rb") as f:
@@ -224,8 +234,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     check its weights against the stored digest; ``path`` may be :data:`STARTER`. Raises
     :class:`CheckpointError` for any file that is damaged or not a membrane-py checkpoint."""
     path = model_path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    _need_file(path, "checkpoint")
     try:
         d = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch, pickle and zip raise a dozen types for bad bytes

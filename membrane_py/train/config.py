@@ -78,6 +78,7 @@ class TrainJob(JobSpec):
     """
 
     kind: ClassVar[str] = "train"
+    resumes: ClassVar[bool] = True
 
     image_dir: str = ""
     label_dir: str = ""
