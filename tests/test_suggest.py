@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 from typer.testing import CliRunner
 
 from membrane_py.cli import app
-from membrane_py.codes import u8_to_probability
+from membrane_py.codes import probability_to_u8, u8_to_probability
 from membrane_py.geometry import Box
 from membrane_py.infer.engine import binary_entropy
 from membrane_py.predict.suggest import (
@@ -23,9 +24,11 @@ from membrane_py.predict.suggest import (
     rank_regions,
     read_suggestions,
     run_suggest,
+    scored_mip,
     window_means,
     write_suggestions,
 )
+from membrane_py.segment.instability import instability
 from membrane_py.vastapi.client import VastClient
 from membrane_py.vastapi.descriptors import read_vsvi
 from membrane_py.volumes.open import open_volume
@@ -142,7 +145,7 @@ def test_suggest_sends_one_node_per_suggestion(vast_server, sent):
         nodes = client.get_ao_node_data()
     assert [(n.x, n.y, n.z) for n in nodes] == [(s.x, s.y, s.z) for s in result.suggestions]
     rerun = run_suggest(SuggestJob(**{**job.__dict__, "checkpoint": None,
-                                      "uncertainty": result.uncertainty}))
+                                      "map": result.map}))
     assert rerun.anno_layer == result.anno_layer  # the suggestions layer is reused
     assert rerun.anno_object != result.anno_object
     assert rerun.suggestions == result.suggestions  # same map, same ranking
@@ -150,11 +153,11 @@ def test_suggest_sends_one_node_per_suggestion(vast_server, sent):
 
 def test_uncertainty_layer_is_the_entropy_of_the_probability_with_a_valid_vsvi(sent):
     job, result = sent
-    vsvi = read_vsvi(result.uncertainty)
+    vsvi = read_vsvi(result.map)
     assert (vsvi.target_data_size_x, vsvi.target_data_size_y, vsvi.target_data_size_z) == \
         (256, 256, 8)  # the mock server's volume
     assert vsvi.source_bytes_per_pixel == 1 and vsvi.source_min_s <= 0 <= 3 <= vsvi.source_max_s
-    u = open_volume(result.uncertainty).read(Box(0, 4, 0, 256, 0, 256))
+    u = open_volume(result.map).read(Box(0, 4, 0, 256, 0, 256))
     p = open_volume(f"{job.out}/probability.vsvi").read(Box(0, 4, 0, 256, 0, 256))
     assert u.dtype == np.uint8 and u.min() >= 1  # every tile written, 0 = missing
     prob, unc = u8_to_probability(p, missing=0.0), u8_to_probability(u, missing=0.0)
@@ -165,7 +168,7 @@ def test_uncertainty_layer_is_the_entropy_of_the_probability_with_a_valid_vsvi(s
 
 def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     _, result = sent
-    ok = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
+    ok = CliRunner().invoke(app, ["suggest", "--map", result.map, "--out",
                                   str(tmp_path / "cli"), "-k", "2", "--size", "64",
                                   "--z-spacing", "1", "--box", "0,255,0,255,0,3", "--top-k"])
     assert ok.exit_code == 0, ok.output
@@ -173,14 +176,14 @@ def test_suggest_cli_ranks_a_map_and_refuses_bad_options(sent, tmp_path):
     bad = CliRunner().invoke(app, ["suggest", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "checkpoint" in bad.output
     assert "Traceback" not in bad.output
-    big = CliRunner().invoke(app, ["suggest", "--map", result.uncertainty, "--out",
+    big = CliRunner().invoke(app, ["suggest", "--map", result.map, "--out",
                                    str(tmp_path / "y"), "--size", "1024"])
     assert big.exit_code != 0 and "--size" in big.output and "Traceback" not in big.output
 
 
 def test_suggest_cli_samples_by_uncertainty_power_with_a_seed(sent, tmp_path):
     _, result = sent
-    args = ["suggest", "--map", result.uncertainty, "-k", "3", "--size", "64", "--z-spacing",
+    args = ["suggest", "--map", result.map, "-k", "3", "--size", "64", "--z-spacing",
             "1", "--box", "0,255,0,255,0,3", "--sample", "1"]
 
     def ranked(name: str, *extra: str) -> list:
@@ -198,3 +201,42 @@ def test_suggest_cli_samples_by_uncertainty_power_with_a_seed(sent, tmp_path):
     assert len(draws) > 1  # sampled, not the fixed top-k every time
     bad = CliRunner().invoke(app, [*args[:-1], "0", "--out", str(tmp_path / "z")])
     assert bad.exit_code != 0 and "--sample" in bad.output and "Traceback" not in bad.output
+
+
+def test_suggest_cli_scores_instability_of_a_probability_layer(sent, tmp_path):
+    """Cells on a grid of sure membranes; on section 2 one membrane is faint over 20 px: the
+    one place where the threshold decides whether two cells are one."""
+    p = np.full((4, 256, 256), 0.05, np.float32)
+    p[:, 60::64, :] = p[:, :, 60::64] = 0.95
+    p[2, 100:120, 124:126] = 0.5
+    probability = tmp_path / "probability.tif"
+    tifffile.imwrite(probability, probability_to_u8(p), photometric="minisblack")
+    args = ["suggest", "--map", str(probability), "--score", "instability", "-k", "2",
+            "--size", "64", "--z-spacing", "1", "--top-k"]
+    ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "i")])
+    assert ok.exit_code == 0, ok.output
+    got = read_suggestions(tmp_path / "i" / "suggestions.csv")
+    assert got[0].z == 2 and got[0].box.y0 <= 100 and got[0].box.y1 >= 120
+    assert got[0].box.x0 <= 124 and got[0].box.x1 >= 126 and got[0].score > 0
+    assert got[1].score == 0  # nothing else hangs on the threshold
+    maps = [instability(u8_to_probability(probability_to_u8(s), missing=0.0)) for s in p]
+    picks = rank_regions(enumerate(maps), 2, 64, 64, 1)
+    assert [(s.z, s.y - 32, s.x - 32, s.score) for s in got] == \
+        [(z, y, x, round(score, 6)) for score, z, y, x in picks]
+    _, result = sent
+    wrong = CliRunner().invoke(app, [*args[:2], result.map, *args[3:], "--out",
+                                     str(tmp_path / "w")])
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+    assert "is not an 8-bit probability layer" in wrong.output and "probability.vsvi" in \
+        wrong.output
+
+
+def test_instability_is_scored_where_membranes_stay_resolved():
+    class Pyramid:
+        n_mips, shape = 6, (1, 8192, 8192)
+
+    assert scored_mip(Pyramid(), 256) == 4  # uncertainty: regions 16 px wide
+    assert scored_mip(Pyramid(), 256, "instability") == 1  # 4096^2 px, regions 128 px
+    assert scored_mip(Pyramid(), 64, "instability") == 0  # regions would shrink below 64 px
+    small = Box(0, 1, 0, 2048, 0, 2048)
+    assert scored_mip(Pyramid(), 256, "instability", small) == 0

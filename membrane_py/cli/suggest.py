@@ -14,9 +14,13 @@ from membrane_py.vastapi.address import DEFAULT_VAST
 def suggest(
     checkpoint: Path = typer.Argument(None, help="trained checkpoint (.pt) or .onnx model: "
                                       "predict first (omit with --map)"),
-    map: Path = typer.Option(None, "--map", help="rank this uncertainty layer (the "
-                             "uncertainty.vsvi of membrane predict --uncertainty) instead of "
-                             "predicting"),
+    map: Path = typer.Option(None, "--map", help="rank this layer of an earlier prediction "
+                             "instead of predicting: its uncertainty.vsvi (written with "
+                             "--uncertainty), or with --score instability its "
+                             "probability.vsvi"),
+    score: str = typer.Option("uncertainty", help="rank regions by 'uncertainty' (the "
+                              "mean of the uncertainty layer) or 'instability' (the share "
+                              "of pixels whose membrane call joins or splits cells)"),
     source: str = typer.Option(DEFAULT_VAST, help="EM to predict: vast://HOST:PORT, "
                                "'synthetic[:ZxYxX]', an image folder, .tif, .h5, .zarr or .vsvi"),
     layer: int = typer.Option(0, help="VAST EM layer number (0-based)"),
@@ -35,7 +39,8 @@ def suggest(
                                "instead of sampling"),
     seed: int = typer.Option(0, help="the random seed of the sampling"),
     tta: int = typer.Option(4, help="uncertainty = spread between this many flips/rotations "
-                            "(2..8); 1: the entropy of the membrane probability (faster)"),
+                            "(2..8); 1: the entropy of the membrane probability (faster); "
+                            "not used by --score instability"),
     mip: int = typer.Option(0, help="mip level to predict at"),
     backend: str = typer.Option("auto", help="auto, torch or onnx"),
     device: str = typer.Option("auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1"),
@@ -54,7 +59,7 @@ def suggest(
 
     spec = spec_or_exit(
         SuggestJob, checkpoint=None if checkpoint is None else str(checkpoint),
-        uncertainty=None if map is None else str(map), source=source, layer=layer,
+        map=None if map is None else str(map), score=score, source=source, layer=layer,
         out=str(out), box=box_option(box), k=k, size=size, spacing=spacing,
         z_spacing=z_spacing, sample_power=None if top_k else sample, seed=seed, tta=tta, mip=mip,
         backend=backend, device=device, vast=vast, anno_layer=anno_layer, load_in_vast=load)

@@ -3,7 +3,10 @@
 A ``suggest`` job predicts with an uncertainty output (:mod:`membrane_py.predict.runner`:
 the spread between test-time augmentations, or without them the entropy of the membrane
 probability) or reads an uncertainty layer written before, scores every ``size`` x ``size``
-region of every section by its mean uncertainty and picks the ``k`` best greedily: a pick
+region of every section by its mean uncertainty (or, with ``score="instability"``, by its
+share of pixels on which the segmentation's topology hangs,
+:func:`membrane_py.segment.instability.instability`, from the probability layer) and picks
+the ``k`` best greedily: a pick
 suppresses every other region closer than ``spacing`` px in both x and y and closer than
 ``z_spacing`` sections, so the list covers several uncertain places instead of ``k``
 neighbours of the most uncertain one. The suggestions are written as a CSV (rank, centre x,
@@ -30,6 +33,7 @@ from membrane_py.events import CancelToken, Event, ProgressCallback, check_cance
 from membrane_py.geometry import Box, box_in_volume
 from membrane_py.jobs.spec import JobSpec, Result
 from membrane_py.predict.job import PredictJob, RegionSpec
+from membrane_py.segment.instability import instability
 from membrane_py.vastapi.address import DEFAULT_VAST, parse_vast_address
 from membrane_py.vastapi.client import VastClient
 from membrane_py.volumes.base import VolumeSource
@@ -41,12 +45,21 @@ CSV_COLUMNS = ("rank", "x", "y", "z", "size", "score")
 ANNO_NAME = "membrane-py suggestions"
 #: regions are scored at the coarsest mip where they are still this many pixels wide
 MIN_SCORED_SIDE = 16
+#: what a region can be scored by, and the layer of a prediction each ranks: the mean of
+#: the uncertainty layer, or the share of unstable pixels computed from the probability
+MAP_LAYERS = {"uncertainty": "uncertainty", "instability": "probability"}
+#: instability is computed on whole sections at the finest mip holding at most this many
+#: pixels per section (memory: about 40 bytes a pixel) ...
+INSTABILITY_PIXELS = 1 << 24
+#: ... and where a region is still this many pixels wide (membranes must stay resolved)
+MIN_INSTABILITY_SIDE = 64
 
 
 @dataclass(frozen=True)
 class Suggestion:
     """One region to annotate: centre (x, y) and section z at mip 0, side ``size`` (mip-0
-    px) and ``score``, its mean uncertainty in [0, 1]; rank 1 is the most useful."""
+    px) and ``score`` in [0, 1], its mean uncertainty (or share of unstable pixels); rank 1
+    is the most useful."""
 
     rank: int
     x: int
@@ -191,8 +204,11 @@ class SuggestJob(JobSpec):
 
     With ``checkpoint`` the job first predicts ``source`` (layer ``layer`` of a VAST, or any
     volume) into ``out`` with the probability and uncertainty outputs (``tta`` > 1: the
-    spread between augmentations; 1: the entropy of the probability); with ``uncertainty``
-    it ranks an uncertainty layer written before (its ``.vsvi`` or any volume) instead.
+    spread between augmentations; 1: the entropy of the probability); with ``map`` it ranks
+    a layer written before (its ``.vsvi`` or any volume) instead. ``score`` "uncertainty"
+    ranks by the mean of the uncertainty layer; "instability" by the share of pixels whose
+    membrane decision joins or splits cells (computed from the probability layer, which
+    ``map`` then names; no augmentations needed).
     ``box`` (mip 0, VAST's inclusive ``minx, maxx, miny, maxy, minz, maxz``) limits both.
     ``size``: side of a region, mip-0 px; ``spacing`` (default ``size``) and ``z_spacing``:
     how far apart suggestions are at least (x or y px, or sections). ``sample_power`` P
@@ -209,7 +225,8 @@ class SuggestJob(JobSpec):
     resumes: ClassVar[bool] = True
 
     checkpoint: str | None = None
-    uncertainty: str | None = None
+    map: str | None = None
+    score: str = "uncertainty"
     source: str = DEFAULT_VAST
     layer: int = 0
     out: str = "suggestions"
@@ -229,10 +246,12 @@ class SuggestJob(JobSpec):
     load_in_vast: bool = False
 
     def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.uncertainty is None):
-            raise ValueError("give either a checkpoint (predict, then rank) or an uncertainty "
-                             "layer written before (uncertainty / --map), not both or neither")
-        checks = [(self.k >= 1, f"k must be >= 1, got {self.k}"),
+        if (self.checkpoint is None) == (self.map is None):
+            raise ValueError("give either a checkpoint (predict, then rank) or a layer written "
+                             "before (map / --map), not both or neither")
+        checks = [(self.score in MAP_LAYERS,
+                   f"score must be one of {', '.join(MAP_LAYERS)}, got {self.score!r}"),
+                  (self.k >= 1, f"k must be >= 1, got {self.k}"),
                   (self.size >= 2, f"size must be >= 2 px, got {self.size}"),
                   (self.spacing is None or self.spacing >= 1,
                    f"spacing must be >= 1 px, got {self.spacing}"),
@@ -257,7 +276,9 @@ class SuggestJob(JobSpec):
         region = RegionSpec("box", box=self.box) if self.box is not None else RegionSpec()
         return PredictJob(checkpoint=str(self.checkpoint), source=self.source, layer=self.layer,
                           out=self.out, vast=self.vast, backend=self.backend, device=self.device,
-                          mip=self.mip, region=region, tta=self.tta, uncertainty=True,
+                          mip=self.mip, region=region,
+                          tta=self.tta if self.score == "uncertainty" else 1,
+                          uncertainty=self.score == "uncertainty",
                           load_in_vast=self.load_in_vast)
 
 
@@ -266,14 +287,14 @@ class SuggestResult(Result):
     """The ranked suggestions, the CSV and map they came from, and where VAST holds them."""
 
     csv: Path
-    uncertainty: str
+    map: str
     suggestions: list[Suggestion]
     anno_layer: int | None = None
     anno_object: int | None = None
 
     def summary(self) -> str:
         lines = [f"{len(self.suggestions)} suggestions written to {self.csv} "
-                 f"(from {self.uncertainty})"]
+                 f"(from {self.map})"]
         lines += [f"  {s.rank:>3}: x {s.x}, y {s.y}, z {s.z}  (score {s.score:.3f})"
                   for s in self.suggestions]
         if self.anno_object is not None:
@@ -282,25 +303,38 @@ class SuggestResult(Result):
         return "\n".join(lines)
 
 
-def scored_mip(volume: VolumeSource, size: int) -> int:
-    """The coarsest mip with tiles on disk at which a region is still
-    :data:`MIN_SCORED_SIDE` px wide (means pool exactly, so coarse mips lose little)."""
+def scored_mip(volume: VolumeSource, size: int, score: str = "uncertainty",
+               box: Box | None = None) -> int:
+    """The mip (with tiles on disk) that ``box``'s regions are scored at.
+
+    Uncertainty: the coarsest at which a region is still :data:`MIN_SCORED_SIDE` px wide
+    (means pool exactly, so coarse mips lose little). Instability: the finest whose sections
+    hold at most :data:`INSTABILITY_PIXELS` px, among those at which a region is still
+    :data:`MIN_INSTABILITY_SIDE` px wide (the topology needs resolved membranes)."""
     has = getattr(volume, "has_tiles", lambda m: True)
     mips = [m for m in range(volume.n_mips) if has(m)] or [0]
-    fine = [m for m in mips if size >> m >= MIN_SCORED_SIDE]
-    return max(fine) if fine else min(mips)
+    if score == "uncertainty":
+        fine = [m for m in mips if size >> m >= MIN_SCORED_SIDE]
+        return max(fine) if fine else min(mips)
+    fine = [m for m in mips if size >> m >= MIN_INSTABILITY_SIDE] or [min(mips)]
+    box = box or Box.full(volume.shape)
+    area = (box.y1 - box.y0) * (box.x1 - box.x0)
+    small = [m for m in fine if area >> (2 * m) <= INSTABILITY_PIXELS]
+    return min(small) if small else max(fine)
 
 
 def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
                 z_spacing: int, progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None, power: float | None = None,
-                seed: int = 0) -> list[Suggestion]:
-    """:func:`rank_regions` over a uint8 uncertainty volume (probability-coded, 0 missing)
-    inside mip-0 ``box``; returns mip-0 suggestions."""
+                seed: int = 0, score: str = "uncertainty") -> list[Suggestion]:
+    """:func:`rank_regions` inside mip-0 ``box`` of a uint8 volume (probability-coded, 0
+    missing): an uncertainty layer, or with ``score`` "instability" a membrane probability
+    layer whose sections are turned into :func:`instability` maps first; returns mip-0
+    suggestions."""
     if min(box.y1 - box.y0, box.x1 - box.x0) < size:
         raise ValueError(f"a {size} px region does not fit the {box.x1 - box.x0}x"
                          f"{box.y1 - box.y0} px sections ranked; give a smaller size (--size)")
-    mip = scored_mip(volume, size)
+    mip = scored_mip(volume, size, score, box)
     f = 1 << mip
     region = Box(box.z0, box.z1, -(-box.y0 // f), box.y1 // f, -(-box.x0 // f), box.x1 // f)
     side = max(size // f, 1)
@@ -311,7 +345,8 @@ def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
             plane = volume.read(Box(z, z + 1, region.y0, region.y1, region.x0, region.x1), mip)
             report(progress, Event.progress(TASK, i + 1, region.z1 - region.z0,
                                             f"ranking section {z}"))
-            yield z, u8_to_probability(plane[0], missing=0.0)
+            values = u8_to_probability(plane[0], missing=0.0)
+            yield z, instability(values) if score == "instability" else values
 
     picks = rank_regions(sections(), k, side, max(math.ceil(spacing / f), 1), z_spacing,
                          power=power, seed=seed)
@@ -327,19 +362,23 @@ def run_suggest(job: SuggestJob, progress: ProgressCallback | None = None,
         from membrane_py.predict.runner import run_prediction
 
         run_prediction(job.predict_job(), progress, cancel)
-        map_path = str(Path(job.out) / "uncertainty.vsvi")
+        map_path = str(Path(job.out) / f"{MAP_LAYERS[job.score]}.vsvi")
     else:
-        map_path = str(job.uncertainty)
+        map_path = str(job.map)
+    wanted = MAP_LAYERS[job.score]
+    given = next((name for name in MAP_LAYERS.values() if name in Path(map_path).name), wanted)
     with ExitStack() as stack:
         volume = stack.enter_context(open_source(map_path))
-        if volume.channels != 1 or np.dtype(volume.dtype) != np.uint8:
-            raise ValueError(f"{map_path} is not an 8-bit uncertainty layer; give the "
-                             "uncertainty.vsvi that membrane predict --uncertainty wrote")
+        if given != wanted or volume.channels != 1 or np.dtype(volume.dtype) != np.uint8:
+            raise ValueError(f"{map_path} is not an 8-bit {wanted} layer; scoring by "
+                             f"{job.score} ranks the {wanted}.vsvi that membrane predict "
+                             f"wrote{' with --uncertainty' if wanted == 'uncertainty' else ''}")
         box = Box.full(volume.shape)
         if job.box is not None:
             box = box_in_volume(job.box, volume.shape)[0]
         suggestions = rank_volume(volume, box, job.k, job.size, job.spacing or job.size,
-                                  job.z_spacing, progress, cancel, job.sample_power, job.seed)
+                                  job.z_spacing, progress, cancel, job.sample_power, job.seed,
+                                  job.score)
     csv_path = write_suggestions(Path(job.out) / "suggestions.csv", suggestions).resolve()
     report(progress, Event.artifact(csv_path, TASK, "suggestions CSV"))
     layer = obj = None

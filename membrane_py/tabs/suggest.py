@@ -39,8 +39,12 @@ class SuggestTab(JobTab):
         f = self.add_form(Form(), "Uncertainty")
         f.add("checkpoint", PathEdit("file", "Networks (*.pt *.onnx)"), "Network",
               "predict with this network first; leave empty to rank an uncertainty layer")
-        f.add("map", PathEdit("file", "VAST descriptors (*.vsvi)"), "or uncertainty layer",
-              "the uncertainty.vsvi of an earlier prediction")
+        f.add("map", PathEdit("file", "VAST descriptors (*.vsvi)"), "or earlier layer",
+              "the uncertainty.vsvi of an earlier prediction (score by instability: its "
+              "probability.vsvi)")
+        f.add("score", combo(["uncertainty", "instability"]),
+              "Score by", "uncertainty: the network's doubt (TTA spread or entropy); "
+              "instability: where the membrane call joins or splits cells")
         f.add("source", PathEdit("file", placeholder="the connected VAST"), "Source",
               "empty: the VAST of the Connect tab; else a volume file, folder or 'synthetic'")
         f.add("layer", combo([]), "Image layer", "the VAST layer holding the EM")
@@ -90,9 +94,9 @@ class SuggestTab(JobTab):
             if msg is None and not f.value("source") and not self._address():
                 msg = "connect to VAST in the Connect tab first, or choose a volume as the source"
         elif f.value("map"):
-            msg = need_file(f.value("map"), "uncertainty layer")
+            msg = need_file(f.value("map"), "earlier layer")
         else:
-            msg = "choose a network (or an uncertainty layer written before)"
+            msg = "choose a network (or a layer written before)"
         if msg is None and r.value("send") and not self._address():
             msg = "'send to VAST' needs a connected VAST: connect, or untick it"
         return msg or need_out(r.value("out"), "output folder")
@@ -104,7 +108,8 @@ class SuggestTab(JobTab):
         layer, anno = f["layer"].currentData(), r["anno_layer"].currentData()
         return SuggestJob(
             checkpoint=f.value("checkpoint") or None,
-            uncertainty=None if f.value("checkpoint") else f.value("map") or None,
+            map=None if f.value("checkpoint") else f.value("map") or None,
+            score=f.value("score"),
             source=f.value("source") or self._address() or DEFAULT_VAST,
             layer=int(layer) if layer is not None and not f.value("source") else 0,
             tta=f.value("tta"), k=r.value("k"), size=r.value("size"),
