@@ -39,17 +39,19 @@ def instability(membrane: np.ndarray, low: float = 0.3, high: float = 0.7,
         raise ValueError(f"need 0 < low < high < 1, got low {low}, high {high}")
     strict, _ = ndi.label(membrane < low)
     areas = np.bincount(strict.ravel())
-    areas[0] = min_area
+    areas[0] = 0
     strict[areas[strict] < min_area] = 0
-    lenient, n_lenient = ndi.label(membrane < high)
-    # strict components per lenient component (a strict interior lies inside one lenient)
     inside = strict > 0
-    pairs = np.unique(np.stack([lenient[inside], strict[inside]]), axis=1)
-    held = np.bincount(pairs[0], minlength=n_lenient + 1)
+    lenient, n_lenient = ndi.label(membrane < high)
+    # strict components per lenient component: a strict interior lies inside one lenient
+    owner = np.zeros(len(areas), lenient.dtype)
+    owner[strict[inside]] = lenient[inside]
+    held = np.bincount(owner[areas >= min_area], minlength=n_lenient + 1)
     band = (membrane >= low) & (membrane < high)
     unstable = band & (held[lenient] == 0) & (lenient > 0)
     if (held >= 2).any():
-        _, (iy, ix) = ndi.distance_transform_edt(~inside, return_indices=True)
+        iy, ix = ndi.distance_transform_edt(~inside, return_distances=False,
+                                            return_indices=True)
         nearest = strict[iy, ix]
         ridge = ndi.maximum_filter(nearest, size=3) != ndi.minimum_filter(nearest, size=3)
         unstable |= band & ridge & (held[lenient] >= 2)
