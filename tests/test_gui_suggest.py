@@ -49,9 +49,10 @@ def test_suggest_tab_lists_suggestions_and_jumps_vast_there(qtbot, controller, v
     assert tab.build_spec().sample_power is None  # "off": the most uncertain regions
     assert tab.build_spec().score == "uncertainty"
     tab.f["score"].setCurrentIndex(1)
-    assert tab.build_spec().score == "instability"
+    assert tab.build_spec().score == "instability" and not tab.f["tta"].isVisible()
     assert tab.build_spec().predict_job().uncertainty is False  # the probability is enough
     tab.f["score"].setCurrentIndex(0)
+    assert tab.f["tta"].isVisible()
     qtbot.mouseClick(tab.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not tab.panel.running, timeout=180_000)
     assert tab.panel.eta.text() == "done", tab.panel.status.text()

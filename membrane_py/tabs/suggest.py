@@ -74,7 +74,13 @@ class SuggestTab(JobTab):
         self.preview_layout.addWidget(self.table, 1)
         self.preview_layout.addWidget(self.jump_status)
         self.suggestions: list = []
+        f["score"].currentIndexChanged.connect(self._show_rows)
         self.load_settings()
+        self._show_rows()
+
+    def _show_rows(self) -> None:
+        """Augmentations only make the uncertainty; instability needs the probability."""
+        self.f.set_row_visible("tta", self.f.value("score") == "uncertainty")
 
     def set_vast(self, state) -> None:
         """Fill the layer lists from the Connect tab."""
