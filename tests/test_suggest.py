@@ -240,3 +240,15 @@ def test_instability_is_scored_where_membranes_stay_resolved():
     assert scored_mip(Pyramid(), 64, "instability") == 0  # regions would shrink below 64 px
     small = Box(0, 1, 0, 2048, 0, 2048)
     assert scored_mip(Pyramid(), 256, "instability", small) == 0
+
+
+def test_suggest_cli_refuses_an_earlier_other_prediction_unless_overwrite(tmp_path):
+    checkpoint = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    args = ["suggest", checkpoint, "--source", "synthetic:3x96x96", "--out",
+            str(tmp_path / "s"), "-k", "2", "--size", "32", "--tta", "1", "--device", "cpu"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    other = CliRunner().invoke(app, [*args, "--score", "instability"])
+    assert other.exit_code == 2 and "--overwrite" in other.output, other.output
+    again = CliRunner().invoke(app, [*args, "--score", "instability", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "probability.vsvi" in again.output

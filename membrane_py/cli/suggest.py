@@ -51,6 +51,8 @@ def suggest(
                                    "missing)"),
     load: bool = typer.Option(False, help="also load the predicted probability and "
                               "uncertainty layers into that VAST"),
+    overwrite: bool = typer.Option(False, help="replace an earlier, different prediction in "
+                                   "--out (another network or score) instead of refusing it"),
     save_job: Path = SAVE_JOB,
 ) -> None:
     """Suggest where annotating next helps the network most: the most uncertain regions,
@@ -62,7 +64,8 @@ def suggest(
         map=None if map is None else str(map), score=score, source=source, layer=layer,
         out=str(out), box=box_option(box), k=k, size=size, spacing=spacing,
         z_spacing=z_spacing, sample_power=None if top_k else sample, seed=seed, tta=tta, mip=mip,
-        backend=backend, device=device, vast=vast, anno_layer=anno_layer, load_in_vast=load)
+        backend=backend, device=device, vast=vast, anno_layer=anno_layer, load_in_vast=load,
+        overwrite=overwrite)
     execute(spec, save_job)
 
 

@@ -218,7 +218,8 @@ class SuggestJob(JobSpec):
     (docs/assist.md); None takes the most uncertain regions. ``vast``: the VAST to
     send the suggestions to, as a skeleton in annotation layer ``anno_layer`` (default: a
     layer named :data:`ANNO_NAME`, made when missing). ``load_in_vast`` also loads the
-    predicted layers into that VAST.
+    predicted layers into that VAST. ``overwrite`` replaces the tiles of an earlier, different
+    prediction in ``out`` (another network, or the other score) instead of refusing them.
     """
 
     kind: ClassVar[str] = "suggest"
@@ -244,6 +245,7 @@ class SuggestJob(JobSpec):
     vast: str | None = None
     anno_layer: int | None = None
     load_in_vast: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.map is None):
@@ -279,7 +281,7 @@ class SuggestJob(JobSpec):
                           mip=self.mip, region=region,
                           tta=self.tta if self.score == "uncertainty" else 1,
                           uncertainty=self.score == "uncertainty",
-                          load_in_vast=self.load_in_vast)
+                          load_in_vast=self.load_in_vast, overwrite=self.overwrite)
 
 
 @dataclass
