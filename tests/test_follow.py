@@ -13,6 +13,7 @@ from predict_support import loading_server, tile_keys
 
 from membrane_py.events import Cancelled, CancelToken, Event
 from membrane_py.predict.follow import FollowJob, View, displayed_mip, run_follow, view_order
+from membrane_py.predict.identity import JobMismatchError
 from membrane_py.predict.job import PredictJob, RegionSpec
 from membrane_py.predict.runner import run_prediction
 from membrane_py.vastapi.client import VastClient
@@ -127,6 +128,26 @@ def test_zoomed_out_view_predicts_at_the_displayed_mip(server, checkpoint, tmp_p
     z, r, c = written(events)[0]
     assert z == 5 and (z, r, c) in tile_keys(tmp_path / "mip1" / "probability", 1)
     look(server, 256, 256, 5, zoom=0)
+
+
+def test_a_folder_of_other_tiles_is_refused_with_what_follow_can_do(server, checkpoint,
+                                                                    tmp_path):
+    look(server, 256, 256, 5)
+    token = CancelToken()
+
+    def first_tile(e: Event) -> None:
+        if e.kind == "progress" and e.data.get("stage") == "written":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        run_follow(follow_job(server, checkpoint, tmp_path, sections=0), first_tile, token)
+    other = follow_job(server, checkpoint, tmp_path, sections=0)
+    other.predict.tta = 2
+    with pytest.raises(JobMismatchError) as info:
+        run_follow(other)
+    said = str(info.value)
+    assert "tta" in said and said.endswith("follow into another folder (--out)"), said
+    assert "overwrite" not in said
 
 
 def test_a_vast_without_refreshlayerregion_gets_the_layer_reloaded(checkpoint, tmp_path):

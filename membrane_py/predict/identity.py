@@ -47,6 +47,10 @@ _NEW_FIELDS = {"tta": 1, "uncertainty": False, "precision": "auto", "calibration
                "adapt_bn": False}
 
 
+#: how a prediction into a folder of other tiles can go on (the end of every mismatch message)
+OVERWRITE_FIX = "rerun with overwrite (--overwrite) to replace them, or write into another folder"
+
+
 class JobMismatchError(ValueError):
     """The output folder holds tiles of a different job; the message says which fields
     differ and how to replace them."""
@@ -120,7 +124,6 @@ def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str,
     writing: an overwrite run stays marked pending unless the block completes."""
     path = Path(job.out) / IDENTITY_FILE
     pixels = pixel_identity(job, volume, model_sha256)
-    fix = "rerun with overwrite (--overwrite) to replace them, or write into another folder"
     if path.is_file() and not job.overwrite:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -128,14 +131,14 @@ def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str,
             pending = bool(old["overwrite_pending"])
         except (ValueError, KeyError, TypeError) as exc:
             raise JobMismatchError(f"{path} is unreadable ({exc}), so the tiles in {job.out} "
-                                   f"cannot be matched to this job; {fix}") from exc
+                                   f"cannot be matched to this job; {OVERWRITE_FIX}") from exc
         if pending:
             raise JobMismatchError(f"an overwrite run into {job.out} was interrupted, so it "
-                                   f"holds tiles of two jobs; {fix}")
+                                   f"holds tiles of two jobs; {OVERWRITE_FIX}")
         diffs = _differences(old_pixels, pixels, old_checkpoint, job.checkpoint)
         if diffs:
             raise JobMismatchError(f"{job.out} holds tiles of a different prediction "
-                                   f"({'; '.join(diffs)}); {fix}")
+                                   f"({'; '.join(diffs)}); {OVERWRITE_FIX}")
     _write(path, pixels, job.checkpoint, job.overwrite, threshold)
     yield
     if job.overwrite:
