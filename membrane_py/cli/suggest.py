@@ -33,9 +33,9 @@ def suggest(
                                 "y (mip-0 px; default: --size)..."),
     z_spacing: int = typer.Option(3, help="...or this many sections apart"),
     sample: float = typer.Option(1.0, help="draw the regions at random with probability "
-                                 "proportional to uncertainty^SAMPLE: more kinds of place "
-                                 "than the most uncertain alone (larger: closer to --top-k)"),
-    top_k: bool = typer.Option(False, "--top-k", help="take the most uncertain regions "
+                                 "proportional to score^SAMPLE: more kinds of place "
+                                 "than the top-scored alone (larger: closer to --top-k)"),
+    top_k: bool = typer.Option(False, "--top-k", help="take the top-scored regions "
                                "instead of sampling"),
     seed: int = typer.Option(0, help="the random seed of the sampling"),
     tta: int = typer.Option(4, help="uncertainty = spread between this many flips/rotations "

@@ -56,8 +56,8 @@ class SuggestTab(JobTab):
         r.add("z_spacing", spin(3, 1, 100000), "Sections apart",
               "suggestions on nearer sections are at least one region side apart in x or y")
         r.add("sample", auto_spin(dspin(1.0, 0.0, 100.0, 0.5, 2), "off"), "Sampling power",
-              "P > 0: drawn at random with probability proportional to uncertainty^P (more "
-              "kinds of place); off: the most uncertain regions")
+              "P > 0: drawn at random with probability proportional to score^P (more "
+              "kinds of place); off: the top-scored regions")
         r.add("out", PathEdit("out"), "Write to", "the predicted layers and suggestions.csv")
         r.add("send", check(True), "Send to VAST as a skeleton",
               "one node per suggestion, in rank order")
