@@ -360,14 +360,14 @@ def rank_volume(volume: VolumeSource, box: Box, k: int, size: int, spacing: int,
 def run_suggest(job: SuggestJob, progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> SuggestResult:
     """Predict (when the job names a checkpoint), rank, write the CSV, send to VAST."""
+    wanted = MAP_LAYERS[job.score]
     if job.checkpoint is not None:
         from membrane_py.predict.runner import run_prediction
 
         run_prediction(job.predict_job(), progress, cancel)
-        map_path = str(Path(job.out) / f"{MAP_LAYERS[job.score]}.vsvi")
+        map_path = str(Path(job.out) / f"{wanted}.vsvi")
     else:
         map_path = str(job.map)
-    wanted = MAP_LAYERS[job.score]
     given = next((name for name in MAP_LAYERS.values() if name in Path(map_path).name), wanted)
     with ExitStack() as stack:
         volume = stack.enter_context(open_source(map_path))
