@@ -40,7 +40,7 @@ from membrane_py.events import (
 )
 from membrane_py.geometry import Box
 from membrane_py.jobs.spec import JobSpec, Result
-from membrane_py.predict.identity import OVERWRITE_FIX, JobMismatchError
+from membrane_py.predict.identity import JobMismatchError
 from membrane_py.predict.job import PredictJob, RegionSpec
 from membrane_py.predict.runner import Prepared, predict_block, prepare_run
 from membrane_py.vastapi.client import VastClient
@@ -201,8 +201,8 @@ class _Follower:
                 self.runs[mip] = prepare_run(self.job.at_mip(mip), self.stack, loaded,
                                              self.progress)
             except JobMismatchError as e:  # follow never overwrites: say what it can do
-                raise JobMismatchError(str(e).removesuffix(OVERWRITE_FIX) + "follow into "
-                                       "another folder (--out)") from None
+                raise JobMismatchError(e.problem, "follow into another folder (--out)") \
+                    from None
             self.n_mips = self.runs[mip].volume.n_mips
         return self.runs[mip]
 

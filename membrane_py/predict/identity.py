@@ -47,13 +47,20 @@ _NEW_FIELDS = {"tta": 1, "uncertainty": False, "precision": "auto", "calibration
                "adapt_bn": False}
 
 
-#: how a prediction into a folder of other tiles can go on (the end of every mismatch message)
+#: how a prediction into a folder of other tiles can go on, unless its caller says otherwise
 OVERWRITE_FIX = "rerun with overwrite (--overwrite) to replace them, or write into another folder"
 
 
 class JobMismatchError(ValueError):
-    """The output folder holds tiles of a different job; the message says which fields
-    differ and how to replace them."""
+    """The output folder holds tiles of a different job: ``problem`` says which fields
+    differ, ``fix`` how to go on (by default, how to replace them)."""
+
+    def __init__(self, problem: str, fix: str = OVERWRITE_FIX) -> None:
+        super().__init__(problem, fix)
+        self.problem, self.fix = problem, fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}; {self.fix}"
 
 
 def pixel_identity(job: PredictJob, volume: VolumeSource, model_sha256: str) -> dict:
@@ -131,14 +138,14 @@ def claim_output(job: PredictJob, volume: VolumeSource, model_sha256: str,
             pending = bool(old["overwrite_pending"])
         except (ValueError, KeyError, TypeError) as exc:
             raise JobMismatchError(f"{path} is unreadable ({exc}), so the tiles in {job.out} "
-                                   f"cannot be matched to this job; {OVERWRITE_FIX}") from exc
+                                   "cannot be matched to this job") from exc
         if pending:
             raise JobMismatchError(f"an overwrite run into {job.out} was interrupted, so it "
-                                   f"holds tiles of two jobs; {OVERWRITE_FIX}")
+                                   "holds tiles of two jobs")
         diffs = _differences(old_pixels, pixels, old_checkpoint, job.checkpoint)
         if diffs:
             raise JobMismatchError(f"{job.out} holds tiles of a different prediction "
-                                   f"({'; '.join(diffs)}); {OVERWRITE_FIX}")
+                                   f"({'; '.join(diffs)})")
     _write(path, pixels, job.checkpoint, job.overwrite, threshold)
     yield
     if job.overwrite:
