@@ -157,6 +157,11 @@ def test_invalid_inputs_disable_run_with_a_message_that_says_what_to_fix(
     assert "must be a multiple of 2**depth = 32" in tab.message.text()
     tab.g["patch_size"].setValue(128)
     assert tab.run_button.isEnabled()
+    type_into(qtbot, tab.g["val_image_dir"], em_folders / "em")  # validation without labels
+    assert not tab.run_button.isEnabled() and "validation images and" in tab.message.text()
+    type_into(qtbot, tab.g["val_label_dir"], em_folders / "labels")
+    assert tab.run_button.isEnabled(), tab.message.text()
+    assert tab.build_spec().val_label_dir == str(em_folders / "labels")
 
     tab.f["network"].setCurrentIndex(tab.f["network"].findData("pretrained"))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from membrane_py.augment import labels as L
 from membrane_py.cli import app
+from membrane_py.codes import write_png
 from membrane_py.infer.onnx_backend import OnnxModelInfo
 from membrane_py.predict.evaluate import evaluate_images
 from membrane_py.train.checkpoint import load_checkpoint
@@ -27,7 +28,7 @@ from membrane_py.train.section_validation import (
     pick_sections,
     whole_sections,
 )
-from membrane_py.train.trainer import run_training, split_by_image
+from membrane_py.train.trainer import folder_datasets, run_training, split_by_image
 
 TINY = dict(depth=2, base_filters=8, patch_size=64, patches_per_epoch=16, val_patches=4,
             epochs=2, batch_size=8, device="cpu", val_fraction=0.5, lr=3e-3,
@@ -123,6 +124,58 @@ def test_predict_records_the_threshold_and_instances_uses_it(trained, tmp_path):
     r = cli("evaluate", result.best_path, sorted(images.iterdir())[0], "--label-dir", labels,
             "--out", tmp_path / "e", "--threshold", "0.45", "--device", "cpu")
     assert r.exit_code == 0 and "membrane threshold 0.45 (given)" in r.output
+
+
+def test_validation_folders_of_their_own_validate_while_every_image_trains(tmp_path):
+    """--val-images / --val-labels: the given section validates (its whole-section score is
+    the checkpoint's), and every image of --images trains (no split)."""
+    torch.set_num_threads(2)
+    images, labels = synthetic_training_folders(tmp_path, sections=4, side=128)
+    val_images, val_labels = tmp_path / "val_im", tmp_path / "val_lab"
+    val_images.mkdir()
+    val_labels.mkdir()
+    (images / "s3.png").rename(val_images / "s3.png")
+    (labels / "s3.png").rename(val_labels / "s3.png")
+    cfg = TrainJob(image_dir=str(images), label_dir=str(labels), out_dir=str(tmp_path / "run"),
+                   name="m", **{**TINY, "epochs": 1}, val_image_dir=str(val_images),
+                   val_label_dir=str(val_labels))
+    train, val, _ = folder_datasets(cfg, cfg.image_dir, cfg.label_dir, "auto", cfg.val_fraction,
+                                    val_dirs=(cfg.val_image_dir, cfg.val_label_dir))
+    section = L.read_image(val_images / "s3.png")
+    assert len(train.images) == 3 and len(val.images) == 1
+    assert np.array_equal(val.images[0], section)
+    assert not any(np.array_equal(im, section) for im in train.images)
+
+    tiny = ["--depth", 2, "--base-filters", 8, "--patch-size", 64, "--patches-per-epoch", 16,
+            "--val-patches", 4, "--epochs", 1, "--batch-size", 8, "--device", "cpu",
+            "--pretrained", "none", "--out", tmp_path / "run", "--name", "m"]
+    r = cli("train", "--images", images, "--labels", labels, "--val-images", val_images,
+            "--val-labels", val_labels, *tiny)
+    assert r.exit_code == 0, r.output
+    assert f"validationimages:{val_images}(1)" in "".join(r.output.split())  # rich wraps
+    assert "whole-section validation (1 sections" in (tmp_path / "run" / "m.log").read_text()
+    ck = load_checkpoint(tmp_path / "run" / "m.pt")
+    gt = L.convert_labels([L.decode_label_image(L.read_image(val_labels / "s3.png"))],
+                          "isbi")[0]
+    score = best_section_scores(ck.build_model(), Sections([section], gt),
+                                ck.preprocess_config, torch.device("cpu"))
+    assert score.v_rand == pytest.approx(ck.best["value"], abs=1e-6)
+
+    # half a pair, or labels of other classes: one line each, nothing trained
+    r = cli("train", "--images", images, "--labels", labels, "--val-images", val_images,
+            *tiny[:-4], "--out", tmp_path / "r2")
+    assert r.exit_code == 2 and "--val-images and --val-labels" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r2").exists()
+    classes = {name: tmp_path / name for name in ("two", "three")}
+    for k, folder in enumerate(classes.values(), 2):
+        folder.mkdir()
+        for path in sorted(labels.iterdir()) + [val_labels / "s3.png"]:
+            membrane = L.read_image(path) == 0
+            write_png(folder / path.name, np.where(membrane, k, 1).astype(np.uint8))
+    (classes["two"] / "s3.png").unlink()
+    r = cli("train", "--images", images, "--labels", classes["two"], "--val-images",
+            val_images, "--val-labels", classes["three"], *tiny[:-4], "--out", tmp_path / "r3")
+    assert r.exit_code == 2 and "hold class 3, the training labels" in r.output, r.output
 
 
 def test_patch_folders_keep_patch_validation(tmp_path):

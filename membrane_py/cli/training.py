@@ -32,7 +32,11 @@ def train(
     patch_size: int = typer.Option(256, help="training patch side (multiple of 2**depth)"),
     patches_per_epoch: int = typer.Option(1024, help="patches drawn per epoch from whole images"),
     val_patches: int = typer.Option(128, help="validation patches drawn from validation images"),
-    val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation"),
+    val_fraction: float = typer.Option(0.3, help="fraction of images held out for validation "
+                                       "(unless --val-images is given)"),
+    val_images: Path = typer.Option(None, help="validation images of their own (e.g. one whole "
+                                    "labelled section); every --images image then trains"),
+    val_labels: Path = typer.Option(None, help="labels of --val-images, matched by name"),
     val_sections: int = typer.Option(8, help="whole validation images predicted and scored "
                                      "(V_rand over membrane thresholds) every epoch, at most; "
                                      "0 = patches only"),
@@ -136,6 +140,7 @@ def train(
             label_format=label_format, max_classes=max_classes, n_classes=n_classes,
             class_names=class_names.split(",") if class_names else None, patch_size=patch_size,
             patches_per_epoch=patches_per_epoch, val_patches=val_patches, val_fraction=val_fraction,
+            val_image_dir=str(val_images or ""), val_label_dir=str(val_labels or ""),
             val_sections=val_sections,
             augment=augment_option(augment, augmentations), epochs=epochs, minutes=minutes,
             batch_size=batch_size, lr=lr, optimizer=optimizer,

@@ -91,7 +91,12 @@ class TrainTab(JobTab):
         g.add("step_factor", dspin(0.1, 0.001, 1.0, 0.05), "Drop factor")
         g.add("step_epochs", spin(2, 1, 10000), "Drop every (epochs)")
         g.add("val_fraction", dspin(0.3, 0.0, 0.95, 0.05, 2), "Validation share",
-              "share of the images held out for validation (0.3 = 70 % training)")
+              "share of the images held out for validation (0.3 = 70 % training), unless "
+              "validation images are given")
+        g.add("val_image_dir", PathEdit("dir", placeholder="optional"), "Validation images",
+              "images of their own to validate on (e.g. one whole labelled section); every "
+              "training image then trains")
+        g.add("val_label_dir", PathEdit("dir", placeholder="optional"), "Validation labels")
         g.add("minutes", dspin(0.0, 0.0, 100000.0, 5.0, 1), "Time budget (min)",
               "stop cleanly when the budget is used up, saving the network; 0 = no limit")
         a = Form()
@@ -196,6 +201,7 @@ class TrainTab(JobTab):
             batch_size=g.value("batch_size"), lr=g.value("lr"), optimizer=g.value("optimizer"),
             schedule=g.value("schedule"), step_factor=g.value("step_factor"),
             step_epochs=g.value("step_epochs"), val_fraction=g.value("val_fraction"),
+            val_image_dir=g.value("val_image_dir"), val_label_dir=g.value("val_label_dir"),
             minutes=g.value("minutes") or None, loss=a.value("loss"),
             class_weights=parse_floats_or_none(a.value("class_weights"), "class weights"),
             momentum=a.value("momentum"), weight_decay=a.value("weight_decay"),

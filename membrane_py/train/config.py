@@ -43,12 +43,14 @@ class TrainJob(JobSpec):
     Data: ``image_dir`` / ``label_dir`` hold image files paired by name. ``label_format`` is
     ``auto`` (read from the values), ``classes``, ``codes`` or ``isbi`` (see
     :mod:`membrane_py.augment.labels`); more than ``max_classes`` classes is refused. The split
-    into training and validation is by image; up to ``val_sections`` whole validation images
-    are predicted and scored each epoch (:mod:`membrane_py.train.section_validation`), and
-    ``best_metric`` ``auto`` keeps the checkpoint with the best whole-section V_rand (the
-    validation loss when there are no whole sections). ``augment`` (None = none) is applied to
-    training patches; the default is every augmentation (:meth:`AugmentConfig.all_on`): a
-    network fine-tuned on a few sections with flips alone fails on other sections.
+    into training and validation is by image (``val_fraction``), or validation images and labels
+    of their own are given (``val_image_dir`` / ``val_label_dir``); up to ``val_sections`` whole
+    validation images are predicted and scored each epoch
+    (:mod:`membrane_py.train.section_validation`), and ``best_metric`` ``auto`` keeps the
+    checkpoint with the best whole-section V_rand (the validation loss when there are no whole
+    sections). ``augment`` (None = none) is applied to training patches; the default is every
+    augmentation (:meth:`AugmentConfig.all_on`): a network fine-tuned on a few sections with
+    flips alone fails on other sections.
     ``depth`` / ``base_filters`` left None take :data:`DEFAULT_ARCH` of the device (or the
     checkpoint resumed); the checkpoint records what was used. ``minutes``
     bounds the training time: the epoch in progress ends early, is validated and saved.
@@ -92,6 +94,10 @@ class TrainJob(JobSpec):
     patches_per_epoch: int = 1024
     val_patches: int = 128
     val_fraction: float = 0.3
+    #: validation images and labels of their own (both or neither): every image of
+    #: ``image_dir`` then trains and ``val_fraction`` is not used
+    val_image_dir: str = ""
+    val_label_dir: str = ""
     #: whole validation sections predicted and scored every epoch (at most; 0 = patches only)
     val_sections: int = 8
     augment: AugmentConfig | None = field(default_factory=AugmentConfig.all_on)
@@ -165,6 +171,12 @@ class TrainJob(JobSpec):
              f"best_metric must be one of {list(BEST_METRIC_CHOICES)}"),
             (self.val_sections >= 0, "val_sections must be >= 0"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (bool(self.val_image_dir) == bool(self.val_label_dir),
+             "give validation images and labels together (val_image_dir and val_label_dir, "
+             "--val-images and --val-labels), or neither"),
+            (not self.val_image_dir or self.target == "classes",
+             "affinity training validates on its last sections (val_fraction); leave the "
+             "validation folders empty"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.minutes is None or self.minutes > 0, "minutes must be > 0"),
             (self.max_classes >= 2, "max_classes must be >= 2"),

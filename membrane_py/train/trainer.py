@@ -471,8 +471,10 @@ def read_pairs(image_dir: str | Path, label_dir: str | Path, label_format: str =
 
 def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format: str,
                     val_fraction: float, progress: ProgressCallback | None = None,
+                    val_dirs: tuple[str, str] | None = None,
                     ) -> tuple[Dataset, Dataset | None, int]:
-    """Training and validation datasets from two folders, split by image. Images of exactly
+    """Training and validation datasets from two folders, split by image, or with every
+    image training and the validation images and labels from ``val_dirs``. Images of exactly
     ``patch_size`` are used as patches (a patch folder); larger ones are sampled on the fly
     (saturated patches with rotation)."""
     from torch.utils.data import Subset
@@ -487,12 +489,28 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
                                                cfg.n_classes, cfg.max_classes)
     report(progress, Event.log(f"labels in {label_dir}: {fmt} format, {k} classes, "
                                f"{len(paths)} images", "train"))
-    train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
+    if val_dirs is None:
+        train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
+    else:
+        _, more, more_labels, k_val, _ = read_pairs(*val_dirs, fmt, None, cfg.max_classes)
+        if k_val > k:
+            raise ValueError(f"validation labels {val_dirs[1]} hold class {k_val}, the "
+                             f"training labels {label_dir} only {k}: label both with the same "
+                             "classes")
+        train_idx = list(range(len(images)))
+        val_idx = list(range(len(images), len(images) + len(more)))
+        images, labels = images + more, labels + more_labels
+        report(progress, Event.log(f"validation images: {val_dirs[0]} ({len(more)})", "train"))
     pre = cfg.preprocess_config
     if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and fmt == "codes":
-        train = Subset(PatchDataset(image_dir, label_dir, pre, aug, cfg.seed, k), train_idx)
-        val = Subset(PatchDataset(image_dir, label_dir, pre, None, cfg.seed, k), val_idx)
-        return train, (val if val_idx else None), k
+        def patches(folders: tuple[str, str], augment, idx: list[int]) -> Dataset:
+            return Subset(PatchDataset(*folders, pre, augment, cfg.seed, k), idx)
+
+        if val_dirs is not None:
+            return (patches((image_dir, label_dir), aug, train_idx),
+                    patches(val_dirs, None, [i - len(train_idx) for i in val_idx]), k)
+        val = patches((image_dir, label_dir), None, val_idx)
+        return patches((image_dir, label_dir), aug, train_idx), (val if val_idx else None), k
 
     def on_the_fly(idx: list[int], length: int, augment, seed: int, rotate: bool):
         return OnTheFlyPatchDataset([images[i] for i in idx], [labels[i] for i in idx],
@@ -508,7 +526,9 @@ def build_datasets(cfg: TrainJob, progress: ProgressCallback | None = None,
     """Training, validation and episodic-memory datasets of a job, and its class count K.
     Memory data sets are used whole (no validation split) and must have the same K."""
     train, val, k = folder_datasets(cfg, cfg.image_dir, cfg.label_dir, cfg.label_format,
-                                    cfg.val_fraction, progress)
+                                    cfg.val_fraction, progress,
+                                    (cfg.val_image_dir, cfg.val_label_dir)
+                                    if cfg.val_image_dir else None)
     memory = []
     for e in cfg.episodic:
         old, _, k_old = folder_datasets(cfg, e["images"], e["labels"],
