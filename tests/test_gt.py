@@ -69,6 +69,14 @@ def test_fill_ecs_and_unknown():
     assert (unk[0:2] == 0).all()
     # no membrane against the unknown region, only between the two cells
     assert (unk[2, :4] == 1).all() and (unk[2:, 4:6] == 2).all()
+    # on every side: painted cells inside an unpainted frame (the squares a user labels)
+    framed = np.zeros((12, 12), np.int64)
+    framed[2:10, 2:6], framed[2:10, 6:10] = 5, 7
+    for turn in range(4):
+        got = np.rot90(L.instances_to_membrane(np.rot90(framed, turn), 3, unknown_id=0), -turn)
+        expected = np.where(framed == 0, 0, 1)
+        expected[2:10, 5:7] = 2
+        np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="both"):
         L.instances_to_membrane(ids, 3, fill_ecs=True, unknown_id=0)
     with pytest.raises(ValueError, match="integer"):

@@ -79,10 +79,15 @@ def instances_to_membrane(
         hi = ndimage.maximum_filter(ids, size=size, mode="nearest")
         lo = ndimage.minimum_filter(ids, size=size, mode="nearest")
     else:
+        # unknown pixels take the smallest known id for the maximum and the largest for the
+        # minimum, so they never move either (int64 extremes as fillers overflow in scipy's
+        # filters and drew bands against the unknown region)
         known = ids != unknown_id
-        info = np.iinfo(np.int64)
-        hi = ndimage.maximum_filter(np.where(known, ids, info.min), size=size, mode="nearest")
-        lo = ndimage.minimum_filter(np.where(known, ids, info.max), size=size, mode="nearest")
+        values = ids[known] if known.any() else np.zeros(1, np.int64)
+        hi = ndimage.maximum_filter(np.where(known, ids, values.min()), size=size,
+                                    mode="nearest")
+        lo = ndimage.minimum_filter(np.where(known, ids, values.max()), size=size,
+                                    mode="nearest")
     boundary = known & (hi != lo)
     out = np.full(ids.shape, NON_MEMBRANE, dtype=np.uint8)
     out[boundary] = MEMBRANE
