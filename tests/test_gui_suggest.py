@@ -53,9 +53,19 @@ def test_suggest_tab_lists_suggestions_and_jumps_vast_there(qtbot, controller, v
     assert tab.build_spec().predict_job().uncertainty is False  # the probability is enough
     tab.f["score"].setCurrentIndex(0)
     assert tab.f["tta"].isVisible()
+    # the Paint tab's source: the last layer, which the suggestions' new layer may renumber
+    source = window.paint_tab.f["source_layer"]
+    source.setCurrentIndex(source.count() - 1)
+    chosen = source.currentText().split(": ", 1)[1]
     qtbot.mouseClick(tab.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not tab.panel.running, timeout=180_000)
     assert tab.panel.eta.text() == "done", tab.panel.status.text()
+    # the window re-read VAST's layers when the job finished; the choice follows its name
+    with VastClient(port=vast_server.port) as client:
+        names = client.get_layer_names()
+    assert connect.layer_list.count() == len(names) and "membrane-py suggestions" in names
+    assert source.currentText() == f"{names.index(chosen)}: {chosen}"
+    assert source.currentData() == names.index(chosen)
     rows = read_suggestions(tmp_path / "out" / "suggestions.csv")
     assert tab.table.rowCount() == len(rows) == 3
     assert [int(tab.table.item(i, 0).text()) for i in range(3)] == [1, 2, 3]

@@ -54,6 +54,7 @@ class MainWindow(QMainWindow):
         for tab in (self.connect_tab, *self.job_tabs, self.jobs_tab):
             self.tabs.addTab(tab, tab.title)
         self.connect_tab.connected.connect(self._vast_changed)
+        controller.finished.connect(self._job_finished)
         self.connect_tab.load_settings()
         self._vast_changed(VastState())
 
@@ -91,6 +92,12 @@ class MainWindow(QMainWindow):
         tab = self.current_job_tab()
         if tab is not None and tab.panel.job_id is not None:
             tab.panel._cancel()
+
+    def _job_finished(self, _job_id: str, _info) -> None:
+        """Re-read VAST's layers after a job: loading a prediction, sending suggestions or
+        painting into a new layer adds a layer and renumbers those after it."""
+        if self.connect_tab.state.connected:
+            self.connect_tab.connect_vast()
 
     def _vast_changed(self, state: VastState) -> None:
         self.predict_tab.set_vast(state)

@@ -38,16 +38,22 @@ def show_region_rows(form: Form) -> None:
 
 def fill_layers(box, layers: list[tuple[int, str, int]], first: tuple[str, int] | None) -> None:
     """Refill a layer combo with VAST's ``(nr, name, type)`` layers after an optional first
-    entry, keeping the chosen layer when it is still there."""
-    current = box.currentData()
+    entry, keeping the chosen layer when it is still there: found by name, since a layer
+    added or removed in VAST renumbers the ones after it (the same number would then name
+    another layer)."""
+    current, text = box.currentData(), box.currentText()
     box.blockSignals(True)
     box.clear()
     if first is not None:
         box.addItem(*first)
     for nr, name, _ in layers:
         box.addItem(f"{nr}: {name}", nr)
-    index = box.findData(current)
-    box.setCurrentIndex(index if index >= 0 else 0)
+    name = text.split(": ", 1)[-1]
+    named = [i for i in range(first is not None, box.count())
+             if box.itemText(i).split(": ", 1)[-1] == name]
+    # the same name, at its old number when VAST holds that name twice; else the first entry
+    index = next((i for i in named if box.itemData(i) == current), named[0] if named else 0)
+    box.setCurrentIndex(index)
     box.blockSignals(False)
 
 
