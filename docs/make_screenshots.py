@@ -4,7 +4,8 @@ real (tiny) run of the whole loop on synthetic data through the window's own wid
 Run: ``QT_QPA_PLATFORM=offscreen python docs/make_screenshots.py [WORK_FOLDER]``. It starts
 a job worker and a bundled VAST-protocol server, converts ground truth, cuts patches, trains
 a small U-Net for a few epochs, evaluates it, predicts the served volume, loads the result
-into the server, paints it as 2D instances, prepares FFN training coordinates and trains a
+into the server, ranks where to annotate next by instability (sent to the server as a
+skeleton), paints the prediction as 2D instances, prepares FFN training coordinates and trains a
 small FFN for 1000 steps; a few minutes on a laptop CPU.
 """
 
@@ -131,8 +132,14 @@ def main(work: Path) -> list[Path]:
         pr.f["checkpoint"].setText(str(checkpoint))
         pr.o["out"].setText(str(work / "prediction"))
         pr.o["load_in_vast"].setChecked(True)
-        run(app, pr)
-        c.connect_vast()  # the prediction layer is now in the list
+        run(app, pr)  # the window re-reads VAST's layers: the prediction is in the lists
+
+        su = win.suggest_tab
+        su.f["map"].setText(str(work / "prediction" / "probability.vsvi"))
+        su.f["score"].setCurrentIndex(su.f["score"].findText("instability"))
+        su.r["k"].setValue(8)
+        su.r["out"].setText(str(work / "suggest"))
+        run(app, su)
 
         pa = win.paint_tab
         layers = pa.f["source_layer"]
@@ -168,7 +175,8 @@ def main(work: Path) -> list[Path]:
 
         win.jobs_tab.table.selectRow(2)
         for tab, name in ((c, "connect"), (gt, "ground_truth"), (p, "patches"), (t, "train"),
-                          (e, "evaluate"), (pr, "predict"), (pa, "paint"), (f, "ffn"),
+                          (e, "evaluate"), (pr, "predict"), (su, "suggest"), (pa, "paint"),
+                          (f, "ffn"),
                           (win.jobs_tab, "jobs")):
             shots.append(shoot(app, win, tab, name))
     finally:
