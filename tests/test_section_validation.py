@@ -145,6 +145,14 @@ def test_validation_folders_of_their_own_validate_while_every_image_trains(tmp_p
     assert len(train.images) == 3 and len(val.images) == 1
     assert np.array_equal(val.images[0], section)
     assert not any(np.array_equal(im, section) for im in train.images)
+    said = []
+    folder_datasets(cfg, cfg.image_dir, cfg.label_dir, "auto", cfg.val_fraction, said.append,
+                    val_dirs=(cfg.image_dir, cfg.label_dir))  # validating on training images
+    assert any(e.kind == "warning" and "are training images too" in e.message for e in said)
+    said.clear()
+    folder_datasets(cfg, cfg.image_dir, cfg.label_dir, "auto", cfg.val_fraction, said.append,
+                    val_dirs=(cfg.val_image_dir, cfg.val_label_dir))
+    assert not any(e.kind == "warning" for e in said)
 
     tiny = ["--depth", 2, "--base-filters", 8, "--patch-size", 64, "--patches-per-epoch", 16,
             "--val-patches", 4, "--epochs", 1, "--batch-size", 8, "--device", "cpu",

@@ -492,15 +492,21 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
     if val_dirs is None:
         train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
     else:
-        _, more, more_labels, k_val, _ = read_pairs(*val_dirs, fmt, None, cfg.max_classes)
+        names, more, more_labels, k_val, _ = read_pairs(*val_dirs, fmt, None, cfg.max_classes)
         if k_val > k:
             raise ValueError(f"validation labels {val_dirs[1]} hold class {k_val}, the "
                              f"training labels {label_dir} only {k}: label both with the same "
                              "classes")
+        report(progress, Event.log(f"validation images: {val_dirs[0]} ({len(more)})", "train"))
+        twins = [p.name for p, v in zip(names, more, strict=True)
+                 if any(v.shape == t.shape and np.array_equal(v, t) for t in images)]
+        if twins:
+            warn(progress, f"validation images {', '.join(twins[:3])} are training images too, "
+                 "so validation reads high and chooses the threshold for what the network saw; "
+                 "validate on sections that do not train", "train")
         train_idx = list(range(len(images)))
         val_idx = list(range(len(images), len(images) + len(more)))
         images, labels = images + more, labels + more_labels
-        report(progress, Event.log(f"validation images: {val_dirs[0]} ({len(more)})", "train"))
     pre = cfg.preprocess_config
     if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and fmt == "codes":
         def patches(folders: tuple[str, str], augment, idx: list[int]) -> Dataset:
