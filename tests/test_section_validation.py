@@ -206,6 +206,13 @@ def test_patch_folders_keep_patch_validation(tmp_path):
     with pytest.raises(ValueError, match="needs whole validation sections"):
         run_training(replace(cfg, best_metric="val_section_v_rand",
                              out_dir=str(tmp_path / "run2")))
+    # a patch folder trains as it is while a whole section of its own validates
+    whole = replace(cfg, val_image_dir=str(images), val_label_dir=str(labels))
+    train, val, _ = folder_datasets(whole, whole.image_dir, whole.label_dir, "auto", 0.3,
+                                    val_dirs=(whole.val_image_dir, whole.val_label_dir))
+    assert len(train) == len(list((tmp_path / "pi").glob("*.png"))) and len(val.images) == 3
+    result = run_training(replace(whole, out_dir=str(tmp_path / "run3")))
+    assert "val_section_v_rand" in result.history[0] and result.threshold is not None
 
 
 def test_section_picking():

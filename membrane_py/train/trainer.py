@@ -508,23 +508,24 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
         val_idx = list(range(len(images), len(images) + len(more)))
         images, labels = images + more, labels + more_labels
     pre = cfg.preprocess_config
-    if all(im.shape == (cfg.patch_size, cfg.patch_size) for im in images) and fmt == "codes":
-        def patches(folders: tuple[str, str], augment, idx: list[int]) -> Dataset:
-            return Subset(PatchDataset(*folders, pre, augment, cfg.seed, k), idx)
 
-        if val_dirs is not None:
-            return (patches((image_dir, label_dir), aug, train_idx),
-                    patches(val_dirs, None, [i - len(train_idx) for i in val_idx]), k)
-        val = patches((image_dir, label_dir), None, val_idx)
-        return patches((image_dir, label_dir), aug, train_idx), (val if val_idx else None), k
-
-    def on_the_fly(idx: list[int], length: int, augment, seed: int, rotate: bool):
+    def dataset(idx: list[int], folders: tuple[str, str], first: int, augment, length: int,
+                seed: int, rotate: bool) -> Dataset:
+        """The images ``idx`` (``folders``' files from index ``first`` on): a patch folder's
+        patches as they are, larger images sampled on the fly."""
+        if fmt == "codes" and all(images[i].shape == (cfg.patch_size,) * 2 for i in idx):
+            return Subset(PatchDataset(*folders, pre, augment, cfg.seed, k),
+                          [i - first for i in idx])
         return OnTheFlyPatchDataset([images[i] for i in idx], [labels[i] for i in idx],
                                     cfg.patch_size, length, pre, augment, seed, rotate=rotate)
 
-    train = on_the_fly(train_idx, cfg.patches_per_epoch, aug, cfg.seed, True)
-    val = on_the_fly(val_idx, cfg.val_patches, None, cfg.seed + 1, False) if val_idx else None
-    return train, val, k
+    train = dataset(train_idx, (image_dir, label_dir), 0, aug, cfg.patches_per_epoch, cfg.seed,
+                    True)
+    if not val_idx:
+        return train, None, k
+    return train, dataset(val_idx, val_dirs or (image_dir, label_dir),
+                          len(train_idx) if val_dirs else 0, None, cfg.val_patches,
+                          cfg.seed + 1, False), k
 
 
 def build_datasets(cfg: TrainJob, progress: ProgressCallback | None = None,
