@@ -489,8 +489,10 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
                                                cfg.n_classes, cfg.max_classes)
     report(progress, Event.log(f"labels in {label_dir}: {fmt} format, {k} classes, "
                                f"{len(paths)} images", "train"))
+    own = ((image_dir, label_dir), images, labels)
     if val_dirs is None:
         train_idx, val_idx = split_by_image(len(images), val_fraction, cfg.seed)
+        val_side = own
     else:
         names, more, more_labels, k_val, _ = read_pairs(*val_dirs, fmt, None, cfg.max_classes)
         if k_val > k:
@@ -504,28 +506,23 @@ def folder_datasets(cfg: TrainJob, image_dir: str, label_dir: str, label_format:
             warn(progress, f"validation images {', '.join(twins[:3])} are training images too, "
                  "so validation reads high and chooses the threshold for what the network saw; "
                  "validate on sections that do not train", "train")
-        train_idx = list(range(len(images)))
-        val_idx = list(range(len(images), len(images) + len(more)))
-        images, labels = images + more, labels + more_labels
+        train_idx, val_idx = list(range(len(images))), list(range(len(more)))
+        val_side = (val_dirs, more, more_labels)
     pre = cfg.preprocess_config
 
-    def dataset(idx: list[int], folders: tuple[str, str], first: int, augment, length: int,
-                seed: int, rotate: bool) -> Dataset:
-        """The images ``idx`` (``folders``' files from index ``first`` on): a patch folder's
-        patches as they are, larger images sampled on the fly."""
-        if fmt == "codes" and all(images[i].shape == (cfg.patch_size,) * 2 for i in idx):
-            return Subset(PatchDataset(*folders, pre, augment, cfg.seed, k),
-                          [i - first for i in idx])
-        return OnTheFlyPatchDataset([images[i] for i in idx], [labels[i] for i in idx],
+    def dataset(folders: tuple[str, str], ims: list[np.ndarray], labs: list[np.ndarray],
+                idx: list[int], augment, length: int, seed: int, rotate: bool) -> Dataset:
+        """The images ``idx`` of ``folders``: a patch folder's patches as they are, larger
+        images sampled on the fly."""
+        if fmt == "codes" and all(ims[i].shape == (cfg.patch_size,) * 2 for i in idx):
+            return Subset(PatchDataset(*folders, pre, augment, cfg.seed, k), idx)
+        return OnTheFlyPatchDataset([ims[i] for i in idx], [labs[i] for i in idx],
                                     cfg.patch_size, length, pre, augment, seed, rotate=rotate)
 
-    train = dataset(train_idx, (image_dir, label_dir), 0, aug, cfg.patches_per_epoch, cfg.seed,
-                    True)
-    if not val_idx:
-        return train, None, k
-    return train, dataset(val_idx, val_dirs or (image_dir, label_dir),
-                          len(train_idx) if val_dirs else 0, None, cfg.val_patches,
-                          cfg.seed + 1, False), k
+    train = dataset(*own, train_idx, aug, cfg.patches_per_epoch, cfg.seed, True)
+    val = dataset(*val_side, val_idx, None, cfg.val_patches, cfg.seed + 1, False) \
+        if val_idx else None
+    return train, val, k
 
 
 def build_datasets(cfg: TrainJob, progress: ProgressCallback | None = None,
