@@ -216,6 +216,10 @@ def test_killed_cli_process_restarts_byte_identical(reference, server, checkpoin
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert len(tile_keys(tmp_path / "probability", 0)) < len(ALL_TILES)  # really interrupted
+    # a chunk zarr was writing when the kill came (its temporary), removed on restart
+    chunks = tmp_path / "probability.zarr" / "0" / "0" / "0"
+    chunks.mkdir(parents=True, exist_ok=True)
+    (chunks / "1.0123abcd.partial").write_bytes(b"")
 
     job = job_for(server, checkpoint, tmp_path, outputs=["probability", "classes"], zarr=True)
     result = run_prediction(job)

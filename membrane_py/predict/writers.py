@@ -121,6 +121,8 @@ class ZarrLevels:
         if shared:  # another process made the group and keeps its metadata
             self.arrays = reopen_multiscale(path, n_levels)
             return
+        for stale in path.rglob("*.partial") if path.is_dir() else ():
+            stale.unlink(missing_ok=True)  # zarr's half-written chunks of a killed run
         self.arrays = open_multiscale(path, shape, n_levels, "uint8", voxel_size, mip, tile=tile,
                                       channels=output.channels, name=output.layer_name,
                                       labels=output.labels,
